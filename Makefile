@@ -1,0 +1,51 @@
+# CityBrain: `make demo` serves a synthetic Shandong, `make test` checks everything.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+VENDOR := src/citybrain/web/static/vendor/echarts.min.js
+DEMO_SCALE ?= 0.001
+DEMO_SEED ?= 1
+DEMO_PORT ?= 8000
+DEMO_DIR ?= .demo
+B ?=
+
+.PHONY: install assets demo test lint typecheck pytest bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "CityBrain needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# ECharts comes from the npm registry at build time and is served by the node itself (no CDN).
+assets: $(VENDOR)
+
+$(VENDOR): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(dir $(VENDOR))
+	cp web/node_modules/echarts/dist/echarts.min.js $(VENDOR)
+
+demo: install assets
+	$(BIN)/citybrain demo up --scale $(DEMO_SCALE) --seed $(DEMO_SEED) --dir $(DEMO_DIR) --port $(DEMO_PORT)
+
+lint: install
+	$(BIN)/ruff check src tests bench scripts
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install assets
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+bench: install
+	$(BIN)/python bench/run.py $(B)
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) web/node_modules $(dir $(VENDOR))

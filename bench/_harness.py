@@ -1,0 +1,38 @@
+"""Common output of every benchmark: print the figures and write bench/results/NAME.json."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def timed(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, list[float]]:
+    """Run fn `repeat` times and return the median seconds and every sample."""
+    samples: list[float] = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples), samples
+
+
+def report(
+    name: str, figures: dict[str, Any], reference: dict[str, Any], ratio: float | None
+) -> dict[str, Any]:
+    """Print a benchmark's figures and save them as bench/results/NAME.json."""
+    result = {"name": name, "figures": figures, "reference": reference, "ratio": ratio}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(f"== {name}")
+    for key, value in figures.items():
+        print(f"  {key}: {value}")
+    for key, value in reference.items():
+        print(f"  reference {key}: {value}")
+    print(f"  ratio: {ratio}")
+    return result

@@ -1,0 +1,5 @@
+"""Allow `python -m citybrain`."""
+
+from citybrain.cli import main
+
+main()

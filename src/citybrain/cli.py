@@ -1,0 +1,56 @@
+"""Composition root of the command line: one sub-command group per domain."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from citybrain import __version__
+from citybrain.core.errors import CityBrainError
+
+app = typer.Typer(
+    name="citybrain",
+    help="CityBrain: a provincial city brain (hub, governance, federation, decisions, scenes).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    """Attach every domain's commands; imported here so each domain owns its CLI module."""
+    from citybrain.demo.cli import app as demo_app
+    from citybrain.geo.cli import app as geo_app
+    from citybrain.node.cli import register as register_node
+    from citybrain.plugins.cli import app as plugins_app
+    from citybrain.synth.cli import register as register_synth
+
+    app.add_typer(geo_app, name="geo", help="Administrative units of Shandong.")
+    app.add_typer(plugins_app, name="plugins", help="Scene and connector plugins.")
+    app.add_typer(demo_app, name="demo", help="Run a synthetic Shandong on localhost.")
+    register_synth(app)
+    register_node(app)
+
+
+@app.command()
+def version() -> None:
+    """Print the CityBrain version."""
+    typer.echo(__version__)
+
+
+_register()
+
+
+def main() -> None:
+    """Run the CLI, turning CityBrain errors into one clear sentence and a non-zero exit."""
+    try:
+        app()
+    except CityBrainError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc.message}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""`citybrain demo up`: generate a synthetic Shandong and serve it as 17 nodes on localhost."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from citybrain.core.errors import BadInput
+from citybrain.demo import service
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("up")
+def up(
+    scale: float = typer.Option(0.001, help="fraction of the real population to generate"),
+    seed: int = typer.Option(1, help="seed of the synthetic data"),
+    root: Path = typer.Option(Path(".demo"), "--dir", help="folder for data and logs"),
+    port: int = typer.Option(8000, help="port of the province node; cities take the next 16"),
+    counties_of: str | None = typer.Option(None, help="also run the county nodes of this city"),
+    exit_when_ready: bool = typer.Option(False, help="stop the nodes once all are healthy"),
+) -> None:
+    """Generate (or reuse) a synthetic Shandong and serve the province and its 16 cities."""
+    if not 1024 <= port <= 65000:
+        raise BadInput(f"--port {port} is outside 1024-65000")
+    console = Console()
+    with _progress(console) as progress:
+        task = progress.add_task("synthetic Shandong", total=None)
+
+        def tick(label: str, done: int, total: int) -> None:
+            progress.update(task, description=f"synth {label}", completed=done, total=total)
+
+        synth_dir = service.ensure_synthetic(root=root, scale=scale, seed=seed, progress=tick)
+    specs = service.plan_nodes(root=root, synth_dir=synth_dir, port=port, counties_of=counties_of)
+    service.check_ports_free(specs)
+    procs = service.start_nodes(specs=specs, log_dir=root / "logs")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        with _progress(console) as progress:
+            task = progress.add_task("starting nodes", total=len(specs))
+            service.wait_healthy(
+                specs=specs, procs=procs, on_ready=lambda _s: progress.advance(task)
+            )
+        registered = service.wait_registered(province=specs[0], expected=16)
+        _print_nodes(console, specs)
+        console.print(f"{registered} city nodes registered with the province.")
+        console.print(f"Dashboard: [bold]{specs[0].url}/[/bold]   (Ctrl-C stops every node)")
+        if not exit_when_ready:
+            while not stop.is_set() and all(p.poll() is None for p in procs):
+                stop.wait(1.0)
+            dead = [s.code for s, p in zip(specs, procs, strict=True) if p.poll() is not None]
+            if dead and not stop.is_set():
+                console.print(f"[red]node(s) {', '.join(dead)} stopped; see {root / 'logs'}[/red]")
+    finally:
+        service.stop_nodes(procs)
+        console.print("All nodes stopped.")
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _print_nodes(console: Console, specs: list[service.NodeSpec]) -> None:
+    table = Table("code", "level", "url", "data")
+    for spec in specs:
+        table.add_row(spec.code, spec.level, spec.url, str(spec.data_dir))
+    console.print(table)

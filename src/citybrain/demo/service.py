@@ -1,0 +1,172 @@
+"""Run a synthetic Shandong on localhost: one province node and 16 city node processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from citybrain.core.errors import BadInput, ServiceUnavailable
+from citybrain.geo import service as geo
+
+PROVINCE = "370000"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """How one demo node is started."""
+
+    code: str
+    level: str
+    port: int
+    data_dir: Path
+    parent_url: str | None
+
+    @property
+    def url(self) -> str:
+        """Return the node's base URL on localhost."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+def ensure_synthetic(
+    *,
+    root: Path,
+    scale: float,
+    seed: int,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Path:
+    """Generate the synthetic province under root/synth unless the same seed and scale exist."""
+    from citybrain.synth import service as synth
+
+    out = root / "synth"
+    manifest = out / "synth.json"
+    if manifest.is_file():
+        meta = json.loads(manifest.read_text(encoding="utf-8"))
+        if meta.get("seed") == seed and float(meta.get("scale", -1)) == scale:
+            return out
+    synth.generate(scale=scale, seed=seed, out=out, force=True, progress=progress)
+    return out
+
+
+def plan_nodes(*, root: Path, synth_dir: Path, port: int, counties_of: str | None) -> list[NodeSpec]:
+    """Lay out the province, its 16 cities and optionally one city's counties on ports."""
+    province = NodeSpec(PROVINCE, "province", port, synth_dir / PROVINCE, None)
+    specs = [province]
+    for offset, city in enumerate(geo.list_units("city", PROVINCE), start=1):
+        specs.append(NodeSpec(city.code, "city", port + offset, synth_dir / city.code, province.url))
+    if counties_of is not None:
+        city_unit = geo.get_unit(counties_of)
+        if city_unit.level != "city":
+            raise BadInput(f"--counties-of needs a city code; {counties_of} is a {city_unit.level}")
+        parent = next(s for s in specs if s.code == counties_of)
+        next_port = port + len(specs)
+        for i, county in enumerate(geo.list_units("county", counties_of)):
+            specs.append(
+                NodeSpec(county.code, "county", next_port + i, root / "counties" / county.code, parent.url)
+            )
+    return specs
+
+
+def check_ports_free(specs: list[NodeSpec]) -> None:
+    """Refuse to start when any planned port is already taken."""
+    for spec in specs:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", spec.port))
+            except OSError:
+                raise BadInput(
+                    f"port {spec.port} (node {spec.code}) is taken; choose another base port "
+                    "with --port or DEMO_PORT"
+                ) from None
+
+
+def start_nodes(*, specs: list[NodeSpec], log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    """Start every node as its own `citybrain serve` process, logging to log_dir/CODE.log."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, "CITYBRAIN_LOG_FORMAT": "json"}
+    for spec in specs:
+        spec.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "citybrain", "serve",
+            "--level", spec.level, "--code", spec.code,
+            "--data", str(spec.data_dir), "--port", str(spec.port),
+        ]
+        if spec.parent_url:
+            cmd += ["--parent", spec.parent_url]
+        log = (log_dir / f"{spec.code}.log").open("ab")
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
+        log.close()
+    return procs
+
+
+def wait_healthy(
+    *,
+    specs: list[NodeSpec],
+    procs: list[subprocess.Popen[bytes]],
+    timeout: float = 120.0,
+    on_ready: Callable[[NodeSpec], None] | None = None,
+) -> None:
+    """Wait until every node answers /health, or report the first that died or timed out."""
+    pending = dict(zip(specs, procs, strict=True))
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2.0) as client:
+        while pending:
+            for spec, proc in list(pending.items()):
+                if proc.poll() is not None:
+                    raise ServiceUnavailable(
+                        f"node {spec.code} exited with code {proc.returncode}; see its log"
+                    )
+                try:
+                    if client.get(f"{spec.url}/health").status_code == 200:
+                        del pending[spec]
+                        if on_ready:
+                            on_ready(spec)
+                except httpx.HTTPError:
+                    pass
+            if pending and time.monotonic() > deadline:
+                missing = ", ".join(s.code for s in pending)
+                raise ServiceUnavailable(f"nodes {missing} did not become healthy in {timeout:.0f} s")
+            if pending:
+                time.sleep(0.3)
+
+
+def wait_registered(*, province: NodeSpec, expected: int, timeout: float = 60.0) -> int:
+    """Wait until the province lists the expected number of registered children."""
+    deadline = time.monotonic() + timeout
+    count = 0
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            try:
+                count = len(client.get(f"{province.url}/api/nodes").json())
+            except (httpx.HTTPError, ValueError):
+                count = 0
+            if count >= expected:
+                return count
+            time.sleep(0.3)
+    return count
+
+
+def stop_nodes(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
+    """Ask every node to shut down gracefully, then kill those that do not."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            proc.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

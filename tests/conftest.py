@@ -1,0 +1,84 @@
+"""Shared fixtures: real services, skipped when absent unless CITYBRAIN_REQUIRE_SERVICES=1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REQUIRE_SERVICES = os.environ.get("CITYBRAIN_REQUIRE_SERVICES") == "1"
+PG_HOST = os.environ.get("CITYBRAIN_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("CITYBRAIN_TEST_PG_PORT", "5432"))
+PG_DB = os.environ.get("CITYBRAIN_TEST_PG_DB", "test")
+MQTT_HOST = os.environ.get("CITYBRAIN_TEST_MQTT_HOST", "127.0.0.1")
+MQTT_PORT = int(os.environ.get("CITYBRAIN_TEST_MQTT_PORT", "1883"))
+CHROMIUM = os.environ.get("CITYBRAIN_TEST_CHROMIUM", "/usr/bin/chromium")
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def need_service(name: str, available: bool, how: str) -> None:
+    """Skip (or fail under CITYBRAIN_REQUIRE_SERVICES=1) when a real service is missing."""
+    if available:
+        return
+    message = f"{name} is not available: {how}"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"CITYBRAIN_REQUIRE_SERVICES=1 and {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """Create a throw-away PostgreSQL database for this test session and drop it after."""
+    need_service("PostgreSQL", _port_open(PG_HOST, PG_PORT), f"nothing listens on {PG_HOST}:{PG_PORT}")
+    import psycopg
+
+    name = f"citybrain_test_{uuid.uuid4().hex[:12]}"
+    admin = f"host={PG_HOST} port={PG_PORT} dbname={PG_DB} user={os.environ.get('PGUSER', 'postgres')}"
+    try:
+        conn = psycopg.connect(admin, autocommit=True)
+    except psycopg.OperationalError:
+        admin = f"host={PG_HOST} port={PG_PORT} dbname={PG_DB}"
+        conn = psycopg.connect(admin, autocommit=True)
+    with conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    user = conn.info.user
+    yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker() -> tuple[str, int]:
+    """Return the address of the real MQTT broker."""
+    need_service("Mosquitto", _port_open(MQTT_HOST, MQTT_PORT), f"nothing on {MQTT_HOST}:{MQTT_PORT}")
+    return MQTT_HOST, MQTT_PORT
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Return the path of Debian's chromium for Playwright."""
+    found = Path(CHROMIUM).exists() or shutil.which("chromium") is not None
+    need_service("chromium", found, f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    return CHROMIUM if Path(CHROMIUM).exists() else str(shutil.which("chromium"))
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def free_port() -> int:
+    """Return a TCP port that is free right now on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
