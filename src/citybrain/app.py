@@ -1,0 +1,95 @@
+"""Composition root of the web API: one FastAPI app per node, built from the domains."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from sqlalchemy import Engine
+
+from citybrain import __version__
+from citybrain.core.config import Settings
+from citybrain.core.db import check_connection, create_engine_for, upgrade
+from citybrain.core.problems import BodyLimitMiddleware, install_problem_handlers
+from citybrain.geo.api import router as geo_router
+from citybrain.node import service as node_service
+from citybrain.node.api import router as node_router
+from citybrain.node.runtime import keep_registered
+from citybrain.plugins.manager import get_plugin_manager
+from citybrain.web.pages import router as web_router
+
+MAX_BODY_BYTES = 10 * 1024 * 1024
+access_log = logging.getLogger("citybrain.access")
+
+
+def prepare_node(settings: Settings) -> Engine:
+    """Open and migrate the store, record the identity and register the tables; fail clearly."""
+    node_service.validate_identity(code=settings.code, level=settings.level.value)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine_for(settings.effective_database_url)
+    check_connection(engine)
+    upgrade(engine)
+    node_service.init_node(engine=engine, settings=settings)
+    node_service.scan_datasets(engine=engine, data_dir=settings.data_dir)
+    return engine
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """Build the app of one node; pass an engine already prepared by prepare_node to reuse it."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.engine = engine if engine is not None else prepare_node(settings)
+        tasks: list[asyncio.Task[None]] = []
+        if settings.parent_url:
+            tasks.append(
+                asyncio.create_task(keep_registered(engine=app.state.engine, settings=settings))
+            )
+        logging.getLogger("citybrain.node").info(
+            "node started", extra={"code": settings.code, "level": settings.level.value}
+        )
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            app.state.engine.dispose()
+            logging.getLogger("citybrain.node").info("node stopped", extra={"code": settings.code})
+
+    app = FastAPI(
+        title=f"CityBrain node {settings.code}",
+        version=__version__,
+        description="A CityBrain node: hub, governance, federation, decisions and scenes.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_problem_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+
+    @app.middleware("http")
+    async def log_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        # the path only: query strings may carry personal data
+        access_log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.url.path,
+                "status": response.status_code,
+                "ms": round((time.perf_counter() - start) * 1000, 2),
+            },
+        )
+        return response
+
+    app.include_router(node_router)
+    app.include_router(geo_router)
+    get_plugin_manager().hook.citybrain_routes(app=app)
+    app.include_router(web_router)
+    return app

@@ -1,0 +1,74 @@
+"""HTTP routes of the node domain: health, version, identity, children, datasets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy import Engine
+
+from citybrain import __version__
+from citybrain.core.config import Settings
+from citybrain.core.db import check_connection
+from citybrain.core.errors import CityBrainError
+from citybrain.node import service
+from citybrain.node.models import ChildRead, ChildRegistration, DatasetRead, NodeSummary
+
+router = APIRouter(tags=["node"])
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+@router.get("/health")
+def health(request: Request) -> dict[str, Any]:
+    """Report liveness and whether the operational store answers."""
+    settings = _settings(request)
+    try:
+        check_connection(_engine(request))
+        database = "ok"
+    except CityBrainError as exc:
+        database = exc.message
+    return {
+        "status": "ok" if database == "ok" else "degraded",
+        "code": settings.code,
+        "level": settings.level.value,
+        "database": database,
+    }
+
+
+@router.get("/version")
+def version() -> dict[str, str]:
+    """Report the versions of CityBrain and of the standards it speaks."""
+    return {"citybrain": __version__, "ngsi-ld": "1.8.1", "open311": "GeoReport v2"}
+
+
+@router.get("/api/node")
+def node(request: Request) -> NodeSummary:
+    """Describe this node: identity, tables and number of children."""
+    return service.node_summary(engine=_engine(request))
+
+
+@router.get("/api/nodes")
+def children(request: Request) -> list[ChildRead]:
+    """List the child nodes registered with this node."""
+    return service.list_children(engine=_engine(request))
+
+
+@router.post("/api/nodes/register")
+def register(request: Request, child: ChildRegistration) -> ChildRead:
+    """Register (or refresh) a child node."""
+    return service.register_child(engine=_engine(request), settings=_settings(request), child=child)
+
+
+@router.get("/api/datasets")
+def datasets(request: Request) -> list[DatasetRead]:
+    """List the departmental tables of this node."""
+    return service.list_datasets(engine=_engine(request))
