@@ -11,7 +11,9 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str]) -> int:
     """Run the named benchmark, or all of them, and return non-zero if one failed."""
-    names = sorted(p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_") and p.stem != "run")
+    names = sorted(
+        p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_") and p.stem != "run"
+    )
     wanted = argv[:1] or names
     unknown = [w for w in wanted if w not in names]
     if unknown:

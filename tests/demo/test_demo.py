@@ -54,16 +54,32 @@ def test_demo_serves_17_nodes_and_page_lists_them(tmp_path: Path, chromium_path:
     root = tmp_path / "demo"
     log = (tmp_path / "demo.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "citybrain", "demo", "up", "--scale", "0.0002", "--seed", "5",
-         "--dir", str(root), "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "citybrain",
+            "demo",
+            "up",
+            "--scale",
+            "0.0002",
+            "--seed",
+            "5",
+            "--dir",
+            str(root),
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     province = f"http://127.0.0.1:{port}"
     try:
         _wait(lambda: _children(province) == 16 or proc.poll() is not None, 240, "16 cities")
         assert proc.poll() is None, (tmp_path / "demo.log").read_text()
         for offset in range(17):
-            assert httpx.get(f"http://127.0.0.1:{port + offset}/health", timeout=5).status_code == 200
+            assert (
+                httpx.get(f"http://127.0.0.1:{port + offset}/health", timeout=5).status_code == 200
+            )
 
         from playwright.sync_api import sync_playwright
 

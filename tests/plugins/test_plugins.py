@@ -106,7 +106,9 @@ def test_third_party_entry_point_is_discovered(plugin_dir: Path) -> None:
     module = _make_plugin(plugin_dir, "cbplug_thirdparty", GOOD)
     dist = plugin_dir / "cbplug_thirdparty-1.2.3.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: cbplug-thirdparty\nVersion: 1.2.3\n")
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: cbplug-thirdparty\nVersion: 1.2.3\n"
+    )
     (dist / "entry_points.txt").write_text(f"[citybrain.plugins]\nair_demo = {module}\n")
     plugins = load_plugins()
     domains = {r.domain: r for r in plugins.records}

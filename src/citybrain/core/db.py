@@ -108,4 +108,4 @@ def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()  # type: ignore[no-any-return]
+        return MigrationContext.configure(conn).get_current_revision()

@@ -57,12 +57,16 @@ def ensure_synthetic(
     return out
 
 
-def plan_nodes(*, root: Path, synth_dir: Path, port: int, counties_of: str | None) -> list[NodeSpec]:
+def plan_nodes(
+    *, root: Path, synth_dir: Path, port: int, counties_of: str | None
+) -> list[NodeSpec]:
     """Lay out the province, its 16 cities and optionally one city's counties on ports."""
     province = NodeSpec(PROVINCE, "province", port, synth_dir / PROVINCE, None)
     specs = [province]
     for offset, city in enumerate(geo.list_units("city", PROVINCE), start=1):
-        specs.append(NodeSpec(city.code, "city", port + offset, synth_dir / city.code, province.url))
+        specs.append(
+            NodeSpec(city.code, "city", port + offset, synth_dir / city.code, province.url)
+        )
     if counties_of is not None:
         city_unit = geo.get_unit(counties_of)
         if city_unit.level != "city":
@@ -71,7 +75,13 @@ def plan_nodes(*, root: Path, synth_dir: Path, port: int, counties_of: str | Non
         next_port = port + len(specs)
         for i, county in enumerate(geo.list_units("county", counties_of)):
             specs.append(
-                NodeSpec(county.code, "county", next_port + i, root / "counties" / county.code, parent.url)
+                NodeSpec(
+                    county.code,
+                    "county",
+                    next_port + i,
+                    root / "counties" / county.code,
+                    parent.url,
+                )
             )
     return specs
 
@@ -98,9 +108,18 @@ def start_nodes(*, specs: list[NodeSpec], log_dir: Path) -> list[subprocess.Pope
     for spec in specs:
         spec.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "citybrain", "serve",
-            "--level", spec.level, "--code", spec.code,
-            "--data", str(spec.data_dir), "--port", str(spec.port),
+            sys.executable,
+            "-m",
+            "citybrain",
+            "serve",
+            "--level",
+            spec.level,
+            "--code",
+            spec.code,
+            "--data",
+            str(spec.data_dir),
+            "--port",
+            str(spec.port),
         ]
         if spec.parent_url:
             cmd += ["--parent", spec.parent_url]
@@ -136,7 +155,9 @@ def wait_healthy(
                     pass
             if pending and time.monotonic() > deadline:
                 missing = ", ".join(s.code for s in pending)
-                raise ServiceUnavailable(f"nodes {missing} did not become healthy in {timeout:.0f} s")
+                raise ServiceUnavailable(
+                    f"nodes {missing} did not become healthy in {timeout:.0f} s"
+                )
             if pending:
                 time.sleep(0.3)
 

@@ -118,9 +118,13 @@ def list_units(level: Level | str, parent: str | None = None) -> list[AdminUnit]
         return sorted(found, key=lambda u: u.code)
     if parent is None:
         raise BadInput(f"listing {lvl.value} units needs --parent (a county or a unit below one)")
-    counties = [parent] if len(parent) >= 6 and _level_of_code(parent[:6]) == Level.county else [
-        u.code for u in units.values() if u.level == Level.county and _is_under(u.code, parent)
-    ]
+    counties = (
+        [parent]
+        if len(parent) >= 6 and _level_of_code(parent[:6]) == Level.county
+        else [
+            u.code for u in units.values() if u.level == Level.county and _is_under(u.code, parent)
+        ]
+    )
     result: list[AdminUnit] = []
     for county in counties:
         subunits = synthetic.units_of_county(

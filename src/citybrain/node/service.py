@@ -118,7 +118,8 @@ def register_child(*, engine: Engine, settings: Settings, child: ChildRegistrati
         raise Unprocessable(f"code {child.code} is a {unit.level.value}, not a {child.level}")
     if unit.parent != settings.code:
         raise Unprocessable(
-            f"{child.code} ({unit.name_en}) belongs to {unit.parent}, not to this node {settings.code}"
+            f"{child.code} ({unit.name_en}) belongs to {unit.parent}, "
+            f"not to this node {settings.code}"
         )
     stamp = now()
     summary = {"datasets": [d.model_dump() for d in child.datasets]}

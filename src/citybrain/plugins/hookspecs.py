@@ -24,3 +24,4 @@ class CityBrainSpec:
     @hookspec
     def citybrain_dashboard_panels(self) -> list[dict[str, Any]]:
         """Return panels (id, title_zh, title_en, data_url) the dashboard shows for this plugin."""
+        raise NotImplementedError

@@ -64,7 +64,9 @@ def load_manifest(module: ModuleType, expected_domain: str) -> Manifest:
     try:
         manifest = Manifest.model_validate(json.loads(raw))
     except json.JSONDecodeError as exc:
-        raise Unprocessable(f"plugin {expected_domain!r}: manifest.json is not JSON ({exc})") from exc
+        raise Unprocessable(
+            f"plugin {expected_domain!r}: manifest.json is not JSON ({exc})"
+        ) from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "manifest"

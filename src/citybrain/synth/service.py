@@ -1,0 +1,196 @@
+"""Generate the synthetic province county by county into one folder per node."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from citybrain.core.errors import BadInput
+from citybrain.geo import service as geo
+from citybrain.geo.models import AdminUnit, Level
+from citybrain.synth import figures as fig
+from citybrain.synth.county import CountyPlan, Tables, generate_county
+from citybrain.synth.models import FileRecord, SynthSummary
+from citybrain.synth.province import catalogues
+
+GENERATOR = "citybrain-synth/1"
+PROVINCE = "370000"
+Progress = Callable[[str, int, int], None]
+
+
+def _largest_remainder(total: int, weights: list[float]) -> list[int]:
+    """Split an integer total in proportion to weights, summing exactly to the total."""
+    w = np.asarray(weights, dtype=float)
+    raw = total * w / w.sum()
+    base = np.floor(raw).astype(int)
+    short = total - int(base.sum())
+    order = np.argsort(-(raw - base), kind="stable")
+    base[order[:short]] += 1
+    return [int(x) for x in base]
+
+
+def county_weight(county: AdminUnit) -> float:
+    """Weight of a county when its city's population is split: area, denser in urban districts."""
+    factor = fig.DISTRICT_DENSITY_FACTOR if county.name_zh.endswith("区") else 1.0
+    return county.area_km2 * factor
+
+
+def plan(*, scale: float, seed: int, cities: list[str] | None = None) -> list[CountyPlan]:
+    """Decide how many people each county gets and its independent seed."""
+    populations = fig.city_populations()
+    wanted = cities or sorted(populations)
+    index = {c.code: i for i, c in enumerate(geo.list_units(Level.county))}
+    plans: list[CountyPlan] = []
+    for city in wanted:
+        counties = geo.list_units(Level.county, city)
+        city_people = int(round(populations[city] * scale))
+        shares = _largest_remainder(city_people, [county_weight(c) for c in counties])
+        for county, people in zip(counties, shares, strict=True):
+            # the seed depends on the county alone, so --cities never changes a county's records
+            entropy = np.random.SeedSequence([seed, int(county.code)]).generate_state(2)
+            plans.append(
+                CountyPlan(
+                    county=county,
+                    people=max(people, 1),
+                    seed=int(entropy[0]) << 32 | int(entropy[1]),
+                    county_index=index[county.code],
+                )
+            )
+    return plans
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"the output {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise BadInput(f"the output folder {out} is not empty; pass --force to replace it")
+        if not os.access(out, os.W_OK):
+            raise BadInput(f"the output folder {out} is not writable")
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise BadInput(f"cannot write to the output folder {out}: {exc.strerror}") from None
+
+
+class _NodeWriter:
+    """Parquet writers of one node, one per table, appended county by county as row groups."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.writers: dict[tuple[str, str], pq.ParquetWriter] = {}
+        self.rows: dict[tuple[str, str], int] = {}
+
+    def write(self, tables: Tables) -> None:
+        for key, table in sorted(tables.items()):
+            writer = self.writers.get(key)
+            if writer is None:
+                path = self.root / key[0] / f"{key[1]}.parquet"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                writer = pq.ParquetWriter(path, table.schema, compression="zstd", version="2.6")
+                self.writers[key] = writer
+                self.rows[key] = 0
+            writer.write_table(table.cast(writer.schema), row_group_size=1_000_000)
+            self.rows[key] += table.num_rows
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
+def _work(item: tuple[CountyPlan, list[str]]) -> Tables:
+    return generate_county(item[0], item[1])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def generate(
+    *,
+    scale: float,
+    seed: int,
+    out: Path,
+    force: bool = False,
+    cities: list[str] | None = None,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> SynthSummary:
+    """Generate the synthetic province into OUT/<node code>/<department>/<table>.parquet."""
+    if not (0 < scale <= 1):
+        raise BadInput(f"--scale must be in (0, 1], got {scale}")
+    if seed < 0:
+        raise BadInput(f"--seed must not be negative, got {seed}")
+    known = set(fig.city_populations())
+    for city in cities or []:
+        if city not in known:
+            raise BadInput(f"{city} is not the code of a Shandong city")
+    _check_out(out, force)
+    plans = plan(scale=scale, seed=seed, cities=cities)
+    all_counties = [c.code for c in geo.list_units(Level.county)]
+    writers: dict[str, _NodeWriter] = {}
+    province = _NodeWriter(out / PROVINCE)
+    province.write(catalogues(seed))
+    province.close()
+    n_workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    items = [(p, [c for c in all_counties if c != p.county.code]) for p in plans]
+    residents = 0
+    try:
+        # counties are independent; map() keeps their order, so the files do not depend on timing
+        if n_workers > 1 and len(items) > 1:
+            pool = ProcessPoolExecutor(max_workers=n_workers)
+            results = pool.map(_work, items, chunksize=1)
+        else:
+            pool = None
+            results = map(_work, items)
+        for done, (county_plan, tables) in enumerate(zip(plans, results, strict=True), start=1):
+            city = county_plan.county.parent or ""
+            writer = writers.setdefault(city, _NodeWriter(out / city))
+            writer.write(tables)
+            residents += tables[("public_security", "residents")].num_rows
+            if progress:
+                progress(county_plan.county.name_en, done, len(plans))
+        if pool is not None:
+            pool.shutdown()
+    finally:
+        for writer in writers.values():
+            writer.close()
+    files = []
+    for path in sorted(out.glob("*/*/*.parquet")):
+        files.append(
+            FileRecord(
+                path=str(path.relative_to(out)),
+                rows=pq.read_metadata(path).num_rows,
+                sha256=_sha256(path),
+            )
+        )
+    summary = SynthSummary(
+        generator=GENERATOR, seed=seed, scale=scale, residents=residents, files=files
+    )
+    (out / "synth.json").write_text(
+        json.dumps(summary.model_dump(), ensure_ascii=False, indent=1, sort_keys=True) + "\n",
+        encoding="utf-8",
+    )
+    return summary
+
+
+def read_table(path: Path) -> pa.Table:
+    """Read one generated table (for tests and benchmarks)."""
+    return pq.read_table(path)
