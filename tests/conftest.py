@@ -55,9 +55,9 @@ def postgres_url() -> Iterator[str]:
     except psycopg.OperationalError:
         admin = f"host={PG_HOST} port={PG_PORT} dbname={PG_DB}"
         conn = psycopg.connect(admin, autocommit=True)
+    user = conn.info.user
     with conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    user = conn.info.user
     yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
