@@ -116,10 +116,17 @@ def _names(rng: np.random.Generator, surnames: Array, male: Array) -> Array:
     return surnames + first + np.where(two, second, "")
 
 
+def _zfill(values: Array, width: int) -> Array:
+    """Left-pad digit strings with zeros (numpy's zfill fails on empty arrays)."""
+    if len(values) == 0:
+        return np.asarray([], dtype=object)
+    return np.char.zfill(values, width)
+
+
 def _phones(rng: np.random.Generator, n: int) -> Array:
     prefix = np.asarray(["13", "15", "17", "18", "19"], dtype=object)[rng.integers(0, 5, n)]
     rest = rng.integers(0, 10**9, n).astype(str)
-    result: Array = prefix + np.char.zfill(rest, 9).astype(object)
+    result: Array = prefix + _zfill(rest, 9).astype(object)
     return result
 
 
@@ -195,10 +202,10 @@ def generate_county(plan: CountyPlan, other_counties: list[str]) -> Tables:
     )
     names = _names(rng, own_surname, male)
     phones = _phones(rng, n)
-    person_id = np.char.add(f"P{county.code}-", np.char.zfill(np.arange(n).astype(str), 8)).astype(
+    person_id = np.char.add(f"P{county.code}-", _zfill(np.arange(n).astype(str), 8)).astype(
         object
     )
-    hh_id = np.char.add(f"H{county.code}-", np.char.zfill(np.arange(n_hh).astype(str), 7)).astype(
+    hh_id = np.char.add(f"H{county.code}-", _zfill(np.arange(n_hh).astype(str), 7)).astype(
         object
     )
 
@@ -229,7 +236,7 @@ def generate_county(plan: CountyPlan, other_counties: list[str]) -> Tables:
     room = (rng.integers(1, 25, n_hh) * 100 + rng.integers(1, 5, n_hh)).astype(str).astype(object)
     house = rng.integers(1, 300, n_hh).astype(str).astype(object)
     text = np.where(urban, prefix + building + "号楼" + room + "室", prefix + house + "号")
-    addr_id = np.char.add(f"A{county.code}-", np.char.zfill(np.arange(n_hh).astype(str), 7)).astype(
+    addr_id = np.char.add(f"A{county.code}-", _zfill(np.arange(n_hh).astype(str), 7)).astype(
         object
     )
     street_codes = np.asarray([c.parent for c in communities], dtype=object)[hh_comm]
@@ -281,7 +288,7 @@ def generate_county(plan: CountyPlan, other_counties: list[str]) -> Tables:
         {
             "permit_id": pa.array(
                 np.char.add(
-                    f"R{county.code}-", np.char.zfill(np.arange(len(mp)).astype(str), 7)
+                    f"R{county.code}-", _zfill(np.arange(len(mp)).astype(str), 7)
                 ).astype(object),
                 pa.string(),
             ),
@@ -309,7 +316,7 @@ def generate_county(plan: CountyPlan, other_counties: list[str]) -> Tables:
         {
             "property_id": pa.array(
                 np.char.add(
-                    f"F{county.code}-", np.char.zfill(np.arange(len(prop_hh)).astype(str), 7)
+                    f"F{county.code}-", _zfill(np.arange(len(prop_hh)).astype(str), 7)
                 ).astype(object),
                 pa.string(),
             ),
@@ -351,7 +358,7 @@ def generate_county(plan: CountyPlan, other_counties: list[str]) -> Tables:
             "last_paid_month": pa.array(
                 np.where(
                     lapsed,
-                    "2025-" + np.char.zfill(rng.integers(1, 13, len(working)).astype(str), 2),
+                    "2025-" + _zfill(rng.integers(1, 13, len(working)).astype(str), 2),
                     "2026-08",
                 ),
                 pa.string(),
