@@ -6,8 +6,9 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,34 @@ def _work(item: tuple[CountyPlan, list[str]]) -> Tables:
     return generate_county(item[0], item[1])
 
 
+def _county_results(
+    items: list[tuple[CountyPlan, list[str]]], workers: int
+) -> Iterator[tuple[CountyPlan, Tables]]:
+    """Yield each county's tables in plan order, with one county per worker in flight.
+
+    Counties are independent, so they may be generated in parallel; yielding in plan order
+    keeps the files independent of timing, and the bounded window keeps memory from growing
+    with the number of counties waiting to be written.
+    """
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield item[0], _work(item)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        window: deque[tuple[CountyPlan, Future[Tables]]] = deque()
+        pending = iter(items)
+        for item in pending:
+            window.append((item[0], pool.submit(_work, item)))
+            if len(window) >= workers:
+                break
+        while window:
+            county_plan, future = window.popleft()
+            nxt = next(pending, None)
+            if nxt is not None:
+                window.append((nxt[0], pool.submit(_work, nxt)))
+            yield county_plan, future.result()
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -153,22 +182,14 @@ def generate(
     items = [(p, [c for c in all_counties if c != p.county.code]) for p in plans]
     residents = 0
     try:
-        # counties are independent; map() keeps their order, so the files do not depend on timing
-        if n_workers > 1 and len(items) > 1:
-            pool = ProcessPoolExecutor(max_workers=n_workers)
-            results = pool.map(_work, items, chunksize=1)
-        else:
-            pool = None
-            results = map(_work, items)
-        for done, (county_plan, tables) in enumerate(zip(plans, results, strict=True), start=1):
+        for done, (county_plan, tables) in enumerate(_county_results(items, n_workers), start=1):
             city = county_plan.county.parent or ""
             writer = writers.setdefault(city, _NodeWriter(out / city))
             writer.write(tables)
             residents += tables[("public_security", "residents")].num_rows
+            del tables
             if progress:
                 progress(county_plan.county.name_en, done, len(plans))
-        if pool is not None:
-            pool.shutdown()
     finally:
         for writer in writers.values():
             writer.close()
