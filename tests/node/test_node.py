@@ -212,3 +212,19 @@ def test_serve_registers_child_and_stops_cleanly(tmp_path: Path) -> None:
             assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
     err = parent.stderr.read() if parent.stderr else ""
     assert '"node stopped"' in err and "Traceback" not in err
+
+
+def test_dataset_profile_with_duckdb(tmp_path: Path) -> None:
+    folder = tmp_path / "education"
+    folder.mkdir(parents=True)
+    pq.write_table(
+        pa.table({"school_id": ["s1", "s2", "s2", None], "capacity": [45, 90, 90, 45]}),
+        folder / "schools.parquet",
+    )
+    with _client(tmp_path, code="370100", level="city") as client:
+        profile = client.get("/api/datasets/education/schools").json()
+        assert profile["rows"] == 4
+        school = next(c for c in profile["columns"] if c["name"] == "school_id")
+        assert school["non_null"] == 3 and school["distinct_approx"] == 2
+        assert client.get("/api/datasets/education/nothing").status_code == 404
+        assert client.get("/api/datasets/Education;drop/x").status_code == 400

@@ -77,7 +77,8 @@ def test_layout_and_manifest(province: Path) -> None:
 def test_id_numbers_valid_and_unique(province: Path) -> None:
     rows = _sql(
         province,
-        "select id_number, hukou_county, birth_date, sex from '$/public_security/residents.parquet'",
+        "select id_number, hukou_county, birth_date, sex "
+        "from '$/public_security/residents.parquet'",
     )
     assert len({r[0] for r in rows}) == len(rows)
     for id_number, hukou, birth, sex in rows:
@@ -120,7 +121,8 @@ def test_cross_department_consistency(province: Path) -> None:
 def test_addresses_inside_their_community(province: Path) -> None:
     rows = _sql(
         province,
-        "select community_code, lon, lat from '$/public_security/addresses.parquet' using sample 200 rows (reservoir, 3)",
+        "select community_code, lon, lat from '$/public_security/addresses.parquet' "
+        "using sample 200 rows (reservoir, 3)",
     )
     for community, lon, lat in rows:
         assert shapely.contains_xy(geo.geometry(str(community)), float(lon), float(lat))  # type: ignore[arg-type]
@@ -137,7 +139,8 @@ def test_age_structure_and_school_capacity(province: Path) -> None:
     assert 0.08 < float(elderly) < 0.25  # type: ignore[arg-type]
     ((capacity, cohort),) = _sql(
         province,
-        "select (select sum(entry_capacity) from '$/education/schools.parquet' where level='primary'),"
+        "select (select sum(entry_capacity) from '$/education/schools.parquet' "
+        "  where level='primary'),"
         " (select count(*) from '$/public_security/residents.parquet' "
         "  where date_diff('year', birth_date, date '2026-09-01') = 6)",
     )

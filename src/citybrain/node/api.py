@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from sqlalchemy import Engine
 
 from citybrain import __version__
@@ -12,7 +12,13 @@ from citybrain.core.config import Settings
 from citybrain.core.db import check_connection
 from citybrain.core.errors import CityBrainError
 from citybrain.node import service
-from citybrain.node.models import ChildRead, ChildRegistration, DatasetRead, NodeSummary
+from citybrain.node.models import (
+    ChildRead,
+    ChildRegistration,
+    DatasetProfile,
+    DatasetRead,
+    NodeSummary,
+)
 
 router = APIRouter(tags=["node"])
 
@@ -72,3 +78,21 @@ def register(request: Request, child: ChildRegistration) -> ChildRead:
 def datasets(request: Request) -> list[DatasetRead]:
     """List the departmental tables of this node."""
     return service.list_datasets(engine=_engine(request))
+
+
+_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+
+
+@router.get("/api/datasets/{department}/{name}")
+def dataset_profile(
+    request: Request,
+    department: str = Path(pattern=_NAME_PATTERN),
+    name: str = Path(pattern=_NAME_PATTERN),
+) -> DatasetProfile:
+    """Profile one departmental table: rows, and non-null and distinct counts per column."""
+    return service.dataset_profile(
+        engine=_engine(request),
+        data_dir=_settings(request).data_dir,
+        department=department,
+        name=name,
+    )

@@ -73,6 +73,24 @@ class DatasetRead(BaseModel):
     updated_at: datetime
 
 
+class ColumnProfile(BaseModel):
+    """Counts of one column, computed by DuckDB over the table's Parquet file."""
+
+    name: str
+    type: str
+    non_null: int
+    distinct_approx: int
+
+
+class DatasetProfile(BaseModel):
+    """Row count and column profile of one departmental table (no records)."""
+
+    department: str
+    name: str
+    rows: int
+    columns: list[ColumnProfile]
+
+
 class DatasetBrief(BaseModel):
     """What a parent keeps of a child's dataset."""
 

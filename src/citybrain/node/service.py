@@ -5,16 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, delete, insert, select, update
 
 from citybrain import __version__
 from citybrain.core.config import Settings
-from citybrain.core.errors import BadInput, Unprocessable
+from citybrain.core.errors import BadInput, NotFound, Unprocessable
 from citybrain.geo import service as geo
 from citybrain.node.models import (
     ChildRead,
     ChildRegistration,
+    ColumnProfile,
+    DatasetProfile,
     DatasetRead,
     NodeSummary,
     child_nodes,
@@ -109,6 +112,47 @@ def list_datasets(*, engine: Engine) -> list[DatasetRead]:
     with engine.connect() as conn:
         rows = conn.execute(select(datasets).order_by(datasets.c.department, datasets.c.name))
         return [DatasetRead.model_validate(r, from_attributes=True) for r in rows]
+
+
+def dataset_profile(
+    *, engine: Engine, data_dir: Path, department: str, name: str
+) -> DatasetProfile:
+    """Profile one table with DuckDB: row count, and per column its non-null and distinct counts."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(datasets).where(datasets.c.department == department, datasets.c.name == name)
+        ).first()
+    if row is None:
+        raise NotFound(f"this node holds no table {department}/{name}")
+    path = data_dir / row.path
+    con = duckdb.connect()
+    try:
+        columns = [c["name"] for c in row.columns]
+        # names come from the registered schema, quoted as identifiers; the path is a parameter
+        parts = ", ".join(
+            f'count("{c}"), approx_count_distinct("{c}")'
+            for c in (n.replace('"', '""') for n in columns)
+        )
+        values = con.execute(
+            f"select count(*), {parts} from read_parquet(?)", [str(path)]
+        ).fetchone()
+    finally:
+        con.close()
+    assert values is not None
+    return DatasetProfile(
+        department=department,
+        name=name,
+        rows=int(values[0]),
+        columns=[
+            ColumnProfile(
+                name=c,
+                type=row.columns[i]["type"],
+                non_null=int(values[1 + 2 * i]),
+                distinct_approx=int(values[2 + 2 * i]),
+            )
+            for i, c in enumerate(columns)
+        ],
+    )
 
 
 def register_child(*, engine: Engine, settings: Settings, child: ChildRegistration) -> ChildRead:

@@ -202,12 +202,8 @@ def generate_county(plan: CountyPlan, other_counties: list[str]) -> Tables:
     )
     names = _names(rng, own_surname, male)
     phones = _phones(rng, n)
-    person_id = np.char.add(f"P{county.code}-", _zfill(np.arange(n).astype(str), 8)).astype(
-        object
-    )
-    hh_id = np.char.add(f"H{county.code}-", _zfill(np.arange(n_hh).astype(str), 7)).astype(
-        object
-    )
+    person_id = np.char.add(f"P{county.code}-", _zfill(np.arange(n).astype(str), 8)).astype(object)
+    hh_id = np.char.add(f"H{county.code}-", _zfill(np.arange(n_hh).astype(str), 7)).astype(object)
 
     # --- addresses inside communities ----------------------------------------------------------
     comm_codes = np.asarray([c.code for c in communities], dtype=object)
@@ -236,9 +232,7 @@ def generate_county(plan: CountyPlan, other_counties: list[str]) -> Tables:
     room = (rng.integers(1, 25, n_hh) * 100 + rng.integers(1, 5, n_hh)).astype(str).astype(object)
     house = rng.integers(1, 300, n_hh).astype(str).astype(object)
     text = np.where(urban, prefix + building + "号楼" + room + "室", prefix + house + "号")
-    addr_id = np.char.add(f"A{county.code}-", _zfill(np.arange(n_hh).astype(str), 7)).astype(
-        object
-    )
+    addr_id = np.char.add(f"A{county.code}-", _zfill(np.arange(n_hh).astype(str), 7)).astype(object)
     street_codes = np.asarray([c.parent for c in communities], dtype=object)[hh_comm]
 
     tables[("public_security", "addresses")] = pa.table(
@@ -287,9 +281,9 @@ def generate_county(plan: CountyPlan, other_counties: list[str]) -> Tables:
     tables[("public_security", "residence_permits")] = pa.table(
         {
             "permit_id": pa.array(
-                np.char.add(
-                    f"R{county.code}-", _zfill(np.arange(len(mp)).astype(str), 7)
-                ).astype(object),
+                np.char.add(f"R{county.code}-", _zfill(np.arange(len(mp)).astype(str), 7)).astype(
+                    object
+                ),
                 pa.string(),
             ),
             "person_id": pa.array(person_id[mp], pa.string()),
