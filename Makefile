@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml
 assets: $(VENDOR)
 
 $(VENDOR): web/package.json web/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: installing Debian's npm"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null || \
+	  { echo "install Node.js and npm, then run make again"; exit 1; }; }
 	cd web && npm ci --no-audit --no-fund --loglevel=error
 	mkdir -p $(dir $(VENDOR))
 	cp web/node_modules/echarts/dist/echarts.min.js $(VENDOR)
