@@ -16,6 +16,7 @@ from citybrain.core.config import Settings
 from citybrain.core.db import check_connection, create_engine_for, upgrade
 from citybrain.core.problems import BodyLimitMiddleware, install_problem_handlers
 from citybrain.geo.api import router as geo_router
+from citybrain.hub.tables.api import router as tables_router
 from citybrain.node import service as node_service
 from citybrain.node.api import router as node_router
 from citybrain.node.runtime import keep_registered
@@ -90,6 +91,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     app.include_router(node_router)
     app.include_router(geo_router)
+    app.include_router(tables_router)
     get_plugin_manager().hook.citybrain_routes(app=app)
     app.include_router(web_router)
     return app

@@ -23,6 +23,7 @@ def _register() -> None:
     """Attach every domain's commands; imported here so each domain owns its CLI module."""
     from citybrain.demo.cli import app as demo_app
     from citybrain.geo.cli import app as geo_app
+    from citybrain.hub.tables.cli import app as tables_app
     from citybrain.node.cli import register as register_node
     from citybrain.plugins.cli import app as plugins_app
     from citybrain.synth.cli import register as register_synth
@@ -30,6 +31,7 @@ def _register() -> None:
     app.add_typer(geo_app, name="geo", help="Administrative units of Shandong.")
     app.add_typer(plugins_app, name="plugins", help="Scene and connector plugins.")
     app.add_typer(demo_app, name="demo", help="Run a synthetic Shandong on localhost.")
+    app.add_typer(tables_app, name="tables", help="Departmental tables (Delta Lake).")
     register_synth(app)
     register_node(app)
 

@@ -1,0 +1,529 @@
+"""Departmental tables as Delta Lake tables: register, load (upsert by key), version, read.
+
+`read_records` and `run_sql` are the only ways records leave a table; the governance gate
+wraps exactly these two functions.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import shutil
+import uuid
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+from sqlalchemy import Engine, insert, select
+
+from citybrain.core.errors import BadInput, Conflict, NotFound, Unprocessable
+from citybrain.hub.tables.files import FileFormat, read_source
+from citybrain.hub.tables.models import (
+    ColumnSpec,
+    ColumnType,
+    LoadResult,
+    RecordPage,
+    Rejection,
+    SqlJob,
+    SqlResult,
+    TableRead,
+    TableSpec,
+    VersionRead,
+    table_datasets,
+    table_loads,
+)
+
+ARROW_TYPES: dict[ColumnType, pa.DataType] = {
+    ColumnType.string: pa.string(),
+    ColumnType.int64: pa.int64(),
+    ColumnType.float64: pa.float64(),
+    ColumnType.bool: pa.bool_(),
+    ColumnType.date: pa.date32(),
+    ColumnType.timestamp: pa.timestamp("us", tz="UTC"),
+}
+MAX_REJECTIONS_KEPT = 1000
+_INT = r"^[+-]?\d{1,18}$"
+_FLOAT = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+_FILTER = re.compile(r"^([a-z][a-z0-9_]*)(==|!=|<=|>=|<|>|=\^)(.*)$", re.S)
+_SQL_OPS = {"==": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+
+def table_path(data_dir: Path, department: str, name: str) -> Path:
+    """Return the folder of a Delta table inside the node's data folder."""
+    return data_dir / "tables" / department / name
+
+
+def arrow_schema(columns: list[ColumnSpec]) -> pa.Schema:
+    """Return the Arrow schema of a table's columns."""
+    return pa.schema([pa.field(c.name, ARROW_TYPES[c.type]) for c in columns])
+
+
+def _spec_row(engine: Engine, department: str, name: str) -> Any:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(table_datasets).where(
+                table_datasets.c.department == department, table_datasets.c.name == name
+            )
+        ).first()
+    if row is None:
+        raise NotFound(f"no departmental table {department}/{name}")
+    return row
+
+
+def _open(data_dir: Path, department: str, name: str, version: int | None = None) -> DeltaTable:
+    path = table_path(data_dir, department, name)
+    try:
+        return DeltaTable(str(path), version=version)
+    except TableNotFoundError:
+        raise NotFound(f"the files of table {department}/{name} are missing") from None
+    except Exception as exc:  # deltalake raises plain exceptions for a version it does not have
+        if version is not None:
+            raise NotFound(f"table {department}/{name} has no version {version}") from exc
+        raise
+
+
+def snapshot(dt: DeltaTable, columns: list[ColumnSpec]) -> ds.Dataset:
+    """Return the Parquet files of a table version as an Arrow dataset with the declared schema.
+
+    delta-rs writes no deletion vectors, so a version's files are exactly its rows; reading
+    them as plain Parquet is what Spark or any other engine does with the same snapshot.
+    """
+    files = dt.file_uris()
+    # delta-rs merges write strings as string_view; take the files' own schema so filters
+    # pushed down by DuckDB compare like with like
+    schema = pq.read_schema(files[0].removeprefix("file://")) if files else arrow_schema(columns)
+    return ds.dataset(files, format="parquet", schema=schema)
+
+
+def register_table(*, engine: Engine, data_dir: Path, spec: TableSpec) -> TableRead:
+    """Register a table and create its empty Delta table (version 0)."""
+    path = table_path(data_dir, spec.department, spec.name)
+    with engine.begin() as conn:
+        exists = conn.execute(
+            select(table_datasets.c.name).where(
+                table_datasets.c.department == spec.department, table_datasets.c.name == spec.name
+            )
+        ).first()
+        if exists:
+            raise Conflict(f"table {spec.department}/{spec.name} is registered already")
+        if path.exists():
+            # files left by an earlier, unregistered attempt; the registry is the truth
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_deltalake(str(path), arrow_schema(spec.columns).empty_table(), mode="error")
+        conn.execute(
+            insert(table_datasets).values(
+                department=spec.department,
+                name=spec.name,
+                owner_department=spec.owner_department or spec.department,
+                description=spec.description,
+                primary_key=spec.primary_key,
+                columns=[c.model_dump(mode="json") for c in spec.columns],
+                created_at=datetime.now(UTC),
+            )
+        )
+    return describe_table(
+        engine=engine, data_dir=data_dir, department=spec.department, name=spec.name
+    )
+
+
+def _table_read(row: Any, dt: DeltaTable) -> TableRead:
+    rows = snapshot(dt, [ColumnSpec.model_validate(c) for c in row.columns]).count_rows()
+    created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    return TableRead(
+        department=row.department,
+        name=row.name,
+        owner_department=row.owner_department,
+        description=row.description,
+        primary_key=row.primary_key,
+        columns=[ColumnSpec.model_validate(c) for c in row.columns],
+        version=dt.version(),
+        rows=rows,
+        created_at=created,
+    )
+
+
+def describe_table(*, engine: Engine, data_dir: Path, department: str, name: str) -> TableRead:
+    """Return a table's declaration, current version and row count."""
+    row = _spec_row(engine, department, name)
+    return _table_read(row, _open(data_dir, department, name))
+
+
+def list_tables(*, engine: Engine, data_dir: Path) -> list[TableRead]:
+    """Return every registered table."""
+    with engine.connect() as conn:
+        rows = list(
+            conn.execute(
+                select(table_datasets).order_by(table_datasets.c.department, table_datasets.c.name)
+            )
+        )
+    return [_table_read(r, _open(data_dir, r.department, r.name)) for r in rows]
+
+
+def _typed(
+    column: pa.ChunkedArray | pa.Array, spec: ColumnSpec
+) -> tuple[pa.Array, np.ndarray[Any, Any]]:
+    """Convert a text column to the declared type; return the values and a mask of bad rows."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    target = ARROW_TYPES[spec.type]
+    if arr.type == target:
+        return arr, np.zeros(len(arr), dtype=bool)
+    if not pa.types.is_string(arr.type):
+        try:
+            return arr.cast(target), np.zeros(len(arr), dtype=bool)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise Unprocessable(
+                f"column {spec.name} is {arr.type} in the file but {spec.type.value} in the table"
+            ) from None
+    text = pc.utf8_trim_whitespace(arr)
+    text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+    present = pc.is_valid(text)
+    if spec.type is ColumnType.string:
+        return text, np.zeros(len(arr), dtype=bool)
+    if spec.type in (ColumnType.int64, ColumnType.float64):
+        ok = pc.match_substring_regex(text, _INT if spec.type is ColumnType.int64 else _FLOAT)
+        good = pc.and_kleene(present, ok)
+        clean = pc.if_else(good, text, pa.scalar(None, pa.string()))
+        bad = pc.and_(present, pc.invert(pc.fill_null(ok, False)))
+        return clean.cast(target), np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
+    if spec.type is ColumnType.bool:
+        lower = pc.utf8_lower(text)
+        truthy = pc.is_in(lower, pa.array(["true", "1", "yes"]))
+        falsy = pc.is_in(lower, pa.array(["false", "0", "no"]))
+        ok = pc.or_(truthy, falsy)
+        values = pc.if_else(pc.and_kleene(present, ok), truthy, pa.scalar(None, pa.bool_()))
+        bad = pc.and_(present, pc.invert(ok))
+        return values, np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
+    if spec.type is ColumnType.date:
+        parsed = pc.strptime(text, format="%Y-%m-%d", unit="s", error_is_null=True)
+        bad = pc.and_(present, pc.is_null(parsed))
+        return parsed.cast(pa.date32()), np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
+    # timestamps: ISO 8601, with an offset or Z; without one they are taken as UTC
+    out: list[datetime | None] = []
+    bad_rows = np.zeros(len(text), dtype=bool)
+    for i, value in enumerate(text.to_pylist()):
+        if value is None:
+            out.append(None)
+            continue
+        try:
+            stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            out.append(stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC))
+        except ValueError:
+            out.append(None)
+            bad_rows[i] = True
+    return pa.array(out, target), bad_rows
+
+
+def _validate(
+    table: pa.Table, lines: list[int], columns: list[ColumnSpec], primary_key: list[str]
+) -> tuple[pa.Table, list[Rejection]]:
+    """Type every column, refuse rows with bad values, missing keys or repeated keys."""
+    n = table.num_rows
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    typed: dict[str, pa.Array] = {}
+    for spec in columns:
+        values, bad = _typed(table.column(spec.name), spec)
+        for i in np.flatnonzero(bad):
+            reasons[i].append(f"{spec.name} is not a valid {spec.type.value}")
+        required = spec.name in primary_key or not spec.nullable
+        if required:
+            missing = (
+                np.asarray(pc.is_null(values).to_numpy(zero_copy_only=False), dtype=bool) & ~bad
+            )
+            for i in np.flatnonzero(missing):
+                reasons[i].append(f"{spec.name} is required")
+        typed[spec.name] = values
+    candidate = pa.table(typed, schema=arrow_schema(columns))
+    ok = np.array([not r for r in reasons], dtype=bool)
+    # a key may appear once per load; later repeats are refused, not silently merged
+    keys = candidate.select(primary_key).to_pylist()
+    seen: set[tuple[Any, ...]] = set()
+    for position, key in enumerate(keys):
+        if not ok[position]:
+            continue
+        k = tuple(key.values())
+        if k in seen:
+            reasons[position].append(f"duplicate key {list(k)} in this file")
+            ok[position] = False
+        seen.add(k)
+    rejections = [
+        Rejection(row=lines[i], reason="; ".join(reasons[i])) for i in np.flatnonzero(~ok)
+    ]
+    return candidate.filter(pa.array(ok)), rejections
+
+
+def load_file(
+    *,
+    engine: Engine,
+    data_dir: Path,
+    department: str,
+    name: str,
+    data: bytes,
+    fmt: FileFormat,
+    source: str,
+) -> LoadResult:
+    """Upsert a file's valid rows by primary key as one new table version; report the rest."""
+    row = _spec_row(engine, department, name)
+    columns = [ColumnSpec.model_validate(c) for c in row.columns]
+    primary_key: list[str] = list(row.primary_key)
+    digest = hashlib.sha256(data).hexdigest()
+    stamp = datetime.now(UTC)
+    load_id = uuid.uuid4().hex
+    with engine.connect() as conn:
+        previous = conn.execute(
+            select(table_loads)
+            .where(
+                table_loads.c.department == department,
+                table_loads.c.name == name,
+                table_loads.c.sha256 == digest,
+                table_loads.c.status == "applied",
+            )
+            .limit(1)
+        ).first()
+    if previous is not None:
+        # the same bytes were applied before: an upsert by key would change nothing
+        return LoadResult(
+            id=load_id,
+            department=department,
+            name=name,
+            source=source,
+            format=fmt.value,
+            status="unchanged",
+            version=previous.version,
+            accepted=0,
+            rejected=0,
+            rejections=[],
+            created_at=stamp,
+        )
+    raw, lines, rejections = read_source(data, fmt, [c.name for c in columns])
+    accepted, invalid = _validate(raw, lines, columns, primary_key)
+    rejections = sorted(rejections + invalid, key=lambda r: r.row)
+    version: int | None = None
+    status = "rejected"
+    if accepted.num_rows:
+        dt = _open(data_dir, department, name)
+        predicate = " AND ".join(f"t.{k} = s.{k}" for k in primary_key)
+        (
+            dt.merge(source=accepted, predicate=predicate, source_alias="s", target_alias="t")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute()
+        )
+        version = dt.version()
+        status = "applied"
+    with engine.begin() as conn:
+        conn.execute(
+            insert(table_loads).values(
+                id=load_id,
+                department=department,
+                name=name,
+                source=source[:256],
+                format=fmt.value,
+                sha256=digest,
+                status=status,
+                version=version,
+                accepted=accepted.num_rows,
+                rejected=len(rejections),
+                rejections=[r.model_dump() for r in rejections[:MAX_REJECTIONS_KEPT]],
+                created_at=stamp,
+            )
+        )
+    return LoadResult(
+        id=load_id,
+        department=department,
+        name=name,
+        source=source,
+        format=fmt.value,
+        status=status,
+        version=version,
+        accepted=accepted.num_rows,
+        rejected=len(rejections),
+        rejections=rejections[:MAX_REJECTIONS_KEPT],
+        created_at=stamp,
+    )
+
+
+def list_versions(
+    *, engine: Engine, data_dir: Path, department: str, name: str
+) -> list[VersionRead]:
+    """Return the versions of a table, newest first."""
+    _spec_row(engine, department, name)
+    history = _open(data_dir, department, name).history()
+    result = []
+    for item in history:
+        metrics = item.get("operationMetrics") or {}
+        result.append(
+            VersionRead(
+                version=int(item.get("version", 0)),
+                timestamp=datetime.fromtimestamp(int(item.get("timestamp", 0)) / 1000, UTC),
+                operation=str(item.get("operation", "")),
+                metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float, str))},
+            )
+        )
+    return result
+
+
+def _literal(value: str, spec: ColumnSpec) -> Any:
+    """Turn a filter or cursor value into the column's Python type, or refuse it."""
+    try:
+        if spec.type is ColumnType.int64:
+            return int(value)
+        if spec.type is ColumnType.float64:
+            return float(value)
+        if spec.type is ColumnType.bool:
+            if value.lower() not in ("true", "false"):
+                raise ValueError(value)
+            return value.lower() == "true"
+        if spec.type is ColumnType.date:
+            return date.fromisoformat(value)
+        if spec.type is ColumnType.timestamp:
+            stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+    except ValueError:
+        raise BadInput(f"{value!r} is not a valid {spec.type.value} for {spec.name}") from None
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    return value
+
+
+def encode_cursor(values: list[Any]) -> str:
+    """Encode the key of the last row returned as an opaque cursor."""
+    raw = json.dumps([_json_value(v) for v in values], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, keys: list[ColumnSpec]) -> list[Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values = json.loads(raw)
+        if not isinstance(values, list) or len(values) != len(keys):
+            raise ValueError("length")
+    except (ValueError, json.JSONDecodeError):
+        raise BadInput("the 'after' cursor is not one this node issued") from None
+    return [_literal(str(v), spec) for v, spec in zip(values, keys, strict=True)]
+
+
+def read_records(
+    *,
+    engine: Engine,
+    data_dir: Path,
+    department: str,
+    name: str,
+    filters: list[str] | None = None,
+    fields: list[str] | None = None,
+    after: str | None = None,
+    limit: int = 100,
+    version: int | None = None,
+) -> RecordPage:
+    """Read records in key order with filters, projection and keyset pagination."""
+    if not 1 <= limit <= 10_000:
+        raise BadInput("limit must be between 1 and 10000")
+    row = _spec_row(engine, department, name)
+    columns = {c["name"]: ColumnSpec.model_validate(c) for c in row.columns}
+    primary_key: list[str] = list(row.primary_key)
+    wanted = fields or list(columns)
+    unknown = [f for f in wanted if f not in columns]
+    if unknown:
+        raise BadInput(f"unknown field(s) {', '.join(unknown)} in table {department}/{name}")
+    conditions: list[str] = []
+    params: list[Any] = []
+    for raw in filters or []:
+        match = _FILTER.match(raw)
+        if not match or match.group(1) not in columns:
+            raise BadInput(
+                f"bad filter {raw!r}: use column==value (or != < <= > >=, =^ for a prefix)"
+            )
+        column, op, value = match.groups()
+        spec = columns[column]
+        if op == "=^":
+            if spec.type is not ColumnType.string:
+                raise BadInput(
+                    f"prefix filters need a string column; {column} is {spec.type.value}"
+                )
+            conditions.append(f'starts_with("{column}", ?)')
+            params.append(value)
+        else:
+            conditions.append(f'"{column}" {_SQL_OPS[op]} ?')
+            params.append(_literal(value, spec))
+    key_specs = [columns[k] for k in primary_key]
+    if after:
+        key_values = _decode_cursor(after, key_specs)
+        left = ", ".join(f'"{k}"' for k in primary_key)
+        right = ", ".join("?" for _ in primary_key)
+        conditions.append(
+            f"({left}) > ({right})" if len(primary_key) > 1 else f'"{primary_key[0]}" > ?'
+        )
+        params.extend(key_values)
+    dt = _open(data_dir, department, name, version)
+    # the key columns ride along so the cursor can be built; they are dropped if not wanted
+    selected = list(dict.fromkeys(wanted + primary_key))
+    query = (
+        "select "
+        + ", ".join(f'"{c}"' for c in selected)
+        + " from t"
+        + (" where " + " and ".join(conditions) if conditions else "")
+        + " order by "
+        + ", ".join(f'"{k}"' for k in primary_key)
+        + f" limit {limit + 1}"
+    )
+    con = duckdb.connect()
+    try:
+        con.register("t", snapshot(dt, list(columns.values())))
+        result = con.sql(query, params=params).to_arrow_table()
+    finally:
+        con.close()
+    rows = result.to_pylist()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_after = encode_cursor([rows[-1][k] for k in primary_key]) if more and rows else None
+    records = [{k: _json_value(r[k]) for k in wanted} for r in rows]
+    return RecordPage(records=records, next_after=next_after, version=dt.version())
+
+
+def run_sql(*, engine: Engine, data_dir: Path, job: SqlJob) -> SqlResult:
+    """Run one read-only SELECT over the tables, each visible as department.name."""
+    statements = duckdb.extract_statements(job.sql)
+    if len(statements) != 1:
+        raise BadInput("a SQL job is exactly one statement")
+    if statements[0].type != duckdb.StatementType.SELECT:
+        raise BadInput("a SQL job may only read: use SELECT (or WITH ... SELECT)")
+    con = duckdb.connect()
+    try:
+        for table in list_tables(engine=engine, data_dir=data_dir):
+            con.execute(f'create schema if not exists "{table.department}"')
+            alias = f"__{table.department}__{table.name}"
+            dt = _open(data_dir, table.department, table.name)
+            con.register(alias, snapshot(dt, table.columns))
+            con.execute(
+                f'create view "{table.department}"."{table.name}" as select * from "{alias}"'
+            )
+        # jobs see the registered tables only: no files, no extensions, no settings changes
+        con.execute("set enable_external_access = false")
+        con.execute("set lock_configuration = true")
+        try:
+            cursor = con.execute(job.sql, job.params)
+            names = [d[0] for d in cursor.description or []]
+            fetched = cursor.fetchmany(job.limit + 1)
+        except duckdb.Error as exc:
+            raise BadInput(f"the SQL job failed: {str(exc).splitlines()[0]}") from None
+    finally:
+        con.close()
+    return SqlResult(
+        columns=names,
+        rows=[[_json_value(v) for v in r] for r in fetched[: job.limit]],
+        truncated=len(fetched) > job.limit,
+    )
