@@ -1,0 +1,273 @@
+"""Entities in NGSI-LD normalized form: validation, expansion on the way in, rendering out."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+from citybrain.core.errors import BadInput
+from citybrain.hub.ngsild.jsonld import TermMap, is_iri, validate_attribute_name, validate_entity_id
+
+ATTRIBUTE_TYPES = {
+    "Property",
+    "Relationship",
+    "GeoProperty",
+    "LanguageProperty",
+    "ListProperty",
+    "ListRelationship",
+    "VocabProperty",
+    "JsonProperty",
+}
+ENTITY_MEMBERS = {"id", "type", "scope", "createdAt", "modifiedAt", "deletedAt", "@context"}
+ATTRIBUTE_MEMBERS = {
+    "type",
+    "value",
+    "object",
+    "objectList",
+    "objectType",
+    "languageMap",
+    "valueList",
+    "vocab",
+    "json",
+    "observedAt",
+    "unitCode",
+    "datasetId",
+    "createdAt",
+    "modifiedAt",
+    "instanceId",
+    "lang",
+    "previousValue",
+}
+SYSTEM = ("createdAt", "modifiedAt")
+GEOJSON = {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"}
+
+
+def now_iso() -> str:
+    """Return the current time as NGSI-LD writes it (UTC, milliseconds, Z)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _type_list(value: Any) -> list[str]:
+    types = value if isinstance(value, list) else [value]
+    if not types or not all(isinstance(t, str) and t for t in types):
+        raise BadInput("an entity type must be a non-empty string or a list of them")
+    return types
+
+
+def _attribute(name: str, raw: Any, terms: TermMap) -> dict[str, Any]:
+    """Validate one attribute instance and expand the names inside it."""
+    if not isinstance(raw, dict):
+        # concise form: a bare value is a Property
+        return {"type": "Property", "value": raw}
+    if raw.get("type") in GEOJSON and "coordinates" in raw:
+        return {"type": "GeoProperty", "value": raw}
+    kind = raw.get("type")
+    if kind is None:
+        # concise form: infer the attribute type from its members
+        if "object" in raw:
+            kind = "Relationship"
+        elif "languageMap" in raw:
+            kind = "LanguageProperty"
+        elif "vocab" in raw:
+            kind = "VocabProperty"
+        elif "json" in raw:
+            kind = "JsonProperty"
+        elif "value" in raw:
+            value = raw["value"]
+            kind = (
+                "GeoProperty"
+                if isinstance(value, dict) and value.get("type") in GEOJSON
+                else "Property"
+            )
+        else:
+            raise BadInput(f"attribute {name!r} has no type and no value")
+    if kind not in ATTRIBUTE_TYPES:
+        raise BadInput(f"attribute {name!r} has an unknown type {kind!r}")
+    out: dict[str, Any] = {"type": kind}
+    for key, value in raw.items():
+        if key == "type":
+            continue
+        if key in ATTRIBUTE_MEMBERS:
+            out[key] = value
+        else:
+            validate_attribute_name(key)
+            subs = value if isinstance(value, list) else [value]
+            expanded = [_attribute(key, s, terms) for s in subs]
+            out[terms.expand(key)] = expanded[0] if len(expanded) == 1 else expanded
+    if kind == "Property" and ("value" not in out or out["value"] is None):
+        raise BadInput(f"Property {name!r} needs a value")
+    if kind == "Relationship":
+        target = out.get("object")
+        targets = target if isinstance(target, list) else [target]
+        if not targets or not all(isinstance(t, str) and is_iri(t) for t in targets):
+            raise BadInput(f"Relationship {name!r} needs an object that is a URI")
+    if kind == "GeoProperty":
+        value = out.get("value")
+        if (
+            not isinstance(value, dict)
+            or value.get("type") not in GEOJSON
+            or "coordinates" not in value
+        ):
+            raise BadInput(f"GeoProperty {name!r} needs a GeoJSON geometry as value")
+        from citybrain.hub.ngsild.geoquery import parse_geojson
+
+        parse_geojson(value["type"], value["coordinates"])
+    if kind == "LanguageProperty" and not isinstance(out.get("languageMap"), dict):
+        raise BadInput(f"LanguageProperty {name!r} needs a languageMap object")
+    if "datasetId" in out and not (isinstance(out["datasetId"], str) and is_iri(out["datasetId"])):
+        raise BadInput(f"the datasetId of {name!r} must be a URI")
+    if "observedAt" in out:
+        _check_datetime(out["observedAt"], f"observedAt of {name!r}")
+    if kind == "VocabProperty":
+        vocab = out.get("vocab")
+        values = vocab if isinstance(vocab, list) else [vocab]
+        if not all(isinstance(v, str) for v in values):
+            raise BadInput(f"VocabProperty {name!r} needs vocab strings")
+        expanded_vocab = [terms.expand(str(v)) for v in values]
+        out["vocab"] = expanded_vocab if isinstance(vocab, list) else expanded_vocab[0]
+    for member in SYSTEM:
+        out.pop(member, None)  # system members are set by the broker, never by a client
+    return out
+
+
+def _check_datetime(value: Any, what: str) -> None:
+    if not isinstance(value, str):
+        raise BadInput(f"{what} must be a date-time string")
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInput(f"{what} is not a valid date-time: {value!r}") from None
+
+
+def expand_attributes(body: dict[str, Any], terms: TermMap) -> dict[str, Any]:
+    """Expand and validate the attributes of a fragment (everything but the core members)."""
+    attrs: dict[str, Any] = {}
+    for name, raw in body.items():
+        if name in ENTITY_MEMBERS:
+            continue
+        validate_attribute_name(name)
+        instances = (
+            raw
+            if isinstance(raw, list) and raw and all(isinstance(r, dict) for r in raw)
+            else [raw]
+        )
+        expanded = [_attribute(name, r, terms) for r in instances]
+        dataset_ids = [e.get("datasetId") for e in expanded]
+        if len(set(dataset_ids)) != len(dataset_ids):
+            raise BadInput(f"attribute {name!r} repeats a datasetId")
+        attrs[terms.expand(name)] = expanded[0] if len(expanded) == 1 else expanded
+    return attrs
+
+
+def expand_entity(body: Any, terms: TermMap, *, require_type: bool = True) -> dict[str, Any]:
+    """Validate an entity payload and return it with expanded names."""
+    if not isinstance(body, dict):
+        raise BadInput("an entity must be a JSON object")
+    entity_id = validate_entity_id(body.get("id"))
+    entity: dict[str, Any] = {"id": entity_id}
+    if "type" in body:
+        entity["type"] = [terms.expand(t) for t in _type_list(body["type"])]
+    elif require_type:
+        raise BadInput("an entity needs a type")
+    if "scope" in body:
+        scope = body["scope"]
+        scopes = scope if isinstance(scope, list) else [scope]
+        if not all(isinstance(s, str) and s.startswith("/") for s in scopes):
+            raise BadInput("scope must be a string or list of strings starting with '/'")
+        entity["scope"] = scopes
+    entity.update(expand_attributes(body, terms))
+    return entity
+
+
+def stamp(entity: dict[str, Any], *, created: str | None = None) -> dict[str, Any]:
+    """Set system time stamps on an entity and on attributes that lack them."""
+    moment = now_iso()
+    entity.setdefault("createdAt", created or moment)
+    entity["modifiedAt"] = moment
+    for name, attr in entity.items():
+        if name in ENTITY_MEMBERS:
+            continue
+        for instance in attr if isinstance(attr, list) else [attr]:
+            if isinstance(instance, dict):
+                instance.setdefault("createdAt", moment)
+                instance.setdefault("modifiedAt", moment)
+    return entity
+
+
+def instances(attr: Any) -> list[dict[str, Any]]:
+    """Return the instances of an attribute (one or several datasetIds)."""
+    return [a for a in (attr if isinstance(attr, list) else [attr]) if isinstance(a, dict)]
+
+
+def _render_attribute(instance: dict[str, Any], terms: TermMap, fmt: str, sys_attrs: bool) -> Any:
+    kind = instance.get("type")
+    if fmt == "keyValues":
+        if kind in ("Relationship", "ListRelationship"):
+            return instance.get("object", instance.get("objectList"))
+        if kind == "LanguageProperty":
+            return {"languageMap": instance.get("languageMap")}
+        if kind == "VocabProperty":
+            vocab = instance.get("vocab")
+            return (
+                [terms.compact(v) for v in vocab]
+                if isinstance(vocab, list)
+                else terms.compact(str(vocab))
+            )
+        if kind == "JsonProperty":
+            return {"json": instance.get("json")}
+        return instance.get("value", instance.get("valueList"))
+    out: dict[str, Any] = {}
+    for key, value in instance.items():
+        if key in SYSTEM and not sys_attrs:
+            continue
+        if key == "vocab":
+            out[key] = (
+                [terms.compact(v) for v in value]
+                if isinstance(value, list)
+                else terms.compact(value)
+            )
+        elif key in ATTRIBUTE_MEMBERS:
+            out[key] = value
+        else:
+            subs = [_render_attribute(s, terms, fmt, sys_attrs) for s in instances(value)]
+            out[terms.compact(key)] = subs[0] if len(subs) == 1 else subs
+    if fmt == "concise" and kind in ("Property", "GeoProperty") and set(out) <= {"type", "value"}:
+        return out.get("value")
+    if fmt == "concise":
+        out.pop("type", None)
+    return out
+
+
+def render(
+    entity: dict[str, Any],
+    terms: TermMap,
+    *,
+    fmt: str = "normalized",
+    sys_attrs: bool = False,
+    attrs: set[str] | None = None,
+) -> dict[str, Any]:
+    """Compact an entity for output in normalized, concise or keyValues form."""
+    out: dict[str, Any] = {"id": entity["id"]}
+    types = [terms.compact(t) for t in entity.get("type", [])]
+    out["type"] = types[0] if len(types) == 1 else types
+    if "scope" in entity:
+        scope = entity["scope"]
+        out["scope"] = scope[0] if len(scope) == 1 else scope
+    if sys_attrs and fmt != "keyValues":
+        for member in SYSTEM:
+            if member in entity:
+                out[member] = entity[member]
+    for name, attr in entity.items():
+        if name in ENTITY_MEMBERS:
+            continue
+        if attrs is not None and name not in attrs:
+            continue
+        rendered = [_render_attribute(i, terms, fmt, sys_attrs) for i in instances(attr)]
+        out[terms.compact(name)] = rendered[0] if len(rendered) == 1 else rendered
+    return out
+
+
+def clone(entity: dict[str, Any]) -> dict[str, Any]:
+    """Deep-copy an entity so an update never edits a stored object in place."""
+    return copy.deepcopy(entity)

@@ -1,0 +1,26 @@
+"""NGSI-LD problem types that CityBrain's general errors do not cover."""
+
+from __future__ import annotations
+
+from citybrain.core.errors import CityBrainError
+
+
+class LdContextNotAvailable(CityBrainError):
+    """A @context referenced by URL could not be fetched."""
+
+    status = 503
+    kind = "LdContextNotAvailable"
+
+
+class OperationNotSupported(CityBrainError):
+    """The operation is recognised but this broker does not offer it."""
+
+    status = 422
+    kind = "OperationNotSupported"
+
+
+class NonexistentTenant(CityBrainError):
+    """A read named a tenant that holds nothing."""
+
+    status = 404
+    kind = "NonexistentTenant"

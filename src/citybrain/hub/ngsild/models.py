@@ -1,0 +1,32 @@
+"""Tables of the NGSI-LD context store."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Column, DateTime, String, Table
+
+from citybrain.core.db import metadata
+
+ngsild_tenants = Table(
+    "ngsild_tenants",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+ngsild_entities = Table(
+    "ngsild_entities",
+    metadata,
+    Column("tenant", String(128), primary_key=True),
+    Column("id", String(512), primary_key=True),
+    Column("entity", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("modified_at", DateTime(timezone=True), nullable=False),
+)
+
+ngsild_entity_types = Table(
+    "ngsild_entity_types",
+    metadata,
+    Column("tenant", String(128), primary_key=True),
+    Column("id", String(512), primary_key=True),
+    Column("type", String(512), primary_key=True),
+)
