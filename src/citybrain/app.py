@@ -16,6 +16,7 @@ from citybrain.core.config import Settings
 from citybrain.core.db import check_connection, create_engine_for, upgrade
 from citybrain.core.problems import BodyLimitMiddleware, install_problem_handlers
 from citybrain.geo.api import router as geo_router
+from citybrain.hub.ngsild.api import router as ngsild_router
 from citybrain.hub.tables.api import router as tables_router
 from citybrain.node import service as node_service
 from citybrain.node.api import router as node_router
@@ -72,6 +73,16 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
 
     @app.middleware("http")
+    async def strip_trailing_slash(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # NGSI-LD clients differ on trailing slashes; the API answers both forms
+        path = request.scope["path"]
+        if path.startswith("/ngsi-ld/") and len(path) > 1 and path.endswith("/"):
+            request.scope["path"] = path.rstrip("/")
+        return await call_next(request)
+
+    @app.middleware("http")
     async def log_requests(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
@@ -92,6 +103,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(node_router)
     app.include_router(geo_router)
     app.include_router(tables_router)
+    app.include_router(ngsild_router)
     get_plugin_manager().hook.citybrain_routes(app=app)
     app.include_router(web_router)
     return app

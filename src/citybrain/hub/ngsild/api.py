@@ -1,0 +1,706 @@
+"""The NGSI-LD API (ETSI GS CIM 009) at /ngsi-ld/v1: entities, batch operations, types, contexts."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
+
+from citybrain.core.errors import BadInput, CityBrainError, NotFound
+from citybrain.hub.ngsild import geoquery, query, service
+from citybrain.hub.ngsild.entities import expand_attributes, expand_entity, render
+from citybrain.hub.ngsild.errors import OperationNotSupported
+from citybrain.hub.ngsild.jsonld import (
+    CORE_URL,
+    ContextStore,
+    TermMap,
+    context_from_request,
+    link_header_for,
+    validate_entity_id,
+)
+
+PREFIX = "/ngsi-ld/v1"
+router = APIRouter(prefix=PREFIX, tags=["ngsi-ld"])
+MAX_LIMIT = 1000
+JSON_TYPES = ("application/json", "application/ld+json", "application/merge-patch+json")
+
+
+def contexts(request: Request) -> ContextStore:
+    """Return the node's @context store, created on first use."""
+    store: ContextStore | None = getattr(request.app.state, "ngsild_contexts", None)
+    if store is None:
+        store = ContextStore()
+        request.app.state.ngsild_contexts = store
+    return store
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def _tenant(request: Request) -> str:
+    return service.check_tenant(request.headers.get("NGSILD-Tenant"))
+
+
+class _Unsupported(CityBrainError):
+    status = 415
+    kind = "UnsupportedMediaType"
+
+
+class _Invalid(CityBrainError):
+    status = 400
+    kind = "InvalidRequest"
+
+
+def _unsupported(media: str) -> CityBrainError:
+    return _Unsupported(
+        f"Content-Type {media or 'none'!r} is not application/json or application/ld+json"
+    )
+
+
+def _invalid(message: str) -> CityBrainError:
+    return _Invalid(message)
+
+
+async def _read(request: Request) -> tuple[Any, TermMap]:
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media not in JSON_TYPES:
+        raise _unsupported(media)
+    body = await _body_json(request)
+    ctx = context_from_request(link=request.headers.get("link"), content_type=media, body=body)
+    return body, contexts(request).term_map(ctx)
+
+
+async def _body_json(request: Request) -> Any:
+    raw = await request.body()
+    if not raw:
+        raise _invalid("the request body is empty")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _invalid(f"the body is not valid JSON: {exc}") from None
+
+
+def _terms_for_read(request: Request) -> TermMap:
+    ctx = context_from_request(link=request.headers.get("link"), content_type=None, body=None)
+    return contexts(request).term_map(ctx)
+
+
+def _wants_ld(request: Request) -> bool:
+    accept = request.headers.get("accept") or ""
+    return "application/ld+json" in accept and "application/json" not in accept.split(",")[0]
+
+
+def _respond(
+    request: Request,
+    payload: Any,
+    terms: TermMap,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    context_url = terms.urls[0] if terms.urls else CORE_URL
+    extra = dict(headers or {})
+    if _wants_ld(request):
+        if isinstance(payload, dict):
+            payload = {**payload, "@context": list(terms.urls) or CORE_URL}
+        elif isinstance(payload, list):
+            payload = [{**p, "@context": list(terms.urls) or CORE_URL} for p in payload]
+        return JSONResponse(
+            payload, status_code=status, media_type="application/ld+json", headers=extra
+        )
+    extra["Link"] = link_header_for(context_url)
+    return JSONResponse(payload, status_code=status, headers=extra)
+
+
+def _options(request: Request) -> tuple[str, bool]:
+    raw = request.query_params.get("options", "")
+    fmt = request.query_params.get("format")
+    opts = {o.strip() for o in raw.split(",") if o.strip()}
+    unknown = opts - {"keyValues", "concise", "normalized", "sysAttrs", "noOverwrite"}
+    if unknown:
+        raise BadInput(f"unknown options {sorted(unknown)}")
+    chosen = fmt or (
+        "keyValues" if "keyValues" in opts else "concise" if "concise" in opts else "normalized"
+    )
+    if chosen not in ("keyValues", "concise", "normalized", "simplified"):
+        raise BadInput(f"unknown format {chosen!r}")
+    return ("keyValues" if chosen == "simplified" else chosen), "sysAttrs" in opts
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+def _attr_filter(request: Request, terms: TermMap) -> set[str] | None:
+    attrs = _split(request.query_params.get("attrs")) or _split(request.query_params.get("pick"))
+    omit = _split(request.query_params.get("omit"))
+    if attrs is None and omit is None:
+        return None
+    chosen = {terms.expand(a) for a in attrs} if attrs else None
+    if omit:
+        omitted = {terms.expand(a) for a in omit}
+        return None if chosen is None and not omitted else (chosen or _ALL) - omitted
+    return chosen
+
+
+class _AllNames(set[str]):
+    """A set that contains every name, so 'omit' alone can subtract from it."""
+
+    def __contains__(self, item: object) -> bool:
+        return item not in self._removed
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._removed: set[object] = set()
+
+    def __sub__(self, other: Any) -> set[str]:
+        result = _AllNames()
+        result._removed = self._removed | set(other)
+        return result
+
+
+_ALL = _AllNames()
+
+
+@router.post("/entities", status_code=201)
+async def create_entity(request: Request) -> Response:
+    """Create an entity."""
+    body, terms = await _read(request)
+    entity = expand_entity(body, terms)
+    service.create_entity(engine=_engine(request), tenant=_tenant(request), entity=entity)
+    return Response(status_code=201, headers={"Location": f"{PREFIX}/entities/{entity['id']}"})
+
+
+def _page_params(request: Request) -> tuple[int, int, bool]:
+    try:
+        limit = int(request.query_params.get("limit", "20"))
+        offset = int(request.query_params.get("offset", "0"))
+    except ValueError:
+        raise BadInput("limit and offset must be integers") from None
+    if limit < 0 or offset < 0:
+        raise BadInput("limit and offset must not be negative")
+    if limit > MAX_LIMIT:
+        raise _TooManyResults(f"limit {limit} is above the maximum of {MAX_LIMIT}")
+    count = request.query_params.get("count", "false").lower() == "true"
+    return limit, offset, count
+
+
+class _TooManyResults(CityBrainError):
+    status = 403
+    kind = "TooManyResults"
+
+
+def _spec_from(params: dict[str, Any], terms: TermMap) -> service.EntityQuery:
+    types = _split(params.get("type"))
+    ids = _split(params.get("id"))
+    for entity_id in ids or []:
+        validate_entity_id(entity_id)
+    q_text = params.get("q")
+    q_expr = query.expand(query.parse(q_text), terms.expand) if q_text else None
+    geo = None
+    if params.get("georel") or params.get("geometry") or params.get("coordinates"):
+        if not params.get("georel"):
+            raise BadInput("a geo-query needs georel")
+        geo = geoquery.parse(
+            params["georel"],
+            params.get("geometry"),
+            params.get("coordinates"),
+            params.get("geoproperty"),
+        )
+        geo = geoquery.GeoQuery(
+            geo.relation,
+            geo.geometry,
+            terms.expand(geo.geoproperty),
+            geo.max_distance,
+            geo.min_distance,
+        )
+    scope_text = str(params.get("scopeQ") or "")
+    scope = _split(scope_text.replace(";", ",").replace("|", ",")) if scope_text else None
+    attrs = _split(params.get("attrs"))
+    return service.EntityQuery(
+        types=[terms.expand(t) for t in types] if types else None,
+        ids=ids,
+        id_pattern=params.get("idPattern"),
+        q=q_expr,
+        geo=geo,
+        attrs=[terms.expand(a) for a in attrs] if attrs else None,
+        scope=scope,
+    )
+
+
+@router.get("/entities")
+async def query_entities(request: Request) -> Response:
+    """Query entities by type, id, idPattern, attrs, q, scopeQ and geo-query."""
+    terms = _terms_for_read(request)
+    params = dict(request.query_params)
+    if params.get("type") == "None":
+        # a probe some clients send: no entity can have that type
+        params["type"] = "urn:ngsi-ld:citybrain:no-such-type"
+    limit, offset, count = _page_params(request)
+    spec = _spec_from(params, terms)
+    fmt, sys_attrs = _options(request)
+    page, total = service.query_entities(
+        engine=_engine(request), tenant=_tenant(request), spec=spec, limit=limit, offset=offset
+    )
+    keep = _attr_filter(request, terms)
+    payload = [render(e, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=keep) for e in page]
+    headers = {"NGSILD-Results-Count": str(total)} if count else None
+    return _respond(request, payload, terms, headers=headers)
+
+
+@router.get("/entities/{entity_id}")
+async def retrieve_entity(request: Request, entity_id: str) -> Response:
+    """Retrieve one entity."""
+    validate_entity_id(entity_id)
+    terms = _terms_for_read(request)
+    fmt, sys_attrs = _options(request)
+    entity = service.get_entity(
+        engine=_engine(request), tenant=_tenant(request), entity_id=entity_id
+    )
+    keep = _attr_filter(request, terms)
+    return _respond(request, render(entity, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=keep), terms)
+
+
+@router.delete("/entities/{entity_id}", status_code=204)
+async def delete_entity(request: Request, entity_id: str) -> Response:
+    """Delete an entity."""
+    validate_entity_id(entity_id)
+    service.delete_entity(engine=_engine(request), tenant=_tenant(request), entity_id=entity_id)
+    return Response(status_code=204)
+
+
+@router.put("/entities/{entity_id}", status_code=204)
+async def replace_entity(request: Request, entity_id: str) -> Response:
+    """Replace an entity whole."""
+    validate_entity_id(entity_id)
+    body, terms = await _read(request)
+    if not isinstance(body, dict):
+        raise BadInput("the body must be an entity object")
+    if body.get("id", entity_id) != entity_id:
+        raise BadInput("the id in the body differs from the id in the path")
+    entity = expand_entity({**body, "id": entity_id}, terms)
+    service.replace_entity(engine=_engine(request), tenant=_tenant(request), entity=entity)
+    return Response(status_code=204)
+
+
+def _fragment(body: Any, entity_id: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadInput("the body must be a JSON object of attributes")
+    if "id" in body and body["id"] != entity_id:
+        raise BadInput("the id in the body differs from the id in the path")
+    return body
+
+
+def _update_response(result: service.UpdateResult, terms: TermMap) -> Response:
+    if not result.not_updated:
+        return Response(status_code=204)
+    payload = {
+        "updated": [terms.compact(n) for n in result.updated],
+        "notUpdated": [
+            {"attributeName": terms.compact(n["attributeName"]), "reason": n["reason"]}
+            for n in result.not_updated
+        ],
+    }
+    return JSONResponse(payload, status_code=207)
+
+
+@router.patch("/entities/{entity_id}")
+async def merge_entity(request: Request, entity_id: str) -> Response:
+    """Merge a fragment into an entity (PATCH merge)."""
+    validate_entity_id(entity_id)
+    body, terms = await _read(request)
+    fragment = _fragment(body, entity_id)
+    attrs = expand_attributes(fragment, terms)
+    types = (
+        [
+            terms.expand(t)
+            for t in (
+                fragment["type"] if isinstance(fragment.get("type"), list) else [fragment["type"]]
+            )
+        ]
+        if "type" in fragment
+        else None
+    )
+    result = service.change_attributes(
+        engine=_engine(request),
+        tenant=_tenant(request),
+        entity_id=entity_id,
+        attrs=attrs,
+        mode="merge",
+        new_types=types,
+    )
+    return _update_response(result, terms)
+
+
+@router.post("/entities/{entity_id}/attrs")
+async def append_attributes(request: Request, entity_id: str) -> Response:
+    """Append attributes (overwriting unless options=noOverwrite)."""
+    validate_entity_id(entity_id)
+    body, terms = await _read(request)
+    fragment = _fragment(body, entity_id)
+    keep = "noOverwrite" in request.query_params.get("options", "")
+    result = service.change_attributes(
+        engine=_engine(request),
+        tenant=_tenant(request),
+        entity_id=entity_id,
+        attrs=expand_attributes(fragment, terms),
+        mode="append-keep" if keep else "append",
+    )
+    return _update_response(result, terms)
+
+
+@router.patch("/entities/{entity_id}/attrs")
+async def update_attributes(request: Request, entity_id: str) -> Response:
+    """Update existing attributes."""
+    validate_entity_id(entity_id)
+    body, terms = await _read(request)
+    result = service.change_attributes(
+        engine=_engine(request),
+        tenant=_tenant(request),
+        entity_id=entity_id,
+        attrs=expand_attributes(_fragment(body, entity_id), terms),
+        mode="update",
+    )
+    return _update_response(result, terms)
+
+
+@router.patch("/entities/{entity_id}/attrs/{attr}", status_code=204)
+async def partial_update_attribute(request: Request, entity_id: str, attr: str) -> Response:
+    """Partially update one attribute."""
+    validate_entity_id(entity_id)
+    body, terms = await _read(request)
+    if not isinstance(body, dict):
+        raise BadInput("the body must be an attribute fragment")
+    name = terms.expand(attr)
+    current = service.get_entity(
+        engine=_engine(request), tenant=_tenant(request), entity_id=entity_id
+    )
+    if name not in current:
+        raise NotFound(f"entity {entity_id} has no attribute {attr}")
+    existing = current[name]
+    base = next(
+        (
+            i
+            for i in (existing if isinstance(existing, list) else [existing])
+            if i.get("datasetId") == body.get("datasetId")
+        ),
+        None,
+    )
+    if base is None:
+        raise NotFound(f"attribute {attr} has no instance with that datasetId")
+    merged = {**base, **{k: v for k, v in body.items() if k != "@context"}}
+    merged.pop("createdAt", None)
+    merged.pop("modifiedAt", None)
+    attrs = expand_attributes({attr: merged}, terms)
+    service.change_attributes(
+        engine=_engine(request),
+        tenant=_tenant(request),
+        entity_id=entity_id,
+        attrs=attrs,
+        mode="update",
+    )
+    return Response(status_code=204)
+
+
+@router.delete("/entities/{entity_id}/attrs/{attr}", status_code=204)
+async def delete_attribute(request: Request, entity_id: str, attr: str) -> Response:
+    """Delete one attribute (a datasetId instance, or all with deleteAll=true)."""
+    validate_entity_id(entity_id)
+    terms = _terms_for_read(request)
+    service.delete_attribute(
+        engine=_engine(request),
+        tenant=_tenant(request),
+        entity_id=entity_id,
+        name=terms.expand(attr),
+        dataset_id=request.query_params.get("datasetId"),
+        delete_all=request.query_params.get("deleteAll", "false").lower() == "true",
+    )
+    return Response(status_code=204)
+
+
+def _batch_error(entity_id: Any, exc: CityBrainError) -> dict[str, Any]:
+    return {
+        "entityId": entity_id if isinstance(entity_id, str) else str(entity_id),
+        "error": {
+            "type": f"https://uri.etsi.org/ngsi-ld/errors/{exc.kind}",
+            "title": exc.message,
+            "status": exc.status,
+        },
+    }
+
+
+async def _batch_items(request: Request) -> tuple[list[Any], TermMap, ContextStore]:
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media not in JSON_TYPES:
+        raise _unsupported(media)
+    body = await _body_json(request)
+    if not isinstance(body, list):
+        raise BadInput("a batch operation takes a JSON array")
+    if not body:
+        raise BadInput("a batch operation needs at least one item")
+    link_ctx = context_from_request(
+        link=request.headers.get("link"), content_type="application/json", body=None
+    )
+    return body, contexts(request).term_map(link_ctx), contexts(request)
+
+
+def _item_terms(item: Any, media: str, default: TermMap, store: ContextStore) -> TermMap:
+    if isinstance(item, dict) and "@context" in item:
+        if media != "application/ld+json":
+            raise BadInput("@context in the body needs Content-Type application/ld+json")
+        return store.term_map(item["@context"])
+    if media == "application/ld+json" and isinstance(item, dict):
+        raise BadInput("each item of an application/ld+json batch must contain @context")
+    return default
+
+
+@router.post("/entityOperations/{operation}")
+async def batch(request: Request, operation: str) -> Response:
+    """Batch create, upsert, update, delete, merge, or query entities."""
+    if operation == "query":
+        return await _batch_query(request)
+    if operation not in ("create", "upsert", "update", "delete", "merge"):
+        raise NotFound(f"no batch operation {operation!r}")
+    items, terms, store = await _batch_items(request)
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    engine, tenant = _engine(request), _tenant(request)
+    success: list[str] = []
+    errors: list[dict[str, Any]] = []
+    created_any = False
+    for item in items:
+        entity_id = str(item.get("id")) if isinstance(item, dict) else str(item)
+        try:
+            if operation == "delete":
+                validate_entity_id(item)
+                service.delete_entity(engine=engine, tenant=tenant, entity_id=item)
+            else:
+                item_terms = _item_terms(item, media, terms, store)
+                if operation in ("create", "upsert"):
+                    entity = expand_entity(item, item_terms)
+                    if operation == "create":
+                        service.create_entity(engine=engine, tenant=tenant, entity=entity)
+                        created_any = True
+                    else:
+                        replace = request.query_params.get("options", "") == "replace"
+                        created_any |= service.upsert_entity(
+                            engine=engine, tenant=tenant, entity=entity, replace=replace
+                        )
+                else:
+                    if not isinstance(item, dict):
+                        raise BadInput("each item must be an entity object")
+                    validate_entity_id(entity_id)
+                    attrs = expand_attributes(item, item_terms)
+                    keep = "noOverwrite" in request.query_params.get("options", "")
+                    result = service.change_attributes(
+                        engine=engine,
+                        tenant=tenant,
+                        entity_id=entity_id,
+                        attrs=attrs,
+                        mode="merge"
+                        if operation == "merge"
+                        else ("append-keep" if keep else "append"),
+                    )
+                    if result.not_updated and not result.updated:
+                        raise BadInput("no attribute was updated")
+            success.append(entity_id)
+        except CityBrainError as exc:
+            errors.append(_batch_error(entity_id, exc))
+    if errors:
+        return JSONResponse({"success": success, "errors": errors}, status_code=207)
+    if operation == "create":
+        return JSONResponse(success, status_code=201)
+    if operation == "upsert" and created_any:
+        return JSONResponse(success, status_code=201)
+    return Response(status_code=204)
+
+
+async def _batch_query(request: Request) -> Response:
+    body, terms = await _read(request)
+    if not isinstance(body, dict) or body.get("type") != "Query":
+        raise BadInput('the body of a batch query is an object with "type": "Query"')
+    params: dict[str, Any] = {}
+    entities = body.get("entities") or []
+    if entities:
+        params["type"] = ",".join(e.get("type", "") for e in entities if isinstance(e, dict))
+        ids = [e["id"] for e in entities if isinstance(e, dict) and "id" in e]
+        if ids:
+            params["id"] = ",".join(ids)
+        patterns = [e["idPattern"] for e in entities if isinstance(e, dict) and "idPattern" in e]
+        if patterns:
+            params["idPattern"] = patterns[0]
+    for key in ("q", "scopeQ"):
+        if key in body:
+            params[key] = body[key]
+    if "attrs" in body:
+        params["attrs"] = ",".join(body["attrs"])
+    geo = body.get("geoQ")
+    if isinstance(geo, dict):
+        params.update(
+            {
+                "georel": geo.get("georel"),
+                "geometry": geo.get("geometry"),
+                "coordinates": json.dumps(geo.get("coordinates")),
+                "geoproperty": geo.get("geoproperty"),
+            }
+        )
+    limit, offset, count = _page_params(request)
+    spec = _spec_from(params, terms)
+    fmt, sys_attrs = _options(request)
+    page, total = service.query_entities(
+        engine=_engine(request), tenant=_tenant(request), spec=spec, limit=limit, offset=offset
+    )
+    payload = [render(e, terms, fmt=fmt, sys_attrs=sys_attrs) for e in page]
+    headers = {"NGSILD-Results-Count": str(total)} if count else None
+    return _respond(request, payload, terms, headers=headers)
+
+
+@router.get("/types")
+async def types(request: Request) -> Response:
+    """List entity types."""
+    terms = _terms_for_read(request)
+    names = [
+        terms.compact(t)
+        for t in service.entity_types(engine=_engine(request), tenant=_tenant(request))
+    ]
+    if request.query_params.get("details", "false").lower() == "true":
+        payload: Any = [{"id": t, "type": "EntityType", "typeName": t} for t in names]
+    else:
+        payload = {
+            "id": f"urn:ngsi-ld:EntityTypeList:{uuid.uuid4()}",
+            "type": "EntityTypeList",
+            "typeList": names,
+        }
+    return _respond(request, payload, terms)
+
+
+@router.get("/types/{type_name}")
+async def type_info(request: Request, type_name: str) -> Response:
+    """Describe one entity type: how many entities and which attributes."""
+    terms = _terms_for_read(request)
+    details = service.type_details(
+        engine=_engine(request), tenant=_tenant(request), type_iri=terms.expand(type_name)
+    )
+    payload = {
+        "id": terms.expand(type_name),
+        "type": "EntityTypeInfo",
+        "typeName": type_name,
+        "entityCount": details["count"],
+        "attributeDetails": [
+            {
+                "id": name,
+                "type": "Attribute",
+                "attributeName": terms.compact(name),
+                "attributeTypes": kinds,
+            }
+            for name, kinds in details["attributes"].items()
+        ],
+    }
+    return _respond(request, payload, terms)
+
+
+@router.get("/attributes")
+async def attributes(request: Request) -> Response:
+    """List attribute names."""
+    terms = _terms_for_read(request)
+    info = service.attribute_names(engine=_engine(request), tenant=_tenant(request))
+    names = [terms.compact(n) for n in sorted(info)]
+    if request.query_params.get("details", "false").lower() == "true":
+        payload: Any = [
+            {
+                "id": n,
+                "type": "Attribute",
+                "attributeName": terms.compact(n),
+                "typeNames": [terms.compact(t) for t in sorted(v["typeNames"])],
+            }
+            for n, v in sorted(info.items())
+        ]
+    else:
+        payload = {
+            "id": f"urn:ngsi-ld:AttributeList:{uuid.uuid4()}",
+            "type": "AttributeList",
+            "attributeList": names,
+        }
+    return _respond(request, payload, terms)
+
+
+@router.get("/attributes/{attr}")
+async def attribute_info(request: Request, attr: str) -> Response:
+    """Describe one attribute."""
+    terms = _terms_for_read(request)
+    info = service.attribute_names(engine=_engine(request), tenant=_tenant(request))
+    name = terms.expand(attr)
+    if name not in info:
+        raise NotFound(f"no entity has attribute {attr}")
+    v = info[name]
+    payload = {
+        "id": name,
+        "type": "Attribute",
+        "attributeName": attr,
+        "attributeCount": v["count"],
+        "attributeTypes": sorted(v["attributeTypes"]),
+        "typeNames": [terms.compact(t) for t in sorted(v["typeNames"])],
+    }
+    return _respond(request, payload, terms)
+
+
+@router.get("/jsonldContexts")
+async def list_contexts(request: Request) -> Response:
+    """List the @contexts this node holds: the core ones, hosted and cached."""
+    store = contexts(request)
+    urls = list(store.core) + list(store.hosted) + list(store.cached)
+    if request.query_params.get("details", "false").lower() == "true":
+        kinds = {**{u: "Cached" for u in store.cached}, **{u: "Hosted" for u in store.hosted}}
+        return JSONResponse(
+            [{"URL": u, "kind": kinds.get(u, "Cached"), "localId": u} for u in urls]
+        )
+    return JSONResponse(urls)
+
+
+@router.post("/jsonldContexts", status_code=201)
+async def add_context(request: Request) -> Response:
+    """Host a @context document on this node."""
+    body = await _body_json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("@context"), (dict, list, str)):
+        raise BadInput("a hosted context is a JSON object with @context")
+    local_id = uuid.uuid4().hex
+    url = str(request.url_for("serve_context", context_id=local_id))
+    store = contexts(request)
+    store.hosted[url] = body
+    store.term_map(body["@context"])  # refuse a context that does not resolve now, not later
+    return Response(status_code=201, headers={"Location": url})
+
+
+@router.get("/jsonldContexts/{context_id}", name="serve_context")
+async def serve_context(request: Request, context_id: str) -> Response:
+    """Serve a hosted (or core) @context document."""
+    store = contexts(request)
+    for url, document in list(store.hosted.items()) + list(store.core.items()):
+        if url.rstrip("/").endswith("/" + context_id) or url == context_id:
+            return JSONResponse(document, media_type="application/ld+json")
+    raise NotFound(f"no @context {context_id}")
+
+
+@router.delete("/jsonldContexts/{context_id}", status_code=204)
+async def delete_context(request: Request, context_id: str) -> Response:
+    """Remove a hosted or cached @context."""
+    store = contexts(request)
+    for url in list(store.hosted) + list(store.cached):
+        if url.rstrip("/").endswith("/" + context_id) or url == context_id:
+            store.forget(url)
+            return Response(status_code=204)
+    if any(context_id in url for url in store.core):
+        raise BadInput("the core @context cannot be deleted")
+    raise NotFound(f"no @context {context_id}")
+
+
+def unsupported(_request: Request) -> None:
+    """Refuse NGSI-LD operations this node does not offer yet."""
+    raise OperationNotSupported("this NGSI-LD operation is not offered by this node")

@@ -1,0 +1,416 @@
+"""The NGSI-LD context store: the only code that reads and writes entities."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+
+from citybrain.core.errors import BadInput, Conflict, NotFound
+from citybrain.hub.ngsild import geoquery, query
+from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, clone, instances, stamp
+from citybrain.hub.ngsild.errors import NonexistentTenant
+from citybrain.hub.ngsild.models import ngsild_entities, ngsild_entity_types, ngsild_tenants
+
+DEFAULT_TENANT = ""
+_TENANT = re.compile(r"^[A-Za-z0-9_\-]{0,128}$")
+
+
+def check_tenant(tenant: str | None) -> str:
+    """Return a valid tenant name ('' for the default tenant)."""
+    name = tenant or DEFAULT_TENANT
+    if not _TENANT.match(name):
+        raise BadInput("NGSILD-Tenant may hold letters, digits, '-' and '_' (at most 128)")
+    return name
+
+
+def _ensure_tenant(conn: Connection, tenant: str) -> None:
+    """Create a tenant on first write (NGSI-LD tenants come into being when first used)."""
+    if tenant == DEFAULT_TENANT:
+        return
+    exists = conn.execute(
+        select(ngsild_tenants.c.name).where(ngsild_tenants.c.name == tenant)
+    ).first()
+    if exists is None:
+        conn.execute(insert(ngsild_tenants).values(name=tenant, created_at=datetime.now(UTC)))
+
+
+def require_tenant(engine: Engine, tenant: str) -> None:
+    """Refuse a read from a tenant that was never written to."""
+    if tenant == DEFAULT_TENANT:
+        return
+    with engine.connect() as conn:
+        if (
+            conn.execute(
+                select(ngsild_tenants.c.name).where(ngsild_tenants.c.name == tenant)
+            ).first()
+            is None
+        ):
+            raise NonexistentTenant(f"tenant {tenant!r} does not exist")
+
+
+def _load(conn: Connection, tenant: str, entity_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        select(ngsild_entities.c.entity).where(
+            ngsild_entities.c.tenant == tenant, ngsild_entities.c.id == entity_id
+        )
+    ).first()
+    return None if row is None else dict(row.entity)
+
+
+def _save(conn: Connection, tenant: str, entity: dict[str, Any], *, new: bool) -> None:
+    moment = datetime.now(UTC)
+    if new:
+        conn.execute(
+            insert(ngsild_entities).values(
+                tenant=tenant, id=entity["id"], entity=entity, created_at=moment, modified_at=moment
+            )
+        )
+    else:
+        conn.execute(
+            update(ngsild_entities)
+            .where(ngsild_entities.c.tenant == tenant, ngsild_entities.c.id == entity["id"])
+            .values(entity=entity, modified_at=moment)
+        )
+        conn.execute(
+            delete(ngsild_entity_types).where(
+                ngsild_entity_types.c.tenant == tenant, ngsild_entity_types.c.id == entity["id"]
+            )
+        )
+    conn.execute(
+        insert(ngsild_entity_types),
+        [{"tenant": tenant, "id": entity["id"], "type": t} for t in dict.fromkeys(entity["type"])],
+    )
+
+
+def create_entity(*, engine: Engine, tenant: str, entity: dict[str, Any]) -> None:
+    """Create an entity; 409 if its id exists."""
+    with engine.begin() as conn:
+        _ensure_tenant(conn, tenant)
+        if _load(conn, tenant, entity["id"]) is not None:
+            raise Conflict(f"entity {entity['id']} exists already")
+        _save(conn, tenant, stamp(clone(entity)), new=True)
+
+
+def get_entity(*, engine: Engine, tenant: str, entity_id: str) -> dict[str, Any]:
+    """Return one entity in expanded form."""
+    require_tenant(engine, tenant)
+    with engine.connect() as conn:
+        found = _load(conn, tenant, entity_id)
+    if found is None:
+        raise NotFound(f"entity {entity_id} not found")
+    return found
+
+
+def delete_entity(*, engine: Engine, tenant: str, entity_id: str) -> None:
+    """Delete an entity."""
+    require_tenant(engine, tenant)
+    with engine.begin() as conn:
+        removed = conn.execute(
+            delete(ngsild_entities).where(
+                ngsild_entities.c.tenant == tenant, ngsild_entities.c.id == entity_id
+            )
+        ).rowcount
+        conn.execute(
+            delete(ngsild_entity_types).where(
+                ngsild_entity_types.c.tenant == tenant, ngsild_entity_types.c.id == entity_id
+            )
+        )
+    if not removed:
+        raise NotFound(f"entity {entity_id} not found")
+
+
+def replace_entity(*, engine: Engine, tenant: str, entity: dict[str, Any]) -> None:
+    """Replace an entity whole, keeping its creation time."""
+    with engine.begin() as conn:
+        current = _load(conn, tenant, entity["id"])
+        if current is None:
+            raise NotFound(f"entity {entity['id']} not found")
+        _save(conn, tenant, stamp(clone(entity), created=current.get("createdAt")), new=False)
+
+
+@dataclass
+class UpdateResult:
+    """Which attributes an update changed and which it could not."""
+
+    updated: list[str] = field(default_factory=list)
+    not_updated: list[dict[str, str]] = field(default_factory=list)
+
+
+def _merge_instances(existing: Any, incoming: Any, *, keep_existing: bool) -> Any:
+    """Combine attribute instances by datasetId: incoming replaces unless keep_existing."""
+    merged = {i.get("datasetId"): i for i in instances(existing)}
+    for inst in instances(incoming):
+        key = inst.get("datasetId")
+        if key in merged and keep_existing:
+            continue
+        previous = merged.get(key)
+        if previous is not None and "createdAt" in previous:
+            inst = {**inst, "createdAt": previous["createdAt"]}
+        merged[key] = inst
+    values = list(merged.values())
+    return values[0] if len(values) == 1 else values
+
+
+def change_attributes(
+    *,
+    engine: Engine,
+    tenant: str,
+    entity_id: str,
+    attrs: dict[str, Any],
+    mode: str,
+    new_types: list[str] | None = None,
+    new_scope: list[str] | None = None,
+) -> UpdateResult:
+    """Apply attributes: 'append' (add or overwrite), 'append-keep' (noOverwrite),
+    'update' (existing only), 'merge' (deep merge of sub-attributes and values)."""
+    result = UpdateResult()
+    with engine.begin() as conn:
+        entity = _load(conn, tenant, entity_id)
+        if entity is None:
+            raise NotFound(f"entity {entity_id} not found")
+        for name, incoming in attrs.items():
+            exists = name in entity
+            if mode == "update" and not exists:
+                result.not_updated.append(
+                    {"attributeName": name, "reason": "attribute does not exist"}
+                )
+                continue
+            if mode == "append-keep" and exists:
+                result.not_updated.append({"attributeName": name, "reason": "attribute exists"})
+                continue
+            if mode == "merge" and exists:
+                incoming = _deep_merge_attribute(entity[name], incoming)
+            entity[name] = (
+                _merge_instances(entity[name], incoming, keep_existing=False)
+                if exists
+                else incoming
+            )
+            result.updated.append(name)
+        if new_types:
+            entity["type"] = list(dict.fromkeys(entity["type"] + new_types))
+        if new_scope is not None:
+            entity["scope"] = list(dict.fromkeys(entity.get("scope", []) + new_scope))
+        if result.updated or new_types or new_scope is not None:
+            _save(conn, tenant, stamp(entity), new=False)
+    return result
+
+
+def _deep_merge_attribute(existing: Any, incoming: Any) -> Any:
+    """Merge an incoming instance into the existing one with the same datasetId."""
+    by_id = {i.get("datasetId"): i for i in instances(existing)}
+    out = []
+    for inst in instances(incoming):
+        base = by_id.get(inst.get("datasetId"))
+        if base is None:
+            out.append(inst)
+            continue
+        merged = dict(base)
+        for key, value in inst.items():
+            if key == "value" and isinstance(value, dict) and isinstance(base.get("value"), dict):
+                merged["value"] = {**base["value"], **value}
+            else:
+                merged[key] = value
+        out.append(merged)
+    return out[0] if len(out) == 1 else out
+
+
+def delete_attribute(
+    *,
+    engine: Engine,
+    tenant: str,
+    entity_id: str,
+    name: str,
+    dataset_id: str | None,
+    delete_all: bool,
+) -> None:
+    """Delete one attribute (one datasetId instance, or all of them)."""
+    with engine.begin() as conn:
+        entity = _load(conn, tenant, entity_id)
+        if entity is None:
+            raise NotFound(f"entity {entity_id} not found")
+        if name not in entity or name in ENTITY_MEMBERS:
+            raise NotFound(f"entity {entity_id} has no attribute {name}")
+        if delete_all:
+            del entity[name]
+        else:
+            remaining = [i for i in instances(entity[name]) if i.get("datasetId") != dataset_id]
+            if len(remaining) == len(instances(entity[name])):
+                raise NotFound(f"attribute {name} has no instance with datasetId {dataset_id}")
+            if remaining:
+                entity[name] = remaining[0] if len(remaining) == 1 else remaining
+            else:
+                del entity[name]
+        _save(conn, tenant, stamp(entity), new=False)
+
+
+@dataclass(frozen=True)
+class EntityQuery:
+    """What to select: types, ids, id pattern, q, scopeQ-free geo and attribute filters."""
+
+    types: list[str] | None = None
+    ids: list[str] | None = None
+    id_pattern: str | None = None
+    q: query.Expr | None = None
+    geo: geoquery.GeoQuery | None = None
+    attrs: list[str] | None = None
+    scope: list[str] | None = None
+
+
+def _scope_matches(entity: dict[str, Any], patterns: list[str]) -> bool:
+    scopes = entity.get("scope", [])
+    for pattern in patterns:
+        for scope in scopes:
+            if pattern == "/#" or scope == pattern:
+                return True
+            if pattern.endswith("/#") and (scope == pattern[:-2] or scope.startswith(pattern[:-1])):
+                return True
+            if "+" in pattern:
+                regex = "^" + re.escape(pattern).replace(r"\+", "[^/]+") + "$"
+                if re.match(regex, scope):
+                    return True
+    return False
+
+
+def _candidates(conn: Connection, tenant: str, spec: EntityQuery) -> Iterable[dict[str, Any]]:
+    stmt = select(ngsild_entities.c.entity).where(ngsild_entities.c.tenant == tenant)
+    if spec.types:
+        typed = select(ngsild_entity_types.c.id).where(
+            ngsild_entity_types.c.tenant == tenant, ngsild_entity_types.c.type.in_(spec.types)
+        )
+        stmt = stmt.where(ngsild_entities.c.id.in_(typed))
+    if spec.ids:
+        stmt = stmt.where(ngsild_entities.c.id.in_(spec.ids))
+    stmt = stmt.order_by(ngsild_entities.c.id)
+    for row in conn.execute(stmt):
+        yield dict(row.entity)
+
+
+def matches(entity: dict[str, Any], spec: EntityQuery, pattern: re.Pattern[str] | None) -> bool:
+    """Return whether an entity satisfies every filter of a query."""
+    if pattern is not None and not pattern.fullmatch(entity["id"]):
+        return False
+    if spec.attrs and not any(a in entity for a in spec.attrs):
+        return False
+    if spec.q is not None and not query.matches(spec.q, entity):
+        return False
+    if spec.scope is not None and not _scope_matches(entity, spec.scope):
+        return False
+    if spec.geo is not None:
+        values = [i.get("value") for i in instances(entity.get(spec.geo.geoproperty))]
+        if not any(geoquery.matches(spec.geo, v) for v in values):
+            return False
+    return True
+
+
+def query_entities(
+    *, engine: Engine, tenant: str, spec: EntityQuery, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Return one page of matching entities (in id order) and the total count."""
+    require_tenant(engine, tenant)
+    try:
+        pattern = re.compile(spec.id_pattern) if spec.id_pattern else None
+    except re.error as exc:
+        raise BadInput(f"idPattern is not a valid regular expression: {exc}") from None
+    page: list[dict[str, Any]] = []
+    total = 0
+    with engine.connect() as conn:
+        for entity in _candidates(conn, tenant, spec):
+            if not matches(entity, spec, pattern):
+                continue
+            if offset <= total < offset + limit:
+                page.append(entity)
+            total += 1
+    return page, total
+
+
+def entity_types(*, engine: Engine, tenant: str) -> list[str]:
+    """Return the distinct entity types (expanded)."""
+    require_tenant(engine, tenant)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(ngsild_entity_types.c.type)
+            .where(ngsild_entity_types.c.tenant == tenant)
+            .group_by(ngsild_entity_types.c.type)
+            .order_by(ngsild_entity_types.c.type)
+        )
+        return [r.type for r in rows]
+
+
+def type_details(*, engine: Engine, tenant: str, type_iri: str) -> dict[str, Any]:
+    """Return how many entities have a type and which attributes they carry."""
+    page, total = query_entities(
+        engine=engine, tenant=tenant, spec=EntityQuery(types=[type_iri]), limit=10**9, offset=0
+    )
+    if total == 0:
+        raise NotFound(f"no entity has type {type_iri}")
+    attributes: dict[str, set[str]] = {}
+    for entity in page:
+        for name, attr in entity.items():
+            if name not in ENTITY_MEMBERS:
+                attributes.setdefault(name, set()).update(
+                    str(i.get("type")) for i in instances(attr)
+                )
+    return {"count": total, "attributes": {k: sorted(v) for k, v in sorted(attributes.items())}}
+
+
+def attribute_names(*, engine: Engine, tenant: str) -> dict[str, dict[str, Any]]:
+    """Return every attribute name with its types and the entity types that use it."""
+    require_tenant(engine, tenant)
+    out: dict[str, dict[str, Any]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(
+            select(ngsild_entities.c.entity).where(ngsild_entities.c.tenant == tenant)
+        ):
+            entity = row.entity
+            for name, attr in entity.items():
+                if name in ENTITY_MEMBERS:
+                    continue
+                info = out.setdefault(
+                    name, {"count": 0, "attributeTypes": set(), "typeNames": set()}
+                )
+                info["count"] += 1
+                info["attributeTypes"].update(str(i.get("type")) for i in instances(attr))
+                info["typeNames"].update(entity.get("type", []))
+    return out
+
+
+def upsert_entity(*, engine: Engine, tenant: str, entity: dict[str, Any], replace: bool) -> bool:
+    """Create an entity or update it (replace it whole, or add/overwrite attributes);
+    return whether it was created."""
+    with engine.begin() as conn:
+        _ensure_tenant(conn, tenant)
+        current = _load(conn, tenant, entity["id"])
+        if current is None:
+            _save(conn, tenant, stamp(clone(entity)), new=True)
+            return True
+        if replace:
+            _save(conn, tenant, stamp(clone(entity), created=current.get("createdAt")), new=False)
+        else:
+            for name, attr in entity.items():
+                if name in ("id", "createdAt", "modifiedAt"):
+                    continue
+                if name == "type":
+                    current["type"] = list(dict.fromkeys(current["type"] + attr))
+                elif name == "scope":
+                    current["scope"] = attr
+                else:
+                    current[name] = _merge_instances(current.get(name), attr, keep_existing=False)
+            _save(conn, tenant, stamp(current), new=False)
+        return False
+
+
+def count_entities(*, engine: Engine, tenant: str) -> int:
+    """Return how many entities a tenant holds."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count())
+                .select_from(ngsild_entities)
+                .where(ngsild_entities.c.tenant == tenant)
+            ).scalar_one()
+        )
