@@ -4,6 +4,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# NGSI-LD client packages pin older httpx/rich, so they live in their own venv for the e2e tests
+CLIENTS := .venv-clients/.installed
 VENDOR := src/citybrain/web/static/vendor/echarts.min.js
 DEMO_SCALE ?= 0.001
 DEMO_SEED ?= 1
@@ -21,6 +23,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+$(CLIENTS):
+	$(PYTHON) -m venv .venv-clients
+	.venv-clients/bin/pip install --quiet 'ngsildclient>=0.5,<0.6'
+	touch $(CLIENTS)
 
 # ECharts comes from the npm registry at build time and is served by the node itself (no CDN).
 assets: $(VENDOR)
@@ -42,7 +49,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install assets
+pytest: install assets $(CLIENTS)
 	$(BIN)/pytest
 
 test: lint typecheck pytest
@@ -51,4 +58,4 @@ bench: install
 	$(BIN)/python bench/run.py $(B)
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) web/node_modules $(dir $(VENDOR))
+	rm -rf $(VENV) .venv-clients $(DEMO_DIR) web/node_modules $(dir $(VENDOR))

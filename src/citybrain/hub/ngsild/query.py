@@ -14,6 +14,7 @@ META = {"observedAt", "createdAt", "modifiedAt", "unitCode", "datasetId"}
 _OPS = ("!~=", "~=", "==", "!=", ">=", "<=", ">", "<")
 _NAME = re.compile(r"[A-Za-z0-9_@:/#\-]+")
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?$")
+_URI_VALUE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s\"<>]+$")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
 
 
@@ -151,7 +152,9 @@ class _Parser:
             return float(raw) if any(c in raw for c in ".eE") else int(raw)
         if _DATETIME.match(raw):
             return _parse_datetime(raw)
-        return raw
+        if _URI_VALUE.match(raw):
+            return raw
+        raise self.fail("a number, true, false, a date-time, a URI or a quoted string")
 
     def value(self, path: Path, op: str) -> Comparison:
         first = self.scalar()

@@ -1,0 +1,528 @@
+"""The NGSI-LD API: entities, attributes, queries, batch operations, contexts, errors."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from citybrain.app import create_app
+from citybrain.core.config import load_settings
+from citybrain.core.errors import BadInput
+from citybrain.hub.ngsild import query
+from conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = "/ngsi-ld/v1"
+ERR = "https://uri.etsi.org/ngsi-ld/errors/"
+
+
+def sensor(n: int, pm25: float, lon: float = 117.0, lat: float = 36.65) -> dict[str, object]:
+    return {
+        "id": f"urn:ngsi-ld:AirQualityObserved:{n:03d}",
+        "type": "AirQualityObserved",
+        "pm25": {
+            "type": "Property",
+            "value": pm25,
+            "unitCode": "GQ",
+            "observedAt": "2026-11-24T10:00:00Z",
+        },
+        "name": {"type": "Property", "value": f"station {n}"},
+        "address": {"type": "Property", "value": {"county": "370102", "street": "Jiefang Rd"}},
+        "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, lat]}},
+        "refDevice": {"type": "Relationship", "object": f"urn:ngsi-ld:Device:{n:03d}"},
+    }
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(load_settings(data_dir=tmp_path))) as c:
+        yield c
+
+
+def ids(response: httpx.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [e["id"][-3:] for e in response.json()]
+
+
+def test_create_retrieve_delete(client: TestClient) -> None:
+    r = client.post(f"{BASE}/entities", json=sensor(1, 35))
+    assert r.status_code == 201 and r.headers["location"].endswith(":001")
+    dup = client.post(f"{BASE}/entities", json=sensor(1, 35))
+    assert dup.status_code == 409 and dup.json()["type"] == ERR + "AlreadyExists"
+    got = client.get(f"{BASE}/entities/urn:ngsi-ld:AirQualityObserved:001")
+    assert got.json()["pm25"]["value"] == 35
+    assert "ngsi-ld-core-context-v1.8.jsonld" in got.headers["link"]
+    sys_attrs = client.get(
+        f"{BASE}/entities/urn:ngsi-ld:AirQualityObserved:001", params={"options": "sysAttrs"}
+    ).json()
+    assert sys_attrs["createdAt"].endswith("Z") and "modifiedAt" in sys_attrs["pm25"]
+    kv = client.get(
+        f"{BASE}/entities/urn:ngsi-ld:AirQualityObserved:001", params={"options": "keyValues"}
+    ).json()
+    assert kv["pm25"] == 35 and kv["refDevice"] == "urn:ngsi-ld:Device:001"
+    ld = client.get(
+        f"{BASE}/entities/urn:ngsi-ld:AirQualityObserved:001",
+        headers={"Accept": "application/ld+json"},
+    )
+    assert ld.headers["content-type"].startswith("application/ld+json") and "@context" in ld.json()
+    assert client.delete(f"{BASE}/entities/urn:ngsi-ld:AirQualityObserved:001").status_code == 204
+    missing = client.get(f"{BASE}/entities/urn:ngsi-ld:AirQualityObserved:001")
+    assert missing.status_code == 404 and missing.json()["type"] == ERR + "ResourceNotFound"
+
+
+def test_attribute_operations(client: TestClient) -> None:
+    client.post(f"{BASE}/entities", json=sensor(1, 35))
+    eid = f"{BASE}/entities/urn:ngsi-ld:AirQualityObserved:001"
+    assert (
+        client.post(f"{eid}/attrs", json={"no2": {"type": "Property", "value": 12}}).status_code
+        == 204
+    )
+    kept = client.post(
+        f"{eid}/attrs",
+        params={"options": "noOverwrite"},
+        json={"no2": {"type": "Property", "value": 99}},
+    )
+    assert kept.status_code == 207 and kept.json()["notUpdated"][0]["attributeName"] == "no2"
+    partial = client.patch(
+        f"{eid}/attrs",
+        json={
+            "pm25": {"type": "Property", "value": 40, "unitCode": "GQ"},
+            "nothere": {"type": "Property", "value": 1},
+        },
+    )
+    assert partial.status_code == 207 and partial.json()["updated"] == ["pm25"]
+    assert client.patch(f"{eid}/attrs/pm25", json={"value": 41}).status_code == 204
+    entity = client.get(eid).json()
+    assert entity["pm25"]["value"] == 41 and entity["pm25"]["unitCode"] == "GQ"
+    assert (
+        client.patch(
+            eid, json={"address": {"type": "Property", "value": {"street": "Quancheng Rd"}}}
+        ).status_code
+        == 204
+    )
+    assert client.get(eid).json()["address"]["value"] == {
+        "county": "370102",
+        "street": "Quancheng Rd",
+    }
+    assert client.delete(f"{eid}/attrs/no2").status_code == 204
+    assert "no2" not in client.get(eid).json()
+    assert client.delete(f"{eid}/attrs/no2").status_code == 404
+    replaced = {"type": "AirQualityObserved", "pm25": {"type": "Property", "value": 1}}
+    assert client.put(eid, json=replaced).status_code == 204
+    assert set(client.get(eid).json()) == {"id", "type", "pm25"}
+
+
+def test_query_language_and_geo(client: TestClient) -> None:
+    for n, (pm, lon) in enumerate([(10, 117.0), (35, 117.01), (80, 117.3), (150, 120.38)]):
+        client.post(f"{BASE}/entities", json=sensor(n, pm, lon=lon))
+    q = lambda **p: client.get(f"{BASE}/entities", params={"type": "AirQualityObserved", **p})  # noqa: E731
+    assert ids(q(q="pm25>30")) == ["001", "002", "003"]
+    assert ids(q(q="pm25==30..90")) == ["001", "002"]
+    assert ids(q(q="pm25<20|pm25>=150")) == ["000", "003"]
+    assert ids(q(q="pm25>5;pm25<50")) == ["000", "001"]
+    assert ids(q(q='name=="station 2","station 3"')) == ["002", "003"]
+    assert ids(q(q='name~="station [01]"')) == ["000", "001"]
+    assert ids(q(q='address[county]=="370102"')) == ["000", "001", "002", "003"]
+    assert ids(q(q="pm25.observedAt>=2026-11-24T00:00:00Z")) == ["000", "001", "002", "003"]
+    assert ids(q(q='refDevice=="urn:ngsi-ld:Device:002"')) == ["002"]
+    assert ids(
+        q(georel="near;maxDistance==2000", geometry="Point", coordinates="[117.0,36.65]")
+    ) == ["000", "001"]
+    assert ids(
+        q(georel="near;minDistance==100000", geometry="Point", coordinates="[117.0,36.65]")
+    ) == ["003"]
+    polygon = "[[[116.9,36.6],[117.2,36.6],[117.2,36.7],[116.9,36.7],[116.9,36.6]]]"
+    assert ids(q(georel="within", geometry="Polygon", coordinates=polygon)) == ["000", "001"]
+    assert ids(q(georel="disjoint", geometry="Polygon", coordinates=polygon)) == ["002", "003"]
+    assert ids(q(idPattern=".*:00[12]")) == ["001", "002"]
+    assert ids(q(limit=2, offset=1)) == ["001", "002"]
+    counted = q(limit=0, count="true")
+    assert counted.json() == [] and counted.headers["ngsild-results-count"] == "4"
+    picked = q(attrs="pm25", limit=1).json()[0]
+    assert set(picked) == {"id", "type", "pm25"}
+    assert client.get(f"{BASE}/types").json()["typeList"] == ["AirQualityObserved"]
+    assert "pm25" in client.get(f"{BASE}/attributes").json()["attributeList"]
+    assert client.get(f"{BASE}/types/AirQualityObserved").json()["entityCount"] == 4
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "kind"),
+    [
+        ({"q": "pm25>>3"}, 400, "BadRequestData"),
+        ({"q": "(pm25>3"}, 400, "BadRequestData"),
+        ({"q": 'name~="(unclosed"'}, 400, "BadRequestData"),
+        (
+            {"georel": "near;maxDistance==abc", "geometry": "Point", "coordinates": "[117,36]"},
+            400,
+            "BadRequestData",
+        ),
+        (
+            {"georel": "near;maxDistance==10", "geometry": "Point", "coordinates": "[500,36]"},
+            400,
+            "BadRequestData",
+        ),
+        (
+            {"georel": "within", "geometry": "Polygon", "coordinates": "[[[0,0],[1,1]]]"},
+            400,
+            "BadRequestData",
+        ),
+        (
+            {"georel": "inside", "geometry": "Point", "coordinates": "[117,36]"},
+            400,
+            "BadRequestData",
+        ),
+        ({"id": "not a uri"}, 400, "BadRequestData"),
+        ({"idPattern": "(("}, 400, "BadRequestData"),
+        ({"limit": "abc"}, 400, "BadRequestData"),
+        ({"limit": "5000"}, 403, "TooManyResults"),
+        ({"options": "fancy"}, 400, "BadRequestData"),
+    ],
+)
+def test_bad_queries(client: TestClient, params: dict[str, str], status: int, kind: str) -> None:
+    response = client.get(f"{BASE}/entities", params={"type": "T", **params})
+    assert response.status_code == status, response.text
+    assert response.json()["type"] == ERR + kind
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "kind"),
+    [
+        (b"{bad json", {"content-type": "application/json"}, 400, "InvalidRequest"),
+        (b"", {"content-type": "application/json"}, 400, "InvalidRequest"),
+        (
+            b'{"id": "urn:x:1", "type": "T"}',
+            {"content-type": "text/plain"},
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            b'{"id": "no uri", "type": "T"}',
+            {"content-type": "application/json"},
+            400,
+            "BadRequestData",
+        ),
+        (b'{"id": "urn:x:1"}', {"content-type": "application/json"}, 400, "BadRequestData"),
+        (
+            b'{"id": "urn:x:1", "type": "T", "a": {"type": "Property"}}',
+            {"content-type": "application/json"},
+            400,
+            "BadRequestData",
+        ),
+        (
+            b'{"id": "urn:x:1", "type": "T", "r": {"type": "Relationship", "object": "x y"}}',
+            {"content-type": "application/json"},
+            400,
+            "BadRequestData",
+        ),
+        (
+            b'{"id": "urn:x:1", "type": "T", '
+            b'"l": {"type": "GeoProperty", "value": {"type": "Point"}}}',
+            {"content-type": "application/json"},
+            400,
+            "BadRequestData",
+        ),
+        (
+            b'{"id": "urn:x:1", "type": "T", "@context": {}}',
+            {"content-type": "application/json"},
+            400,
+            "BadRequestData",
+        ),
+        (
+            b'{"id": "urn:x:1", "type": "T"}',
+            {"content-type": "application/ld+json"},
+            400,
+            "BadRequestData",
+        ),
+        (
+            b'{"id": "urn:x:1", "type": "T", '
+            b'"a": {"type": "Property", "value": 1, "observedAt": "yesterday"}}',
+            {"content-type": "application/json"},
+            400,
+            "BadRequestData",
+        ),
+        (
+            b'{"id": "urn:x:1", "type": "T", "bad name": 1}',
+            {"content-type": "application/json"},
+            400,
+            "BadRequestData",
+        ),
+        (
+            b'{"id": "urn:x:1", "type": "T"}',
+            {"content-type": "application/json", "NGSILD-Tenant": "bad tenant!"},
+            400,
+            "BadRequestData",
+        ),
+    ],
+)
+def test_bad_entities_are_refused_and_nothing_stored(
+    client: TestClient, body: bytes, headers: dict[str, str], status: int, kind: str
+) -> None:
+    client.post(f"{BASE}/entities", json=sensor(1, 35))
+    response = client.post(f"{BASE}/entities", content=body, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.json()["type"] == ERR + kind
+    assert [e["id"] for e in client.get(f"{BASE}/entities", params={"type": "T"}).json()] == []
+    assert len(client.get(f"{BASE}/entities", params={"type": "AirQualityObserved"}).json()) == 1
+
+
+def test_oversized_body_is_413(client: TestClient) -> None:
+    big = {
+        "id": "urn:x:1",
+        "type": "T",
+        "blob": {"type": "Property", "value": "x" * (11 * 1024 * 1024)},
+    }
+    assert client.post(f"{BASE}/entities", json=big).status_code == 413
+
+
+def test_batch_operations(client: TestClient) -> None:
+    batch = [sensor(n, n) for n in range(5)]
+    created = client.post(f"{BASE}/entityOperations/create", json=batch)
+    assert created.status_code == 201 and len(created.json()) == 5
+    again = client.post(f"{BASE}/entityOperations/create", json=batch[:2] + [sensor(9, 9)])
+    assert again.status_code == 207
+    assert len(again.json()["errors"]) == 2 and again.json()["success"] == [sensor(9, 9)["id"]]
+    up = client.post(f"{BASE}/entityOperations/upsert", json=[{**sensor(0, 100)}, sensor(10, 10)])
+    assert up.status_code == 201
+    assert client.get(f"{BASE}/entities/{sensor(0, 0)['id']}").json()["pm25"]["value"] == 100
+    upd = client.post(
+        f"{BASE}/entityOperations/update",
+        json=[{"id": sensor(1, 0)["id"], "pm25": {"type": "Property", "value": 77}}],
+    )
+    assert upd.status_code == 204
+    merged = client.post(
+        f"{BASE}/entityOperations/merge",
+        json=[
+            {"id": sensor(2, 0)["id"], "address": {"type": "Property", "value": {"zip": "250000"}}}
+        ],
+    )
+    assert merged.status_code == 204
+    assert (
+        client.get(f"{BASE}/entities/{sensor(2, 0)['id']}").json()["address"]["value"]["zip"]
+        == "250000"
+    )
+    deleted = client.post(
+        f"{BASE}/entityOperations/delete", json=[sensor(3, 0)["id"], "urn:ngsi-ld:nothing:1"]
+    )
+    assert deleted.status_code == 207 and deleted.json()["success"] == [sensor(3, 0)["id"]]
+    found = client.post(
+        f"{BASE}/entityOperations/query",
+        json={"type": "Query", "entities": [{"type": "AirQualityObserved"}], "q": "pm25>50"},
+    )
+    assert [e["pm25"]["value"] for e in found.json()] == [100, 77]
+    assert client.post(f"{BASE}/entityOperations/create", json={"not": "a list"}).status_code == 400
+    assert client.post(f"{BASE}/entityOperations/explode", json=[]).status_code == 404
+
+
+def test_tenants_are_separate(client: TestClient) -> None:
+    client.post(f"{BASE}/entities", json=sensor(1, 1), headers={"NGSILD-Tenant": "jinan"})
+    assert client.get(f"{BASE}/entities", params={"type": "AirQualityObserved"}).json() == []
+    assert (
+        len(
+            client.get(
+                f"{BASE}/entities",
+                params={"type": "AirQualityObserved"},
+                headers={"NGSILD-Tenant": "jinan"},
+            ).json()
+        )
+        == 1
+    )
+    missing = client.get(
+        f"{BASE}/entities", params={"type": "X"}, headers={"NGSILD-Tenant": "nowhere"}
+    )
+    assert missing.status_code == 404 and missing.json()["type"] == ERR + "NonexistentTenant"
+
+
+class _ContextServer(http.server.BaseHTTPRequestHandler):
+    hits = 0
+
+    def do_GET(self) -> None:  # noqa: N802
+        type(self).hits += 1
+        if self.path == "/slow.jsonld":
+            time.sleep(3)
+        body = json.dumps(
+            {
+                "@context": {
+                    "pm25": "https://smartdatamodels.org/dataModel.Environment/pm25",
+                    "AirQualityObserved": "https://smartdatamodels.org/dataModel.Environment/AirQualityObserved",
+                }
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/ld+json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_user_context_by_link_is_fetched_cached_and_expands(client: TestClient) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ContextServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/ctx.jsonld"
+    link = {
+        "Link": f'<{url}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'
+    }
+    try:
+        _ContextServer.hits = 0
+        assert client.post(f"{BASE}/entities", json=sensor(1, 5), headers=link).status_code == 201
+        assert client.post(f"{BASE}/entities", json=sensor(2, 6), headers=link).status_code == 201
+        assert _ContextServer.hits == 1  # cached after the first use
+        # without the context the names come back as full IRIs
+        plain = client.get(f"{BASE}/entities/{sensor(1, 5)['id']}").json()
+        assert (
+            plain["type"] == "https://smartdatamodels.org/dataModel.Environment/AirQualityObserved"
+        )
+        assert "https://smartdatamodels.org/dataModel.Environment/pm25" in plain
+        with_ctx = client.get(
+            f"{BASE}/entities", params={"type": "AirQualityObserved", "q": "pm25>5"}, headers=link
+        ).json()
+        assert [e["pm25"]["value"] for e in with_ctx] == [6]
+        ld_body = {**sensor(3, 7), "@context": [url]}
+        assert (
+            client.post(
+                f"{BASE}/entities", json=ld_body, headers={"content-type": "application/ld+json"}
+            ).status_code
+            == 201
+        )
+        both = client.post(
+            f"{BASE}/entities",
+            json=ld_body,
+            headers={"content-type": "application/ld+json", **link},
+        )
+        assert both.status_code == 400
+        assert url in client.get(f"{BASE}/jsonldContexts").json()
+    finally:
+        server.shutdown()
+
+
+def test_unreachable_context_is_ld_context_not_available(client: TestClient) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/gone.jsonld"
+    link = {
+        "Link": f'<{dead}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'
+    }
+    response = client.post(f"{BASE}/entities", json=sensor(1, 1), headers=link)
+    assert response.status_code == 503 and response.json()["type"] == ERR + "LdContextNotAvailable"
+    assert client.get(f"{BASE}/entities", params={"type": "AirQualityObserved"}).json() == []
+
+
+def test_core_context_is_never_fetched(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the core context must not be fetched")
+
+    monkeypatch.setattr(httpx.Client, "get", no_network)
+    core = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.6.jsonld"
+    body = {**sensor(1, 1), "@context": core}
+    assert (
+        client.post(
+            f"{BASE}/entities", json=body, headers={"content-type": "application/ld+json"}
+        ).status_code
+        == 201
+    )
+
+
+def test_hosted_contexts(client: TestClient) -> None:
+    created = client.post(
+        f"{BASE}/jsonldContexts", json={"@context": {"speed": "https://example.org/speed"}}
+    )
+    assert created.status_code == 201
+    local = created.headers["location"].rsplit("/", 1)[-1]
+    assert (
+        client.get(f"{BASE}/jsonldContexts/{local}").json()["@context"]["speed"]
+        == "https://example.org/speed"
+    )
+    assert client.delete(f"{BASE}/jsonldContexts/{local}").status_code == 204
+    assert client.get(f"{BASE}/jsonldContexts/{local}").status_code == 404
+    assert client.post(f"{BASE}/jsonldContexts", json={"no": "context"}).status_code == 400
+
+
+def test_trailing_slashes_are_accepted(client: TestClient) -> None:
+    assert client.post(f"{BASE}/entities/", json=sensor(1, 1)).status_code == 201
+    assert client.get(f"{BASE}/entities/", params={"type": "AirQualityObserved"}).status_code == 200
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40))
+def test_q_parser_only_raises_bad_input(text: str) -> None:
+    try:
+        query.parse(text)
+    except BadInput:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(-50, 50), min_size=1, max_size=12),
+    st.integers(-50, 50),
+    st.integers(-50, 50),
+)
+def test_q_ranges_agree_with_python(values: list[int], low: int, high: int) -> None:
+    entities = [{"https://x/v": {"type": "Property", "value": v}} for v in values]
+    expr = query.expand(query.parse(f"v=={low}..{high}"), lambda n: f"https://x/{n}")
+    got = [query.matches(expr, e) for e in entities]
+    assert got == [low <= v <= high for v in values]
+    expr = query.expand(query.parse(f"v>{low};v<={high}|v=={high}"), lambda n: f"https://x/{n}")
+    assert [query.matches(expr, e) for e in entities] == [
+        (low < v <= high) or v == high for v in values
+    ]
+
+
+def test_ngsildclient_drives_the_hub(tmp_path: Path) -> None:
+    python = ROOT / ".venv-clients" / "bin" / "python"
+    if not python.exists():
+        pytest.fail("the ngsildclient venv is missing: run `make test` (it builds .venv-clients)")
+    port = free_port()
+    node = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "citybrain",
+            "serve",
+            "--level",
+            "province",
+            "--code",
+            "370000",
+            "--data",
+            str(tmp_path / "node"),
+            "--port",
+            str(port),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        run = subprocess.run(
+            [
+                str(python),
+                str(Path(__file__).parent / "clients" / "ngsildclient_e2e.py"),
+                "127.0.0.1",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        assert "ngsildclient ok" in run.stdout
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(timeout=30)
