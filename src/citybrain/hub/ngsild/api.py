@@ -11,8 +11,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from citybrain.core.errors import BadInput, CityBrainError, NotFound
-from citybrain.hub.ngsild import geoquery, query, service
-from citybrain.hub.ngsild.entities import expand_attributes, expand_entity, render
+from citybrain.hub.ngsild import geoquery, query, service, temporal
+from citybrain.hub.ngsild.entities import (
+    expand_attributes,
+    expand_entity,
+    render,
+    render_instance,
+)
 from citybrain.hub.ngsild.errors import OperationNotSupported
 from citybrain.hub.ngsild.jsonld import (
     CORE_URL,
@@ -704,3 +709,112 @@ async def delete_context(request: Request, context_id: str) -> Response:
 def unsupported(_request: Request) -> None:
     """Refuse NGSI-LD operations this node does not offer yet."""
     raise OperationNotSupported("this NGSI-LD operation is not offered by this node")
+
+
+def _temporal_payload(
+    entity: dict[str, Any],
+    series: dict[str, list[tuple[Any, dict[str, Any]]]],
+    terms: TermMap,
+    *,
+    mode: str,
+    tq: temporal.TemporalQuery,
+    sys_attrs: bool,
+) -> dict[str, Any]:
+    """Render one entity's history: instances, temporalValues, or aggregatedValues."""
+    rendered = render(entity, terms, attrs=set())
+    for name, points in series.items():
+        kind = points[-1][1].get("type", "Property") if points else "Property"
+        short = terms.compact(name)
+        if mode == "aggregatedValues":
+            rendered[short] = {"type": kind, **temporal.aggregate(points, tq)}
+        elif mode == "temporalValues":
+            values = [
+                [inst.get("value", inst.get("object")), inst.get("observedAt") or temporal._iso(at)]
+                for at, inst in points
+            ]
+            key = "objects" if kind == "Relationship" else "values"
+            rendered[short] = {"type": kind, key: values}
+        else:
+            rendered[short] = [
+                render_instance(inst, terms, sys_attrs=sys_attrs) for _, inst in points
+            ]
+    return rendered
+
+
+def _temporal_mode(request: Request) -> tuple[str, bool]:
+    opts = {o.strip() for o in request.query_params.get("options", "").split(",") if o.strip()}
+    fmt = request.query_params.get("format")
+    unknown = opts - {"temporalValues", "aggregatedValues", "sysAttrs", "normalized"}
+    if unknown:
+        raise BadInput(f"unknown options {sorted(unknown)}")
+    mode = fmt or (
+        "aggregatedValues"
+        if "aggregatedValues" in opts
+        else "temporalValues"
+        if "temporalValues" in opts
+        else "normalized"
+    )
+    if mode not in ("aggregatedValues", "temporalValues", "normalized"):
+        raise BadInput(f"unknown temporal format {mode!r}")
+    return mode, "sysAttrs" in opts
+
+
+@router.get("/temporal/entities")
+async def temporal_query(request: Request) -> Response:
+    """Query the temporal history of entities (timerel, lastN, aggregation)."""
+    terms = _terms_for_read(request)
+    params = dict(request.query_params)
+    mode, sys_attrs = _temporal_mode(request)
+    tq = temporal.parse_query(params, aggregated=mode == "aggregatedValues")
+    limit, offset, count = _page_params(request)
+    spec = _spec_from(params, terms)
+    engine, tenant = _engine(request), _tenant(request)
+    page, total = service.query_entities(
+        engine=engine, tenant=tenant, spec=spec, limit=limit, offset=offset
+    )
+    attrs = [terms.expand(a) for a in _split(params.get("attrs")) or []] or None
+    series = temporal.history(
+        engine=engine, tenant=tenant, entity_ids=[e["id"] for e in page], attributes=attrs, tq=tq
+    )
+    payload = [
+        _temporal_payload(e, series.get(e["id"], {}), terms, mode=mode, tq=tq, sys_attrs=sys_attrs)
+        for e in page
+    ]
+    headers = {"NGSILD-Results-Count": str(total)} if count else None
+    return _respond(request, payload, terms, headers=headers)
+
+
+@router.get("/temporal/entities/{entity_id}")
+async def temporal_retrieve(request: Request, entity_id: str) -> Response:
+    """Return the temporal history of one entity."""
+    validate_entity_id(entity_id)
+    terms = _terms_for_read(request)
+    mode, sys_attrs = _temporal_mode(request)
+    tq = temporal.parse_query(dict(request.query_params), aggregated=mode == "aggregatedValues")
+    engine, tenant = _engine(request), _tenant(request)
+    entity = service.get_entity(engine=engine, tenant=tenant, entity_id=entity_id)
+    attrs = [terms.expand(a) for a in _split(request.query_params.get("attrs")) or []] or None
+    series = temporal.history(
+        engine=engine, tenant=tenant, entity_ids=[entity_id], attributes=attrs, tq=tq
+    )
+    payload = _temporal_payload(
+        entity, series.get(entity_id, {}), terms, mode=mode, tq=tq, sys_attrs=sys_attrs
+    )
+    return _respond(request, payload, terms)
+
+
+@router.post("/temporal/entities")
+async def temporal_upsert(request: Request) -> Response:
+    """Create or extend a temporal entity: every instance given goes into the history."""
+    body, terms = await _read(request)
+    if not isinstance(body, dict):
+        raise BadInput("a temporal entity must be a JSON object")
+    entity = expand_entity(body, terms, temporal=True)
+    created = service.upsert_temporal(
+        engine=_engine(request), tenant=_tenant(request), entity=entity
+    )
+    if created:
+        return Response(
+            status_code=201, headers={"Location": f"{PREFIX}/temporal/entities/{entity['id']}"}
+        )
+    return Response(status_code=204)

@@ -140,8 +140,13 @@ def _check_datetime(value: Any, what: str) -> None:
         raise BadInput(f"{what} is not a valid date-time: {value!r}") from None
 
 
-def expand_attributes(body: dict[str, Any], terms: TermMap) -> dict[str, Any]:
-    """Expand and validate the attributes of a fragment (everything but the core members)."""
+def expand_attributes(
+    body: dict[str, Any], terms: TermMap, *, temporal: bool = False
+) -> dict[str, Any]:
+    """Expand and validate the attributes of a fragment (everything but the core members).
+
+    In a temporal entity an attribute lists instances over time, so datasetIds may repeat.
+    """
     attrs: dict[str, Any] = {}
     for name, raw in body.items():
         if name in ENTITY_MEMBERS:
@@ -154,13 +159,15 @@ def expand_attributes(body: dict[str, Any], terms: TermMap) -> dict[str, Any]:
         )
         expanded = [_attribute(name, r, terms) for r in instances]
         dataset_ids = [e.get("datasetId") for e in expanded]
-        if len(set(dataset_ids)) != len(dataset_ids):
+        if not temporal and len(set(dataset_ids)) != len(dataset_ids):
             raise BadInput(f"attribute {name!r} repeats a datasetId")
         attrs[terms.expand(name)] = expanded[0] if len(expanded) == 1 else expanded
     return attrs
 
 
-def expand_entity(body: Any, terms: TermMap, *, require_type: bool = True) -> dict[str, Any]:
+def expand_entity(
+    body: Any, terms: TermMap, *, require_type: bool = True, temporal: bool = False
+) -> dict[str, Any]:
     """Validate an entity payload and return it with expanded names."""
     if not isinstance(body, dict):
         raise BadInput("an entity must be a JSON object")
@@ -176,7 +183,7 @@ def expand_entity(body: Any, terms: TermMap, *, require_type: bool = True) -> di
         if not all(isinstance(s, str) and s.startswith("/") for s in scopes):
             raise BadInput("scope must be a string or list of strings starting with '/'")
         entity["scope"] = scopes
-    entity.update(expand_attributes(body, terms))
+    entity.update(expand_attributes(body, terms, temporal=temporal))
     return entity
 
 
@@ -237,6 +244,11 @@ def _render_attribute(instance: dict[str, Any], terms: TermMap, fmt: str, sys_at
     if fmt == "concise":
         out.pop("type", None)
     return out
+
+
+def render_instance(instance: dict[str, Any], terms: TermMap, *, sys_attrs: bool = False) -> Any:
+    """Compact one attribute instance in normalized form."""
+    return _render_attribute(instance, terms, "normalized", sys_attrs)
 
 
 def render(

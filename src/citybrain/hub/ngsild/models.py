@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, DateTime, String, Table
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Float, Integer, String, Table
 
 from citybrain.core.db import metadata
 
@@ -29,4 +29,19 @@ ngsild_entity_types = Table(
     Column("tenant", String(128), primary_key=True),
     Column("id", String(512), primary_key=True),
     Column("type", String(512), primary_key=True),
+)
+
+ngsild_history = Table(
+    "ngsild_history",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("tenant", String(128), nullable=False),
+    Column("entity_id", String(512), nullable=False),
+    Column("attribute", String(512), nullable=False),
+    Column("dataset_id", String(512)),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("number", Float),
+    Column("instance", JSON, nullable=False),
 )

@@ -12,9 +12,14 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from citybrain.core.errors import BadInput, Conflict, NotFound
 from citybrain.hub.ngsild import geoquery, query
-from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, clone, instances, stamp
+from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, clone, instances, now_iso, stamp
 from citybrain.hub.ngsild.errors import NonexistentTenant
-from citybrain.hub.ngsild.models import ngsild_entities, ngsild_entity_types, ngsild_tenants
+from citybrain.hub.ngsild.models import (
+    ngsild_entities,
+    ngsild_entity_types,
+    ngsild_history,
+    ngsild_tenants,
+)
 
 DEFAULT_TENANT = ""
 _TENANT = re.compile(r"^[A-Za-z0-9_\-]{0,128}$")
@@ -62,7 +67,9 @@ def _load(conn: Connection, tenant: str, entity_id: str) -> dict[str, Any] | Non
     return None if row is None else dict(row.entity)
 
 
-def _save(conn: Connection, tenant: str, entity: dict[str, Any], *, new: bool) -> None:
+def _save(
+    conn: Connection, tenant: str, entity: dict[str, Any], *, new: bool, history: bool = True
+) -> None:
     moment = datetime.now(UTC)
     if new:
         conn.execute(
@@ -85,6 +92,42 @@ def _save(conn: Connection, tenant: str, entity: dict[str, Any], *, new: bool) -
         insert(ngsild_entity_types),
         [{"tenant": tenant, "id": entity["id"], "type": t} for t in dict.fromkeys(entity["type"])],
     )
+    if history:
+        record_history(conn, tenant, entity)
+
+
+def record_history(conn: Connection, tenant: str, entity: dict[str, Any]) -> None:
+    """Append to the temporal history every attribute instance written in this change."""
+    moment = entity.get("modifiedAt")
+    rows = []
+    for name, attr in entity.items():
+        if name in ENTITY_MEMBERS:
+            continue
+        for inst in instances(attr):
+            if inst.get("modifiedAt") != moment:
+                continue  # unchanged by this write
+            rows.append(history_row(tenant, entity["id"], name, inst))
+    if rows:
+        conn.execute(insert(ngsild_history), rows)
+
+
+def history_row(tenant: str, entity_id: str, name: str, inst: dict[str, Any]) -> dict[str, Any]:
+    """Build one history row; the time axis is observedAt, else the write time."""
+    raw = inst.get("observedAt") or inst.get("modifiedAt") or inst.get("createdAt")
+    at = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    value = inst.get("value")
+    number = (
+        float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    )
+    return {
+        "tenant": tenant,
+        "entity_id": entity_id,
+        "attribute": name,
+        "dataset_id": inst.get("datasetId"),
+        "at": at,
+        "number": number,
+        "instance": inst,
+    }
 
 
 def create_entity(*, engine: Engine, tenant: str, entity: dict[str, Any]) -> None:
@@ -414,3 +457,41 @@ def count_entities(*, engine: Engine, tenant: str) -> int:
                 .where(ngsild_entities.c.tenant == tenant)
             ).scalar_one()
         )
+
+
+def upsert_temporal(*, engine: Engine, tenant: str, entity: dict[str, Any]) -> bool:
+    """Record every given instance in the history; keep the latest as the current value."""
+    series: dict[str, list[dict[str, Any]]] = {}
+    latest: dict[str, Any] = {k: v for k, v in entity.items() if k in ENTITY_MEMBERS}
+    for name, attr in entity.items():
+        if name in ENTITY_MEMBERS:
+            continue
+        points = sorted(instances(attr), key=lambda i: str(i.get("observedAt", "")))
+        series[name] = points
+        by_dataset: dict[Any, dict[str, Any]] = {}
+        for point in points:
+            by_dataset[point.get("datasetId")] = point
+        values = list(by_dataset.values())
+        latest[name] = values[0] if len(values) == 1 else values
+    moment = now_iso()
+    with engine.begin() as conn:
+        _ensure_tenant(conn, tenant)
+        current = _load(conn, tenant, entity["id"])
+        if current is None:
+            merged = stamp(clone(latest))
+            _save(conn, tenant, merged, new=True, history=False)
+        else:
+            merged = current
+            merged["type"] = list(dict.fromkeys(current["type"] + latest.get("type", [])))
+            for name, value in latest.items():
+                if name not in ENTITY_MEMBERS:
+                    merged[name] = _merge_instances(current.get(name), value, keep_existing=False)
+            _save(conn, tenant, stamp(merged), new=False, history=False)
+        rows = []
+        for name, points in series.items():
+            for point in points:
+                point = {**point, "createdAt": moment, "modifiedAt": moment}
+                rows.append(history_row(tenant, entity["id"], name, point))
+        if rows:
+            conn.execute(insert(ngsild_history), rows)
+    return current is None

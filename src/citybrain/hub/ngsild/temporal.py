@@ -1,0 +1,180 @@
+"""Temporal history of NGSI-LD attributes: time queries, lastN, and aggregation by period."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from citybrain.core.errors import BadInput
+from citybrain.hub.ngsild.models import ngsild_history
+
+AGGREGATIONS = ("totalCount", "distinctCount", "sum", "avg", "min", "max", "stddev", "sumsq")
+_DURATION = re.compile(
+    r"^P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$"
+)
+
+
+@dataclass(frozen=True)
+class TemporalQuery:
+    """Which part of the history to return, and how."""
+
+    timerel: str | None = None
+    time_at: datetime | None = None
+    end_time_at: datetime | None = None
+    last_n: int | None = None
+    aggregations: tuple[str, ...] = ()
+    period: timedelta | None = None
+
+
+def _time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInput(f"{name} is not a valid date-time: {value!r}") from None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def parse_duration(value: str) -> timedelta:
+    """Parse an ISO 8601 duration in weeks, days, hours, minutes and seconds."""
+    match = _DURATION.match(value)
+    if not match or value in ("P", "PT"):
+        raise BadInput(f"aggrPeriodDuration {value!r} is not an ISO 8601 duration like PT1H or P1D")
+    weeks, days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    period = timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if period <= timedelta(0):
+        raise BadInput("aggrPeriodDuration must be longer than zero")
+    return period
+
+
+def parse_query(params: dict[str, str], *, aggregated: bool) -> TemporalQuery:
+    """Validate the temporal parameters of a request."""
+    timerel = params.get("timerel")
+    time_at = _time(params.get("timeAt"), "timeAt")
+    end = _time(params.get("endTimeAt"), "endTimeAt")
+    if timerel is not None:
+        if timerel not in ("before", "after", "between"):
+            raise BadInput("timerel must be before, after or between")
+        if time_at is None:
+            raise BadInput("timerel needs timeAt")
+        if timerel == "between" and (end is None or end <= time_at):
+            raise BadInput("timerel=between needs an endTimeAt after timeAt")
+    last_n = None
+    if "lastN" in params:
+        try:
+            last_n = int(params["lastN"])
+        except ValueError:
+            raise BadInput("lastN must be a positive integer") from None
+        if last_n < 1:
+            raise BadInput("lastN must be a positive integer")
+    methods: tuple[str, ...] = ()
+    period = None
+    if aggregated:
+        raw = params.get("aggrMethods")
+        if not raw:
+            raise BadInput("aggregated temporal queries need aggrMethods")
+        methods = tuple(m.strip() for m in raw.split(",") if m.strip())
+        unknown = [m for m in methods if m not in AGGREGATIONS]
+        if unknown:
+            raise BadInput(f"unknown aggrMethods {unknown}; use {', '.join(AGGREGATIONS)}")
+        if params.get("aggrPeriodDuration"):
+            period = parse_duration(params["aggrPeriodDuration"])
+    return TemporalQuery(timerel, time_at, end, last_n, methods, period)
+
+
+def history(
+    *,
+    engine: Engine,
+    tenant: str,
+    entity_ids: list[str],
+    attributes: list[str] | None,
+    tq: TemporalQuery,
+) -> dict[str, dict[str, list[tuple[datetime, dict[str, Any]]]]]:
+    """Return, per entity and attribute, the instances in time order (lastN applied)."""
+    if not entity_ids:
+        return {}
+    stmt = select(
+        ngsild_history.c.entity_id,
+        ngsild_history.c.attribute,
+        ngsild_history.c.at,
+        ngsild_history.c.instance,
+    ).where(ngsild_history.c.tenant == tenant, ngsild_history.c.entity_id.in_(entity_ids))
+    if attributes:
+        stmt = stmt.where(ngsild_history.c.attribute.in_(attributes))
+    if tq.timerel == "before":
+        stmt = stmt.where(ngsild_history.c.at < tq.time_at)
+    elif tq.timerel == "after":
+        stmt = stmt.where(ngsild_history.c.at >= tq.time_at)
+    elif tq.timerel == "between":
+        stmt = stmt.where(ngsild_history.c.at >= tq.time_at, ngsild_history.c.at < tq.end_time_at)
+    stmt = stmt.order_by(
+        ngsild_history.c.entity_id,
+        ngsild_history.c.attribute,
+        ngsild_history.c.at,
+        ngsild_history.c.seq,
+    )
+    out: dict[str, dict[str, list[tuple[datetime, dict[str, Any]]]]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(stmt):
+            at = row.at if row.at.tzinfo else row.at.replace(tzinfo=UTC)
+            out.setdefault(row.entity_id, {}).setdefault(row.attribute, []).append(
+                (at, dict(row.instance))
+            )
+    if tq.last_n:
+        for attrs in out.values():
+            for name in attrs:
+                attrs[name] = attrs[name][-tq.last_n :]
+    return out
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def aggregate(
+    series: list[tuple[datetime, dict[str, Any]]], tq: TemporalQuery
+) -> dict[str, list[list[Any]]]:
+    """Aggregate a series per period: each method gives [[value, startAt, endAt], ...]."""
+    if not series:
+        return {m: [] for m in tq.aggregations}
+    start = tq.time_at if tq.timerel in ("after", "between") and tq.time_at else series[0][0]
+    end = series[-1][0]
+    period = tq.period or (end - start + timedelta(microseconds=1))
+    buckets: dict[int, list[Any]] = {}
+    for at, inst in series:
+        index = math.floor((at - start) / period)
+        buckets.setdefault(index, []).append(inst.get("value", inst.get("object")))
+    result: dict[str, list[list[Any]]] = {m: [] for m in tq.aggregations}
+    for index in sorted(buckets):
+        values = buckets[index]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        lo = start + index * period
+        hi = lo + period
+        for method in tq.aggregations:
+            if method == "totalCount":
+                value: Any = len(values)
+            elif method == "distinctCount":
+                value = len({repr(v) for v in values})
+            elif not numbers:
+                continue
+            elif method == "sum":
+                value = sum(numbers)
+            elif method == "avg":
+                value = sum(numbers) / len(numbers)
+            elif method == "min":
+                value = min(numbers)
+            elif method == "max":
+                value = max(numbers)
+            elif method == "sumsq":
+                value = sum(n * n for n in numbers)
+            else:
+                mean = sum(numbers) / len(numbers)
+                value = math.sqrt(sum((n - mean) ** 2 for n in numbers) / len(numbers))
+            result[method].append([value, _iso(lo), _iso(hi)])
+    return result

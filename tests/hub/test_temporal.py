@@ -1,0 +1,122 @@
+"""NGSI-LD temporal history: every write is kept; timerel, lastN, temporalValues, aggregation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from citybrain.app import create_app
+from citybrain.core.config import load_settings
+from citybrain.core.errors import BadInput
+from citybrain.hub.ngsild.temporal import parse_duration
+
+B = "/ngsi-ld/v1"
+EID = "urn:ngsi-ld:NoiseLevelObserved:1"
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(load_settings(data_dir=tmp_path))) as c:
+        points = [
+            {"type": "Property", "value": v, "observedAt": f"2026-11-01T{h:02d}:{m:02d}:00Z"}
+            for h in range(3)
+            for m, v in ((0, 10 + h), (30, 20 + h))
+        ]
+        body = {"id": EID, "type": "NoiseLevelObserved", "LAeq": points}
+        assert c.post(f"{B}/temporal/entities", json=body).status_code == 201
+        yield c
+
+
+def test_latest_instance_is_current(client: TestClient) -> None:
+    assert client.get(f"{B}/entities/{EID}").json()["LAeq"]["value"] == 22
+
+
+def test_temporal_values_and_updates_are_recorded(client: TestClient) -> None:
+    client.patch(
+        f"{B}/entities/{EID}/attrs",
+        json={"LAeq": {"type": "Property", "value": 99, "observedAt": "2026-11-01T05:00:00Z"}},
+    )
+    values = client.get(f"{B}/temporal/entities/{EID}", params={"options": "temporalValues"}).json()
+    assert [v for v, _ in values["LAeq"]["values"]] == [10, 20, 11, 21, 12, 22, 99]
+    last = client.get(f"{B}/temporal/entities/{EID}", params={"lastN": 2}).json()
+    assert [i["value"] for i in last["LAeq"]] == [22, 99]
+
+
+def test_timerel(client: TestClient) -> None:
+    def values(**params: str) -> list[int]:
+        body = client.get(
+            f"{B}/temporal/entities/{EID}", params={"options": "temporalValues", **params}
+        ).json()
+        return [v for v, _ in body.get("LAeq", {}).get("values", [])]
+
+    assert values(timerel="before", timeAt="2026-11-01T01:00:00Z") == [10, 20]
+    assert values(timerel="after", timeAt="2026-11-01T02:00:00Z") == [12, 22]
+    assert values(
+        timerel="between", timeAt="2026-11-01T00:30:00Z", endTimeAt="2026-11-01T01:30:00Z"
+    ) == [20, 11]
+
+
+def test_hourly_aggregation(client: TestClient) -> None:
+    body = client.get(
+        f"{B}/temporal/entities",
+        params={
+            "type": "NoiseLevelObserved",
+            "options": "aggregatedValues",
+            "aggrMethods": "totalCount,sum,avg,min,max",
+            "aggrPeriodDuration": "PT1H",
+        },
+    ).json()[0]["LAeq"]
+    assert [a[0] for a in body["avg"]] == [15.0, 16.0, 17.0]
+    assert [a[0] for a in body["totalCount"]] == [2, 2, 2]
+    assert [a[0] for a in body["sum"]] == [30, 32, 34]
+    assert [a[0] for a in body["min"]] == [10, 11, 12] and [a[0] for a in body["max"]] == [
+        20,
+        21,
+        22,
+    ]
+    assert body["avg"][0][1:] == ["2026-11-01T00:00:00.000Z", "2026-11-01T01:00:00.000Z"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"timerel": "during", "timeAt": "2026-11-01T00:00:00Z"},
+        {"timerel": "before"},
+        {
+            "timerel": "between",
+            "timeAt": "2026-11-01T02:00:00Z",
+            "endTimeAt": "2026-11-01T01:00:00Z",
+        },
+        {"timerel": "after", "timeAt": "yesterday"},
+        {"lastN": "0"},
+        {"lastN": "many"},
+        {"options": "aggregatedValues"},
+        {"options": "aggregatedValues", "aggrMethods": "median"},
+        {"options": "aggregatedValues", "aggrMethods": "avg", "aggrPeriodDuration": "P1M"},
+        {"options": "bogus"},
+    ],
+)
+def test_bad_temporal_parameters(client: TestClient, params: dict[str, str]) -> None:
+    response = client.get(f"{B}/temporal/entities/{EID}", params=params)
+    assert response.status_code == 400, response.text
+
+
+def test_unknown_entity_is_404(client: TestClient) -> None:
+    assert client.get(f"{B}/temporal/entities/urn:ngsi-ld:X:404").status_code == 404
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 3), st.integers(0, 48), st.integers(0, 59), st.integers(0, 59))
+def test_durations(weeks: int, hours: int, minutes: int, seconds: int) -> None:
+    text = "P" + (f"{weeks}W" if weeks else "") + f"T{hours}H{minutes}M{seconds}S"
+    total = weeks * 604800 + hours * 3600 + minutes * 60 + seconds
+    if total == 0:
+        with pytest.raises(BadInput):
+            parse_duration(text)
+    else:
+        assert parse_duration(text).total_seconds() == total
