@@ -16,7 +16,9 @@ from citybrain.core.config import Settings
 from citybrain.core.db import check_connection, create_engine_for, upgrade
 from citybrain.core.problems import BodyLimitMiddleware, install_problem_handlers
 from citybrain.geo.api import router as geo_router
+from citybrain.hub.ngsild import notifier
 from citybrain.hub.ngsild.api import router as ngsild_router
+from citybrain.hub.ngsild.jsonld import ContextStore
 from citybrain.hub.tables.api import router as tables_router
 from citybrain.node import service as node_service
 from citybrain.node.api import router as node_router
@@ -47,6 +49,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = engine if engine is not None else prepare_node(settings)
         tasks: list[asyncio.Task[None]] = []
+        app.state.ngsild_contexts = ContextStore()
+        tasks.append(
+            asyncio.create_task(
+                notifier.run(engine=app.state.engine, store=app.state.ngsild_contexts)
+            )
+        )
         if settings.parent_url:
             tasks.append(
                 asyncio.create_task(keep_registered(engine=app.state.engine, settings=settings))

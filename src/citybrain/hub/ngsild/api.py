@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from citybrain.core.errors import BadInput, CityBrainError, NotFound
-from citybrain.hub.ngsild import geoquery, query, service, temporal
+from citybrain.hub.ngsild import geoquery, query, service, subscriptions, temporal
 from citybrain.hub.ngsild.entities import (
     expand_attributes,
     expand_entity,
@@ -817,4 +817,74 @@ async def temporal_upsert(request: Request) -> Response:
         return Response(
             status_code=201, headers={"Location": f"{PREFIX}/temporal/entities/{entity['id']}"}
         )
+    return Response(status_code=204)
+
+
+def _public_subscription(sub: dict[str, Any], terms: TermMap) -> dict[str, Any]:
+    """Compact a stored subscription for output."""
+    out = {k: v for k, v in sub.items() if not k.startswith("_") and k != "qNames"}
+    if "entities" in out:
+        out["entities"] = [{**s, "type": terms.compact(s["type"])} for s in out["entities"]]
+    if "watchedAttributes" in out:
+        out["watchedAttributes"] = [terms.compact(w) for w in out["watchedAttributes"]]
+    notification = dict(out.get("notification", {}))
+    if "attributes" in notification:
+        notification["attributes"] = [terms.compact(a) for a in notification["attributes"]]
+    out["notification"] = notification
+    if "geoQ" in out:
+        out["geoQ"] = {**out["geoQ"], "geoproperty": terms.compact(out["geoQ"]["geoproperty"])}
+    return out
+
+
+@router.post("/subscriptions", status_code=201)
+async def create_subscription(request: Request) -> Response:
+    """Create a subscription."""
+    body, terms = await _read(request)
+    sub = subscriptions.validate(body, terms)
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    context = context_from_request(link=request.headers.get("link"), content_type=media, body=body)
+    sub_id = subscriptions.create(
+        engine=_engine(request), tenant=_tenant(request), sub=sub, context=context
+    )
+    return Response(status_code=201, headers={"Location": f"{PREFIX}/subscriptions/{sub_id}"})
+
+
+@router.get("/subscriptions")
+async def list_subscriptions(request: Request) -> Response:
+    """List subscriptions."""
+    terms = _terms_for_read(request)
+    limit, offset, count = _page_params(request)
+    subs, total = subscriptions.list_all(
+        engine=_engine(request), tenant=_tenant(request), limit=limit, offset=offset
+    )
+    headers = {"NGSILD-Results-Count": str(total)} if count else None
+    return _respond(request, [_public_subscription(s, terms) for s in subs], terms, headers=headers)
+
+
+@router.get("/subscriptions/{sub_id}")
+async def retrieve_subscription(request: Request, sub_id: str) -> Response:
+    """Retrieve a subscription with its delivery status."""
+    validate_entity_id(sub_id)
+    terms = _terms_for_read(request)
+    sub = subscriptions.get(engine=_engine(request), tenant=_tenant(request), sub_id=sub_id)
+    return _respond(request, _public_subscription(sub, terms), terms)
+
+
+@router.patch("/subscriptions/{sub_id}", status_code=204)
+async def update_subscription(request: Request, sub_id: str) -> Response:
+    """Update members of a subscription."""
+    validate_entity_id(sub_id)
+    body, terms = await _read(request)
+    fragment = subscriptions.validate(body, terms, partial=True)
+    subscriptions.patch(
+        engine=_engine(request), tenant=_tenant(request), sub_id=sub_id, fragment=fragment
+    )
+    return Response(status_code=204)
+
+
+@router.delete("/subscriptions/{sub_id}", status_code=204)
+async def delete_subscription(request: Request, sub_id: str) -> Response:
+    """Delete a subscription."""
+    validate_entity_id(sub_id)
+    subscriptions.remove(engine=_engine(request), tenant=_tenant(request), sub_id=sub_id)
     return Response(status_code=204)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Float, Integer, String, Table
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Float, Integer, String, Table, Text
 
 from citybrain.core.db import metadata
 
@@ -44,4 +44,35 @@ ngsild_history = Table(
     Column("at", DateTime(timezone=True), nullable=False),
     Column("number", Float),
     Column("instance", JSON, nullable=False),
+)
+
+ngsild_subscriptions = Table(
+    "ngsild_subscriptions",
+    metadata,
+    Column("tenant", String(128), primary_key=True),
+    Column("id", String(512), primary_key=True),
+    Column("subscription", JSON, nullable=False),
+    Column("context", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_notification", DateTime(timezone=True)),
+    Column("last_success", DateTime(timezone=True)),
+    Column("last_failure", DateTime(timezone=True)),
+    Column("times_sent", BigInteger, nullable=False),
+    Column("times_failed", BigInteger, nullable=False),
+)
+
+ngsild_outbox = Table(
+    "ngsild_outbox",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("tenant", String(128), nullable=False),
+    Column("subscription_id", String(512), nullable=False),
+    Column("endpoint", JSON, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("last_error", Text),
 )

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from citybrain.core.errors import BadInput, Conflict, NotFound
-from citybrain.hub.ngsild import geoquery, query
+from citybrain.hub.ngsild import geoquery, query, subscriptions
 from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, clone, instances, now_iso, stamp
 from citybrain.hub.ngsild.errors import NonexistentTenant
 from citybrain.hub.ngsild.models import (
@@ -94,6 +94,8 @@ def _save(
     )
     if history:
         record_history(conn, tenant, entity)
+    # notifications are queued in the same transaction as the change: never lost, never early
+    subscriptions.enqueue(conn, tenant, entity)
 
 
 def record_history(conn: Connection, tenant: str, entity: dict[str, Any]) -> None:

@@ -1,0 +1,152 @@
+"""Deliver queued NGSI-LD notifications over HTTP or MQTT, retrying until they get through."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import paho.mqtt.publish as mqtt_publish
+from sqlalchemy import Engine, select
+
+from citybrain.hub.ngsild import service, subscriptions
+from citybrain.hub.ngsild.entities import render
+from citybrain.hub.ngsild.jsonld import CORE_URL, ContextStore, link_header_for
+from citybrain.hub.ngsild.models import ngsild_subscriptions
+
+log = logging.getLogger(__name__)
+
+
+def build_notification(
+    sub: dict[str, Any], entities: list[dict[str, Any]], store: ContextStore, notified_at: str
+) -> dict[str, Any]:
+    """Render the notification body with the subscription's own @context and format."""
+    terms = store.term_map(sub.get("_context"))
+    notification = sub.get("notification", {})
+    attrs = set(notification["attributes"]) if notification.get("attributes") else None
+    fmt = notification.get("format", "normalized")
+    return {
+        "id": f"urn:ngsi-ld:Notification:{uuid.uuid4()}",
+        "type": "Notification",
+        "subscriptionId": sub["id"],
+        "notifiedAt": notified_at,
+        "data": [render(e, terms, fmt=fmt, attrs=attrs) for e in entities],
+    }
+
+
+def deliver(
+    endpoint: dict[str, Any], body: dict[str, Any], context_url: str, timeout: float = 5.0
+) -> None:
+    """Send one notification; raise on failure."""
+    uri = str(endpoint["uri"])
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        headers = {"Content-Type": "application/json", "Link": link_header_for(context_url)}
+        response = httpx.post(uri, content=json.dumps(body), headers=headers, timeout=timeout)
+        if response.status_code >= 300:
+            raise RuntimeError(f"HTTP {response.status_code} from {uri}")
+        return
+    topic = parsed.path.lstrip("/")
+    if not topic:
+        raise RuntimeError(f"no MQTT topic in {uri}")
+    auth = {"username": parsed.username, "password": parsed.password} if parsed.username else None
+    mqtt_publish.single(
+        topic,
+        payload=json.dumps({"metadata": {"Link": link_header_for(context_url)}, "body": body}),
+        qos=1,
+        hostname=parsed.hostname or "127.0.0.1",
+        port=parsed.port or (8883 if parsed.scheme == "mqtts" else 1883),
+        auth=auth,  # type: ignore[arg-type]
+        keepalive=10,
+    )
+
+
+def dispatch_once(*, engine: Engine, store: ContextStore) -> int:
+    """Deliver every due notification once; return how many were delivered."""
+    delivered = 0
+    cache: dict[tuple[str, str], dict[str, Any] | None] = {}
+    for row in subscriptions.pending(engine=engine):
+        key = (row.tenant, row.subscription_id)
+        if key not in cache:
+            try:
+                cache[key] = subscriptions.get(
+                    engine=engine, tenant=row.tenant, sub_id=row.subscription_id
+                )
+            except Exception:  # the subscription was deleted meanwhile
+                cache[key] = None
+        sub = cache[key]
+        if sub is None:
+            subscriptions.mark(engine=engine, row=row, error=None)
+            continue
+        try:
+            body = build_notification(
+                sub, [row.payload["entity"]], store, row.payload["notifiedAt"]
+            )
+            context = sub.get("_context")
+            context_url = context if isinstance(context, str) else CORE_URL
+            deliver(row.endpoint, body, context_url)
+        except Exception as exc:  # any failure is retried later: delivery is at least once
+            subscriptions.mark(engine=engine, row=row, error=str(exc) or type(exc).__name__)
+            log.warning(
+                "notification failed",
+                extra={"subscription": row.subscription_id, "error": str(exc)},
+            )
+            continue
+        subscriptions.mark(engine=engine, row=row, error=None)
+        delivered += 1
+    return delivered
+
+
+def periodic_once(*, engine: Engine, now: datetime | None = None) -> int:
+    """Queue notifications for timeInterval subscriptions that are due."""
+    moment = now or datetime.now(UTC)
+    queued = 0
+    with engine.connect() as conn:
+        rows = list(conn.execute(select(ngsild_subscriptions)))
+    for row in rows:
+        sub = row.subscription
+        interval = sub.get("timeInterval")
+        if not interval or not sub.get("isActive", True):
+            continue
+        last = row.last_notification
+        if (
+            last is not None
+            and (moment - (last if last.tzinfo else last.replace(tzinfo=UTC))).total_seconds()
+            < interval
+        ):
+            continue
+        types = [s["type"] for s in sub.get("entities", [])]
+        page, _ = service.query_entities(
+            engine=engine,
+            tenant=row.tenant,
+            spec=service.EntityQuery(types=types or None),
+            limit=10_000,
+            offset=0,
+        )
+        with engine.begin() as conn:
+            for entity in page:
+                if subscriptions.matches(
+                    {k: v for k, v in sub.items() if k != "watchedAttributes"}, entity, set(entity)
+                ):
+                    subscriptions.queue_one(conn, row.tenant, row.id, sub, entity, moment)
+                    queued += 1
+            subscriptions.touch(conn, row.tenant, row.id, moment)
+    return queued
+
+
+async def run(*, engine: Engine, store: ContextStore, interval: float = 0.2) -> None:
+    """Deliver notifications until cancelled."""
+    while True:
+        try:
+            await asyncio.to_thread(periodic_once, engine=engine)
+            await asyncio.to_thread(dispatch_once, engine=engine, store=store)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # keep the loop alive; the rows stay queued
+            log.exception("notification dispatcher error")
+        await asyncio.sleep(interval)

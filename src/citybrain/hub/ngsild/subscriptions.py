@@ -1,0 +1,465 @@
+"""NGSI-LD subscriptions: validation, matching on every write, and a durable notification outbox.
+
+A change and the notifications it triggers are written in one transaction, so a notification
+is never lost: the dispatcher delivers each outbox row at least once, also after a restart.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlparse
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+
+from citybrain.core.errors import BadInput, Conflict, NotFound
+from citybrain.hub.ngsild import geoquery, query
+from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, instances
+from citybrain.hub.ngsild.jsonld import TermMap, is_iri
+from citybrain.hub.ngsild.models import ngsild_outbox, ngsild_subscriptions
+
+FORMATS = ("normalized", "keyValues", "concise")
+SCHEMES = ("http", "https", "mqtt", "mqtts")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _expired(sub: dict[str, Any]) -> bool:
+    """Return whether a subscription's expiresAt has passed."""
+    raw = sub.get("expiresAt")
+    if not raw:
+        return False
+    stamp = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)) <= _now()
+
+
+def _positive(body: dict[str, Any], key: str) -> float | None:
+    if key not in body:
+        return None
+    value = body[key]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise BadInput(f"{key} must be a positive number of seconds")
+    return float(value)
+
+
+def validate(body: Any, terms: TermMap, *, partial: bool = False) -> dict[str, Any]:
+    """Check a subscription (or a PATCH fragment) and return it with names expanded."""
+    if not isinstance(body, dict):
+        raise BadInput("a subscription must be a JSON object")
+    if not partial and body.get("type") != "Subscription":
+        raise BadInput('a subscription needs "type": "Subscription"')
+    out: dict[str, Any] = {}
+    if "id" in body:
+        if not isinstance(body["id"], str) or not is_iri(body["id"]):
+            raise BadInput("the subscription id must be a URI")
+        out["id"] = body["id"]
+    for key in ("subscriptionName", "description"):
+        if key in body:
+            out[key] = str(body[key])
+    if "entities" in body:
+        selectors = body["entities"]
+        if not isinstance(selectors, list) or not selectors:
+            raise BadInput("entities must be a non-empty list")
+        out["entities"] = []
+        for sel in selectors:
+            if not isinstance(sel, dict) or not isinstance(sel.get("type"), str):
+                raise BadInput("every entities item needs a type")
+            item: dict[str, Any] = {"type": terms.expand(sel["type"])}
+            if "id" in sel:
+                if not isinstance(sel["id"], str) or not is_iri(sel["id"]):
+                    raise BadInput("an entities id must be a URI")
+                item["id"] = sel["id"]
+            if "idPattern" in sel:
+                try:
+                    re.compile(sel["idPattern"])
+                except (re.error, TypeError):
+                    raise BadInput("idPattern is not a valid regular expression") from None
+                item["idPattern"] = sel["idPattern"]
+            out["entities"].append(item)
+    if "watchedAttributes" in body:
+        watched = body["watchedAttributes"]
+        if (
+            not isinstance(watched, list)
+            or not watched
+            or not all(isinstance(w, str) for w in watched)
+        ):
+            raise BadInput("watchedAttributes must be a non-empty list of names")
+        out["watchedAttributes"] = [terms.expand(w) for w in watched]
+    if "q" in body:
+        if not isinstance(body["q"], str):
+            raise BadInput("q must be a string")
+        parsed = query.parse(body["q"])
+        out["q"] = body["q"]
+        out["qNames"] = {n: terms.expand(n) for n in query.names(parsed)}
+        out["qNames"].update({s: terms.expand(s) for s in _subs(parsed)})
+    if "geoQ" in body:
+        geo = body["geoQ"]
+        if not isinstance(geo, dict):
+            raise BadInput("geoQ must be an object")
+        parsed_geo = geoquery.parse(
+            str(geo.get("georel", "")),
+            geo.get("geometry"),
+            geo.get("coordinates"),
+            geo.get("geoproperty"),
+        )
+        out["geoQ"] = {**geo, "geoproperty": terms.expand(parsed_geo.geoproperty)}
+    for key in ("throttling", "timeInterval"):
+        value = _positive(body, key)
+        if value is not None:
+            out[key] = value
+    if "throttling" in out and "timeInterval" in out:
+        raise BadInput("throttling and timeInterval cannot be used together")
+    if "expiresAt" in body:
+        try:
+            expires = datetime.fromisoformat(str(body["expiresAt"]).replace("Z", "+00:00"))
+        except ValueError:
+            raise BadInput("expiresAt is not a valid date-time") from None
+        if (expires if expires.tzinfo else expires.replace(tzinfo=UTC)) <= _now():
+            raise BadInput("expiresAt must be in the future")
+        out["expiresAt"] = body["expiresAt"]
+    if "isActive" in body:
+        if not isinstance(body["isActive"], bool):
+            raise BadInput("isActive must be true or false")
+        out["isActive"] = body["isActive"]
+    if "notification" in body:
+        out["notification"] = _notification(body["notification"], terms)
+    elif not partial:
+        raise BadInput("a subscription needs notification.endpoint.uri")
+    if not partial and not any(k in out for k in ("entities", "watchedAttributes")):
+        raise BadInput("a subscription needs entities or watchedAttributes")
+    return out
+
+
+def _subs(expr: query.Expr) -> list[str]:
+    if isinstance(expr, query.Comparison):
+        return [s for s in expr.path.sub if s not in query.META]
+    return [s for part in expr.parts for s in _subs(part)]
+
+
+def _notification(raw: Any, terms: TermMap) -> dict[str, Any]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("endpoint"), dict):
+        raise BadInput("notification needs an endpoint object")
+    uri = raw["endpoint"].get("uri")
+    parsed = urlparse(uri) if isinstance(uri, str) else None
+    if parsed is None or parsed.scheme not in SCHEMES or not parsed.hostname:
+        raise BadInput("notification.endpoint.uri must be an http(s) or mqtt(s) URL with a host")
+    fmt = raw.get("format", "normalized")
+    if fmt not in FORMATS:
+        raise BadInput(f"notification.format must be one of {', '.join(FORMATS)}")
+    out: dict[str, Any] = {
+        "endpoint": {"uri": uri, "accept": raw["endpoint"].get("accept", "application/json")},
+        "format": fmt,
+    }
+    if "attributes" in raw:
+        attrs = raw["attributes"]
+        if not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):
+            raise BadInput("notification.attributes must be a list of names")
+        out["attributes"] = [terms.expand(a) for a in attrs]
+    return out
+
+
+def create(*, engine: Engine, tenant: str, sub: dict[str, Any], context: Any) -> str:
+    """Store a new subscription and return its id."""
+    sub_id = sub.get("id") or f"urn:ngsi-ld:Subscription:{uuid.uuid4()}"
+    sub = {**sub, "id": sub_id, "type": "Subscription"}
+    with engine.begin() as conn:
+        exists = conn.execute(
+            select(ngsild_subscriptions.c.id).where(
+                ngsild_subscriptions.c.tenant == tenant, ngsild_subscriptions.c.id == sub_id
+            )
+        ).first()
+        if exists:
+            raise Conflict(f"subscription {sub_id} exists already")
+        conn.execute(
+            insert(ngsild_subscriptions).values(
+                tenant=tenant,
+                id=sub_id,
+                subscription=sub,
+                context=context,
+                created_at=_now(),
+                times_sent=0,
+                times_failed=0,
+            )
+        )
+    return str(sub_id)
+
+
+def get(*, engine: Engine, tenant: str, sub_id: str) -> dict[str, Any]:
+    """Return a subscription with its delivery status."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(ngsild_subscriptions).where(
+                ngsild_subscriptions.c.tenant == tenant, ngsild_subscriptions.c.id == sub_id
+            )
+        ).first()
+    if row is None:
+        raise NotFound(f"subscription {sub_id} not found")
+    return _with_status(row)
+
+
+def _with_status(row: Any) -> dict[str, Any]:
+    sub = dict(row.subscription)
+    sub["status"] = (
+        "expired" if _expired(sub) else ("active" if sub.get("isActive", True) else "paused")
+    )
+    sub["isActive"] = sub.get("isActive", True)
+    notification = dict(sub.get("notification", {}))
+    notification["timesSent"] = row.times_sent
+    notification["timesFailed"] = row.times_failed
+    for key, value in (
+        ("lastNotification", row.last_notification),
+        ("lastSuccess", row.last_success),
+        ("lastFailure", row.last_failure),
+    ):
+        if value is not None:
+            notification[key] = _aware(value).isoformat().replace("+00:00", "Z")  # type: ignore[union-attr]
+    notification["status"] = (
+        "failed"
+        if row.last_failure and (not row.last_success or row.last_failure > row.last_success)
+        else "ok"
+    )
+    sub["notification"] = notification
+    sub["_context"] = row.context
+    return sub
+
+
+def list_all(
+    *, engine: Engine, tenant: str, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Return a page of subscriptions and how many there are."""
+    with engine.connect() as conn:
+        total = conn.execute(
+            select(func.count())
+            .select_from(ngsild_subscriptions)
+            .where(ngsild_subscriptions.c.tenant == tenant)
+        ).scalar_one()
+        rows = conn.execute(
+            select(ngsild_subscriptions)
+            .where(ngsild_subscriptions.c.tenant == tenant)
+            .order_by(ngsild_subscriptions.c.created_at, ngsild_subscriptions.c.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        return [_with_status(r) for r in rows], int(total)
+
+
+def patch(*, engine: Engine, tenant: str, sub_id: str, fragment: dict[str, Any]) -> None:
+    """Change some members of a subscription."""
+    if "id" in fragment and fragment["id"] != sub_id:
+        raise BadInput("the id of a subscription cannot change")
+    with engine.begin() as conn:
+        row = conn.execute(
+            select(ngsild_subscriptions.c.subscription).where(
+                ngsild_subscriptions.c.tenant == tenant, ngsild_subscriptions.c.id == sub_id
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"subscription {sub_id} not found")
+        merged = {**row.subscription, **fragment}
+        if "throttling" in merged and "timeInterval" in merged:
+            raise BadInput("throttling and timeInterval cannot be used together")
+        conn.execute(
+            update(ngsild_subscriptions)
+            .where(ngsild_subscriptions.c.tenant == tenant, ngsild_subscriptions.c.id == sub_id)
+            .values(subscription=merged)
+        )
+
+
+def remove(*, engine: Engine, tenant: str, sub_id: str) -> None:
+    """Delete a subscription (pending notifications for it are dropped too)."""
+    with engine.begin() as conn:
+        gone = conn.execute(
+            delete(ngsild_subscriptions).where(
+                ngsild_subscriptions.c.tenant == tenant, ngsild_subscriptions.c.id == sub_id
+            )
+        ).rowcount
+        conn.execute(
+            delete(ngsild_outbox).where(
+                ngsild_outbox.c.tenant == tenant,
+                ngsild_outbox.c.subscription_id == sub_id,
+                ngsild_outbox.c.delivered_at.is_(None),
+            )
+        )
+    if not gone:
+        raise NotFound(f"subscription {sub_id} not found")
+
+
+def matches(sub: dict[str, Any], entity: dict[str, Any], changed: set[str]) -> bool:
+    """Return whether a change to an entity concerns a subscription."""
+    if not sub.get("isActive", True):
+        return False
+    if _expired(sub):
+        return False
+    selectors = sub.get("entities")
+    if selectors:
+        types = set(entity.get("type", []))
+        if not any(
+            sel["type"] in types
+            and ("id" not in sel or sel["id"] == entity["id"])
+            and ("idPattern" not in sel or re.fullmatch(sel["idPattern"], entity["id"]))
+            for sel in selectors
+        ):
+            return False
+    watched = sub.get("watchedAttributes")
+    if watched and not changed.intersection(watched):
+        return False
+    if "q" in sub:
+        names = sub.get("qNames", {})
+        expr = query.expand(query.parse(sub["q"]), lambda n: names.get(n, n))
+        if not query.matches(expr, entity):
+            return False
+    if "geoQ" in sub:
+        geo = sub["geoQ"]
+        gq = geoquery.parse(
+            str(geo["georel"]), geo.get("geometry"), geo.get("coordinates"), geo.get("geoproperty")
+        )
+        values = [i.get("value") for i in instances(entity.get(gq.geoproperty))]
+        if not any(geoquery.matches(gq, v) for v in values):
+            return False
+    return True
+
+
+def enqueue(conn: Connection, tenant: str, entity: dict[str, Any]) -> int:
+    """Queue a notification for every subscription this write concerns (same transaction)."""
+    moment = entity.get("modifiedAt")
+    changed = {
+        name
+        for name, attr in entity.items()
+        if name not in ENTITY_MEMBERS
+        and any(i.get("modifiedAt") == moment for i in instances(attr))
+    }
+    if not changed:
+        return 0
+    rows = conn.execute(
+        select(ngsild_subscriptions).where(ngsild_subscriptions.c.tenant == tenant)
+    ).all()
+    now = _now()
+    queued = 0
+    for row in rows:
+        sub = row.subscription
+        if "timeInterval" in sub or not matches(sub, entity, changed):
+            continue
+        throttle = sub.get("throttling")
+        last = _aware(row.last_notification)
+        if throttle and last and now - last < timedelta(seconds=throttle):
+            continue
+        conn.execute(
+            insert(ngsild_outbox).values(
+                tenant=tenant,
+                subscription_id=row.id,
+                endpoint=sub["notification"]["endpoint"],
+                payload={
+                    "entity": entity,
+                    "notifiedAt": now.isoformat().replace("+00:00", "Z"),
+                    "trigger": "attributeUpdated",
+                },
+                attempts=0,
+                next_attempt_at=now,
+            )
+        )
+        conn.execute(
+            update(ngsild_subscriptions)
+            .where(ngsild_subscriptions.c.tenant == tenant, ngsild_subscriptions.c.id == row.id)
+            .values(last_notification=now)
+        )
+        queued += 1
+    return queued
+
+
+def pending(*, engine: Engine, limit: int = 100) -> list[Any]:
+    """Return outbox rows due for delivery."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(ngsild_outbox)
+                .where(
+                    ngsild_outbox.c.delivered_at.is_(None),
+                    ngsild_outbox.c.next_attempt_at <= _now(),
+                )
+                .order_by(ngsild_outbox.c.seq)
+                .limit(limit)
+            )
+        )
+
+
+def mark(*, engine: Engine, row: Any, error: str | None) -> None:
+    """Record a delivery attempt: delivered, or retried later with backoff."""
+    now = _now()
+    with engine.begin() as conn:
+        if error is None:
+            conn.execute(
+                update(ngsild_outbox)
+                .where(ngsild_outbox.c.seq == row.seq)
+                .values(delivered_at=now, attempts=row.attempts + 1)
+            )
+            conn.execute(
+                update(ngsild_subscriptions)
+                .where(
+                    ngsild_subscriptions.c.tenant == row.tenant,
+                    ngsild_subscriptions.c.id == row.subscription_id,
+                )
+                .values(last_success=now, times_sent=ngsild_subscriptions.c.times_sent + 1)
+            )
+        else:
+            delay = min(300.0, 0.5 * 2 ** min(row.attempts, 10))
+            conn.execute(
+                update(ngsild_outbox)
+                .where(ngsild_outbox.c.seq == row.seq)
+                .values(
+                    attempts=row.attempts + 1,
+                    last_error=error[:500],
+                    next_attempt_at=now + timedelta(seconds=delay),
+                )
+            )
+            conn.execute(
+                update(ngsild_subscriptions)
+                .where(
+                    ngsild_subscriptions.c.tenant == row.tenant,
+                    ngsild_subscriptions.c.id == row.subscription_id,
+                )
+                .values(last_failure=now, times_failed=ngsild_subscriptions.c.times_failed + 1)
+            )
+
+
+def queue_one(
+    conn: Connection,
+    tenant: str,
+    sub_id: str,
+    sub: dict[str, Any],
+    entity: dict[str, Any],
+    now: datetime,
+) -> None:
+    """Queue one notification about one entity."""
+    conn.execute(
+        insert(ngsild_outbox).values(
+            tenant=tenant,
+            subscription_id=sub_id,
+            endpoint=sub["notification"]["endpoint"],
+            payload={
+                "entity": entity,
+                "notifiedAt": now.isoformat().replace("+00:00", "Z"),
+                "trigger": "timeInterval",
+            },
+            attempts=0,
+            next_attempt_at=now,
+        )
+    )
+
+
+def touch(conn: Connection, tenant: str, sub_id: str, now: datetime) -> None:
+    """Record that a subscription was just notified."""
+    conn.execute(
+        update(ngsild_subscriptions)
+        .where(ngsild_subscriptions.c.tenant == tenant, ngsild_subscriptions.c.id == sub_id)
+        .values(last_notification=now)
+    )

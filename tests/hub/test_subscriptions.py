@@ -1,0 +1,252 @@
+"""NGSI-LD subscriptions: HTTP and MQTT notifications, filters, and delivery across a restart."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from fastapi.testclient import TestClient
+
+from citybrain.app import create_app
+from citybrain.core.config import load_settings
+from conftest import free_port
+
+B = "/ngsi-ld/v1"
+AQ = "urn:ngsi-ld:AirQualityObserved:"
+
+
+class Receiver:
+    """A local HTTP endpoint that records the notifications it gets."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.received: list[dict[str, Any]] = []
+        received = self.received
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                size = int(self.headers["content-length"])
+                received.append(json.loads(self.rfile.read(size)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port or 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(load_settings(data_dir=tmp_path))) as c:
+        yield c
+
+
+def subscribe(client: TestClient, uri: str, **extra: Any) -> str:
+    body = {
+        "type": "Subscription",
+        "entities": [{"type": "AirQualityObserved"}],
+        "notification": {"endpoint": {"uri": uri}, "format": "keyValues"},
+        **extra,
+    }
+    response = client.post(f"{B}/subscriptions", json=body)
+    assert response.status_code == 201, response.text
+    return response.headers["location"].rsplit("/", 1)[-1]
+
+
+def put(client: TestClient, n: int, pm25: float, **attrs: Any) -> None:
+    entity = {
+        "id": f"{AQ}{n}",
+        "type": "AirQualityObserved",
+        "pm25": {"type": "Property", "value": pm25},
+        **attrs,
+    }
+    assert client.post(f"{B}/entityOperations/upsert", json=[entity]).status_code in (201, 204)
+
+
+def test_http_notification_with_filters(client: TestClient, receiver: Receiver) -> None:
+    subscribe(
+        client,
+        f"http://127.0.0.1:{receiver.port}/n",
+        watchedAttributes=["pm25"],
+        q="pm25>50",
+        notification={
+            "endpoint": {"uri": f"http://127.0.0.1:{receiver.port}/n"},
+            "format": "keyValues",
+            "attributes": ["pm25"],
+        },
+    )
+    put(client, 1, 30)  # q does not match
+    put(client, 2, 80, no2={"type": "Property", "value": 5})
+    client.patch(
+        f"{B}/entities/{AQ}2/attrs", json={"no2": {"type": "Property", "value": 6}}
+    )  # not watched
+    wait_for(lambda: len(receiver.received) >= 1)
+    time.sleep(0.5)
+    assert len(receiver.received) == 1
+    note = receiver.received[0]
+    assert note["type"] == "Notification" and note["data"] == [
+        {"id": f"{AQ}2", "type": "AirQualityObserved", "pm25": 80}
+    ]
+
+
+def test_every_change_is_notified_once_at_least(client: TestClient, receiver: Receiver) -> None:
+    subscribe(client, f"http://127.0.0.1:{receiver.port}/n")
+    for i in range(20):
+        put(client, 1, i)
+    wait_for(lambda: len(receiver.received) >= 20)
+    values = [n["data"][0]["pm25"] for n in receiver.received]
+    assert sorted(set(values)) == list(range(20))
+    status = client.get(f"{B}/subscriptions").json()[0]["notification"]
+    assert status["timesSent"] >= 20 and status["status"] == "ok"
+
+
+def test_throttling_and_paused_and_expired(client: TestClient, receiver: Receiver) -> None:
+    sid = subscribe(client, f"http://127.0.0.1:{receiver.port}/n", throttling=60)
+    put(client, 1, 1)
+    put(client, 1, 2)
+    wait_for(lambda: len(receiver.received) >= 1)
+    time.sleep(0.4)
+    assert len(receiver.received) == 1  # the second change fell inside the throttling window
+    assert client.patch(f"{B}/subscriptions/{sid}", json={"isActive": False}).status_code == 204
+    assert client.get(f"{B}/subscriptions/{sid}").json()["status"] == "paused"
+    assert client.delete(f"{B}/subscriptions/{sid}").status_code == 204
+    assert client.get(f"{B}/subscriptions/{sid}").status_code == 404
+
+
+def test_notifications_survive_a_restart(tmp_path: Path) -> None:
+    port = free_port()
+    settings = load_settings(data_dir=tmp_path)
+    with TestClient(create_app(settings)) as c:
+        subscribe(c, f"http://127.0.0.1:{port}/n")
+        put(c, 1, 42)  # the receiver is down: the notification waits in the outbox
+        time.sleep(0.5)
+        status = c.get(f"{B}/subscriptions").json()[0]["notification"]
+        assert status["timesFailed"] >= 1
+    receiver = Receiver(port)
+    try:
+        with TestClient(create_app(settings)):
+            wait_for(lambda: len(receiver.received) >= 1, timeout=20)
+        assert receiver.received[0]["data"][0]["pm25"] == 42
+    finally:
+        receiver.close()
+
+
+def test_mqtt_notification(client: TestClient, mqtt_broker: tuple[str, int]) -> None:
+    host, port = mqtt_broker
+    topic = f"citybrain/test/{uuid.uuid4().hex}"
+    messages: list[dict[str, Any]] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda _c, _u, msg: messages.append(json.loads(msg.payload))
+    sub.connect(host, port)
+    sub.subscribe(topic, qos=1)
+    sub.loop_start()
+    try:
+        time.sleep(0.3)
+        subscribe(client, f"mqtt://{host}:{port}/{topic}")
+        put(client, 7, 77)
+        wait_for(lambda: len(messages) >= 1)
+        body = messages[0]["body"]
+        assert body["data"][0]["pm25"] == 77 and "Link" in messages[0]["metadata"]
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "Subscription", "entities": [{"type": "T"}]},
+        {
+            "type": "Subscription",
+            "entities": [{"type": "T"}],
+            "notification": {"endpoint": {"uri": "ftp://x/y"}},
+        },
+        {"type": "Subscription", "notification": {"endpoint": {"uri": "http://x/y"}}},
+        {
+            "type": "Sub",
+            "entities": [{"type": "T"}],
+            "notification": {"endpoint": {"uri": "http://x/y"}},
+        },
+        {
+            "type": "Subscription",
+            "entities": [{"type": "T"}],
+            "q": "a>>",
+            "notification": {"endpoint": {"uri": "http://x/y"}},
+        },
+        {
+            "type": "Subscription",
+            "entities": [{"type": "T"}],
+            "throttling": -1,
+            "notification": {"endpoint": {"uri": "http://x/y"}},
+        },
+        {
+            "type": "Subscription",
+            "entities": [{"type": "T"}],
+            "throttling": 5,
+            "timeInterval": 5,
+            "notification": {"endpoint": {"uri": "http://x/y"}},
+        },
+        {
+            "type": "Subscription",
+            "entities": [{"type": "T"}],
+            "expiresAt": "2000-01-01T00:00:00Z",
+            "notification": {"endpoint": {"uri": "http://x/y"}},
+        },
+        {
+            "type": "Subscription",
+            "entities": [{"type": "T"}],
+            "geoQ": {"georel": "near;maxDistance==x", "geometry": "Point", "coordinates": [1, 2]},
+            "notification": {"endpoint": {"uri": "http://x/y"}},
+        },
+        {
+            "type": "Subscription",
+            "entities": [{"type": "T"}],
+            "notification": {"endpoint": {"uri": "http://x/y"}, "format": "xml"},
+        },
+    ],
+)
+def test_bad_subscriptions(client: TestClient, body: dict[str, Any]) -> None:
+    response = client.post(f"{B}/subscriptions", json=body)
+    assert response.status_code == 400, response.text
+    assert client.get(f"{B}/subscriptions").json() == []
+
+
+def test_duplicate_subscription_id(client: TestClient) -> None:
+    body = {
+        "id": "urn:ngsi-ld:Subscription:s1",
+        "type": "Subscription",
+        "entities": [{"type": "T"}],
+        "notification": {"endpoint": {"uri": "http://127.0.0.1:9/n"}},
+    }
+    assert client.post(f"{B}/subscriptions", json=body).status_code == 201
+    assert client.post(f"{B}/subscriptions", json=body).status_code == 409
