@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from citybrain.core.errors import BadInput, CityBrainError, NotFound
+from citybrain.core.errors import BadInput, CityBrainError, Conflict, NotFound
 from citybrain.hub.ngsild import geoquery, query, service, subscriptions, temporal
 from citybrain.hub.ngsild.entities import (
     expand_attributes,
@@ -480,6 +480,9 @@ async def batch(request: Request, operation: str) -> Response:
     success: list[str] = []
     errors: list[dict[str, Any]] = []
     created_any = False
+    replace = request.query_params.get("options", "") == "replace"
+    if operation in ("create", "upsert") and not replace:
+        return _batch_write(request, items, media, terms, store, operation, engine, tenant)
     for item in items:
         entity_id = str(item.get("id")) if isinstance(item, dict) else str(item)
         try:
@@ -494,7 +497,6 @@ async def batch(request: Request, operation: str) -> Response:
                         service.create_entity(engine=engine, tenant=tenant, entity=entity)
                         created_any = True
                     else:
-                        replace = request.query_params.get("options", "") == "replace"
                         created_any |= service.upsert_entity(
                             engine=engine, tenant=tenant, entity=entity, replace=replace
                         )
@@ -523,6 +525,39 @@ async def batch(request: Request, operation: str) -> Response:
     if operation == "create":
         return JSONResponse(success, status_code=201)
     if operation == "upsert" and created_any:
+        return JSONResponse(success, status_code=201)
+    return Response(status_code=204)
+
+
+def _batch_write(
+    request: Request,
+    items: list[Any],
+    media: str,
+    terms: TermMap,
+    store: ContextStore,
+    operation: str,
+    engine: Engine,
+    tenant: str,
+) -> Response:
+    """Create or upsert a batch in one transaction, refusing bad items one by one."""
+    errors: list[dict[str, Any]] = []
+    valid: list[dict[str, Any]] = []
+    for item in items:
+        entity_id = str(item.get("id")) if isinstance(item, dict) else str(item)
+        try:
+            valid.append(expand_entity(item, _item_terms(item, media, terms, store)))
+        except CityBrainError as exc:
+            errors.append(_batch_error(entity_id, exc))
+    created, updated, refused = service.upsert_many(
+        engine=engine, tenant=tenant, entities=valid, mode=operation
+    )
+    for entity_id, reason in refused.items():
+        kind = Conflict if "exists" in reason else BadInput
+        errors.append(_batch_error(entity_id, kind(reason)))
+    success = created + updated
+    if errors:
+        return JSONResponse({"success": success, "errors": errors}, status_code=207)
+    if operation == "create" or created:
         return JSONResponse(success, status_code=201)
     return Response(status_code=204)
 

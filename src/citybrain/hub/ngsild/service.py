@@ -100,15 +100,8 @@ def _save(
 
 def record_history(conn: Connection, tenant: str, entity: dict[str, Any]) -> None:
     """Append to the temporal history every attribute instance written in this change."""
-    moment = entity.get("modifiedAt")
-    rows = []
-    for name, attr in entity.items():
-        if name in ENTITY_MEMBERS:
-            continue
-        for inst in instances(attr):
-            if inst.get("modifiedAt") != moment:
-                continue  # unchanged by this write
-            rows.append(history_row(tenant, entity["id"], name, inst))
+    # only instances written by this change carry the entity's new modifiedAt
+    rows = _history_rows(tenant, entity)
     if rows:
         conn.execute(insert(ngsild_history), rows)
 
@@ -497,3 +490,95 @@ def upsert_temporal(*, engine: Engine, tenant: str, entity: dict[str, Any]) -> b
         if rows:
             conn.execute(insert(ngsild_history), rows)
     return current is None
+
+
+def upsert_many(
+    *, engine: Engine, tenant: str, entities: list[dict[str, Any]], mode: str
+) -> tuple[list[str], list[str], dict[str, str]]:
+    """Write a batch in one transaction; mode is 'create' (existing ids refused) or 'upsert'.
+
+    Returns the ids created, the ids updated, and the ids refused with their reasons.
+    """
+    created: list[str] = []
+    updated: list[str] = []
+    refused: dict[str, str] = {}
+    seen: set[str] = set()
+    unique: list[dict[str, Any]] = []
+    for entity in entities:
+        if entity["id"] in seen:
+            refused[entity["id"]] = "the id appears twice in this batch"
+            continue
+        seen.add(entity["id"])
+        unique.append(entity)
+    with engine.begin() as conn:
+        _ensure_tenant(conn, tenant)
+        existing: dict[str, dict[str, Any]] = {}
+        ids = [e["id"] for e in unique]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for row in conn.execute(
+                select(ngsild_entities.c.id, ngsild_entities.c.entity).where(
+                    ngsild_entities.c.tenant == tenant, ngsild_entities.c.id.in_(chunk)
+                )
+            ):
+                existing[row.id] = dict(row.entity)
+        moment = datetime.now(UTC)
+        new_rows: list[dict[str, Any]] = []
+        type_rows: list[dict[str, Any]] = []
+        history_rows: list[dict[str, Any]] = []
+        changed: list[dict[str, Any]] = []
+        for entity in unique:
+            current = existing.get(entity["id"])
+            if current is None:
+                stamped = stamp(clone(entity))
+                new_rows.append(
+                    {
+                        "tenant": tenant,
+                        "id": stamped["id"],
+                        "entity": stamped,
+                        "created_at": moment,
+                        "modified_at": moment,
+                    }
+                )
+                type_rows.extend(
+                    {"tenant": tenant, "id": stamped["id"], "type": t}
+                    for t in dict.fromkeys(stamped["type"])
+                )
+                history_rows.extend(_history_rows(tenant, stamped))
+                created.append(stamped["id"])
+                changed.append(stamped)
+            elif mode == "create":
+                refused[entity["id"]] = f"entity {entity['id']} exists already"
+            else:
+                for name, attr in entity.items():
+                    if name in ("id", "createdAt", "modifiedAt"):
+                        continue
+                    if name == "type":
+                        current["type"] = list(dict.fromkeys(current["type"] + attr))
+                    elif name == "scope":
+                        current["scope"] = attr
+                    else:
+                        current[name] = _merge_instances(
+                            current.get(name), attr, keep_existing=False
+                        )
+                _save(conn, tenant, stamp(current), new=False)
+                updated.append(entity["id"])
+        if new_rows:
+            conn.execute(insert(ngsild_entities), new_rows)
+            conn.execute(insert(ngsild_entity_types), type_rows)
+        if history_rows:
+            conn.execute(insert(ngsild_history), history_rows)
+        for entity in changed:
+            subscriptions.enqueue(conn, tenant, entity)
+    return created, updated, refused
+
+
+def _history_rows(tenant: str, entity: dict[str, Any]) -> list[dict[str, Any]]:
+    moment = entity.get("modifiedAt")
+    return [
+        history_row(tenant, entity["id"], name, inst)
+        for name, attr in entity.items()
+        if name not in ENTITY_MEMBERS
+        for inst in instances(attr)
+        if inst.get("modifiedAt") == moment
+    ]
