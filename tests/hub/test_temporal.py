@@ -120,3 +120,47 @@ def test_durations(weeks: int, hours: int, minutes: int, seconds: int) -> None:
             parse_duration(text)
     else:
         assert parse_duration(text).total_seconds() == total
+
+
+def _aggregations_agree(client: TestClient) -> None:
+    params = {
+        "options": "aggregatedValues",
+        "aggrMethods": "totalCount,sum,avg,min,max,sumsq,stddev",
+        "aggrPeriodDuration": "PT1H",
+    }
+    in_sql = client.get(f"{B}/temporal/entities/{EID}", params=params).json()["LAeq"]
+    in_python = client.get(
+        f"{B}/temporal/entities", params={"type": "NoiseLevelObserved", **params}
+    ).json()[0]["LAeq"]
+    for method in ("totalCount", "sum", "avg", "min", "max", "sumsq", "stddev"):
+        assert [round(a[0], 6) for a in in_sql[method]] == [
+            round(a[0], 6) for a in in_python[method]
+        ]
+        assert [a[1:] for a in in_sql[method]] == [a[1:] for a in in_python[method]]
+
+
+def test_database_aggregation_matches_python(client: TestClient) -> None:
+    _aggregations_agree(client)
+
+
+def test_database_aggregation_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    settings = load_settings(data_dir=tmp_path, database_url=postgres_url)
+    with TestClient(create_app(settings)) as c:
+        c.delete(f"{B}/entities/{EID}")
+        points = [
+            {"type": "Property", "value": v, "observedAt": f"2026-11-01T{h:02d}:{m:02d}:00Z"}
+            for h in range(3)
+            for m, v in ((0, 10 + h), (30, 20 + h))
+        ]
+        eid = f"urn:ngsi-ld:NoiseLevelObserved:{tmp_path.name[-6:]}"
+        c.post(
+            f"{B}/temporal/entities", json={"id": eid, "type": "NoiseLevelObserved", "LAeq": points}
+        )
+        params = {
+            "options": "aggregatedValues",
+            "aggrMethods": "avg,totalCount",
+            "aggrPeriodDuration": "PT1H",
+        }
+        body = c.get(f"{B}/temporal/entities/{eid}", params=params).json()["LAeq"]
+        assert [a[0] for a in body["avg"]] == [15.0, 16.0, 17.0]
+        assert [a[0] for a in body["totalCount"]] == [2, 2, 2]

@@ -829,6 +829,10 @@ async def temporal_retrieve(request: Request, entity_id: str) -> Response:
     engine, tenant = _engine(request), _tenant(request)
     entity = service.get_entity(engine=engine, tenant=tenant, entity_id=entity_id)
     attrs = [terms.expand(a) for a in _split(request.query_params.get("attrs")) or []] or None
+    if mode == "aggregatedValues":
+        aggregated = _aggregate_in_sql(engine, tenant, entity, attrs, terms, tq)
+        if aggregated is not None:
+            return _respond(request, aggregated, terms)
     series = temporal.history(
         engine=engine, tenant=tenant, entity_ids=[entity_id], attributes=attrs, tq=tq
     )
@@ -836,6 +840,34 @@ async def temporal_retrieve(request: Request, entity_id: str) -> Response:
         entity, series.get(entity_id, {}), terms, mode=mode, tq=tq, sys_attrs=sys_attrs
     )
     return _respond(request, payload, terms)
+
+
+def _aggregate_in_sql(
+    engine: Engine,
+    tenant: str,
+    entity: dict[str, Any],
+    attrs: list[str] | None,
+    terms: TermMap,
+    tq: temporal.TemporalQuery,
+) -> dict[str, Any] | None:
+    """Aggregate numeric attributes in the database, so months of readings stay there."""
+    payload = render(entity, terms, attrs=set())
+    names = attrs or temporal.attributes_of(engine=engine, tenant=tenant, entity_id=entity["id"])
+    for name in names:
+        first = temporal.first_time(
+            engine=engine, tenant=tenant, entity_id=entity["id"], attribute=name
+        )
+        if first is None:
+            continue
+        result = temporal.aggregate_in_sql(
+            engine=engine, tenant=tenant, entity_id=entity["id"], attribute=name, tq=tq, first=first
+        )
+        if result is None:
+            return None
+        current = entity.get(name)
+        kind = current.get("type", "Property") if isinstance(current, dict) else "Property"
+        payload[terms.compact(name)] = {"type": kind, **result}
+    return payload
 
 
 @router.post("/temporal/entities")

@@ -530,7 +530,7 @@ def upsert_many(
         for entity in unique:
             current = existing.get(entity["id"])
             if current is None:
-                stamped = stamp(clone(entity))
+                stamped = stamp(entity)  # the batch's entities are fresh objects: no copy needed
                 new_rows.append(
                     {
                         "tenant": tenant,
@@ -568,8 +568,10 @@ def upsert_many(
             conn.execute(insert(ngsild_entity_types), type_rows)
         if history_rows:
             conn.execute(insert(ngsild_history), history_rows)
-        for entity in changed:
-            subscriptions.enqueue(conn, tenant, entity)
+        subs = subscriptions.active_rows(conn, tenant)
+        if subs:
+            for entity in changed:
+                subscriptions.enqueue(conn, tenant, entity, subs)
     return created, updated, refused
 
 

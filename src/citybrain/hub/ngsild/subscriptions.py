@@ -329,7 +329,16 @@ def matches(sub: dict[str, Any], entity: dict[str, Any], changed: set[str]) -> b
     return True
 
 
-def enqueue(conn: Connection, tenant: str, entity: dict[str, Any]) -> int:
+def active_rows(conn: Connection, tenant: str) -> list[Any]:
+    """Return the subscriptions of a tenant (read once per batch of writes)."""
+    return list(
+        conn.execute(select(ngsild_subscriptions).where(ngsild_subscriptions.c.tenant == tenant))
+    )
+
+
+def enqueue(
+    conn: Connection, tenant: str, entity: dict[str, Any], rows: list[Any] | None = None
+) -> int:
     """Queue a notification for every subscription this write concerns (same transaction)."""
     moment = entity.get("modifiedAt")
     changed = {
@@ -340,9 +349,8 @@ def enqueue(conn: Connection, tenant: str, entity: dict[str, Any]) -> int:
     }
     if not changed:
         return 0
-    rows = conn.execute(
-        select(ngsild_subscriptions).where(ngsild_subscriptions.c.tenant == tenant)
-    ).all()
+    if rows is None:
+        rows = active_rows(conn, tenant)
     now = _now()
     queued = 0
     for row in rows:
