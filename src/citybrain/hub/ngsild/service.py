@@ -499,6 +499,14 @@ def upsert_many(
 
     Returns the ids created, the ids updated, and the ids refused with their reasons.
     """
+    with engine.begin() as conn:
+        return upsert_many_in(conn, tenant=tenant, entities=entities, mode=mode)
+
+
+def upsert_many_in(
+    conn: Connection, *, tenant: str, entities: list[dict[str, Any]], mode: str
+) -> tuple[list[str], list[str], dict[str, str]]:
+    """Write a batch in the caller's transaction, so a connector commits its checkpoint too."""
     created: list[str] = []
     updated: list[str] = []
     refused: dict[str, str] = {}
@@ -510,68 +518,65 @@ def upsert_many(
             continue
         seen.add(entity["id"])
         unique.append(entity)
-    with engine.begin() as conn:
-        _ensure_tenant(conn, tenant)
-        existing: dict[str, dict[str, Any]] = {}
-        ids = [e["id"] for e in unique]
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            for row in conn.execute(
-                select(ngsild_entities.c.id, ngsild_entities.c.entity).where(
-                    ngsild_entities.c.tenant == tenant, ngsild_entities.c.id.in_(chunk)
-                )
-            ):
-                existing[row.id] = dict(row.entity)
-        moment = datetime.now(UTC)
-        new_rows: list[dict[str, Any]] = []
-        type_rows: list[dict[str, Any]] = []
-        history_rows: list[dict[str, Any]] = []
-        changed: list[dict[str, Any]] = []
-        for entity in unique:
-            current = existing.get(entity["id"])
-            if current is None:
-                stamped = stamp(entity)  # the batch's entities are fresh objects: no copy needed
-                new_rows.append(
-                    {
-                        "tenant": tenant,
-                        "id": stamped["id"],
-                        "entity": stamped,
-                        "created_at": moment,
-                        "modified_at": moment,
-                    }
-                )
-                type_rows.extend(
-                    {"tenant": tenant, "id": stamped["id"], "type": t}
-                    for t in dict.fromkeys(stamped["type"])
-                )
-                history_rows.extend(_history_rows(tenant, stamped))
-                created.append(stamped["id"])
-                changed.append(stamped)
-            elif mode == "create":
-                refused[entity["id"]] = f"entity {entity['id']} exists already"
-            else:
-                for name, attr in entity.items():
-                    if name in ("id", "createdAt", "modifiedAt"):
-                        continue
-                    if name == "type":
-                        current["type"] = list(dict.fromkeys(current["type"] + attr))
-                    elif name == "scope":
-                        current["scope"] = attr
-                    else:
-                        current[name] = _merge_instances(
-                            current.get(name), attr, keep_existing=False
-                        )
-                _save(conn, tenant, stamp(current), new=False)
-                updated.append(entity["id"])
-        if new_rows:
-            conn.execute(insert(ngsild_entities), new_rows)
-            conn.execute(insert(ngsild_entity_types), type_rows)
-        if history_rows:
-            conn.execute(insert(ngsild_history), history_rows)
-        subs = subscriptions.active_rows(conn, tenant)
-        if subs:
-            for entity in changed:
-                subscriptions.enqueue(conn, tenant, entity, subs)
+    _ensure_tenant(conn, tenant)
+    existing: dict[str, dict[str, Any]] = {}
+    ids = [e["id"] for e in unique]
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for row in conn.execute(
+            select(ngsild_entities.c.id, ngsild_entities.c.entity).where(
+                ngsild_entities.c.tenant == tenant, ngsild_entities.c.id.in_(chunk)
+            )
+        ):
+            existing[row.id] = dict(row.entity)
+    moment = datetime.now(UTC)
+    new_rows: list[dict[str, Any]] = []
+    type_rows: list[dict[str, Any]] = []
+    history_rows: list[dict[str, Any]] = []
+    changed: list[dict[str, Any]] = []
+    for entity in unique:
+        current = existing.get(entity["id"])
+        if current is None:
+            stamped = stamp(entity)  # the batch's entities are fresh objects: no copy needed
+            new_rows.append(
+                {
+                    "tenant": tenant,
+                    "id": stamped["id"],
+                    "entity": stamped,
+                    "created_at": moment,
+                    "modified_at": moment,
+                }
+            )
+            type_rows.extend(
+                {"tenant": tenant, "id": stamped["id"], "type": t}
+                for t in dict.fromkeys(stamped["type"])
+            )
+            history_rows.extend(_history_rows(tenant, stamped))
+            created.append(stamped["id"])
+            changed.append(stamped)
+        elif mode == "create":
+            refused[entity["id"]] = f"entity {entity['id']} exists already"
+        else:
+            for name, attr in entity.items():
+                if name in ("id", "createdAt", "modifiedAt"):
+                    continue
+                if name == "type":
+                    current["type"] = list(dict.fromkeys(current["type"] + attr))
+                elif name == "scope":
+                    current["scope"] = attr
+                else:
+                    current[name] = _merge_instances(current.get(name), attr, keep_existing=False)
+            _save(conn, tenant, stamp(current), new=False)
+            updated.append(entity["id"])
+    if new_rows:
+        conn.execute(insert(ngsild_entities), new_rows)
+        conn.execute(insert(ngsild_entity_types), type_rows)
+    if history_rows:
+        conn.execute(insert(ngsild_history), history_rows)
+    subs = subscriptions.active_rows(conn, tenant)
+    if subs:
+        for entity in changed:
+            subscriptions.enqueue(conn, tenant, entity, subs)
     return created, updated, refused
 
 
