@@ -144,7 +144,10 @@ def test_database_aggregation_matches_python(client: TestClient) -> None:
 
 
 def test_database_aggregation_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
-    settings = load_settings(data_dir=tmp_path, database_url=postgres_url)
+    # the session database belongs to node 370100 (see the other PostgreSQL tests)
+    settings = load_settings(
+        data_dir=tmp_path, code="370100", level="city", database_url=postgres_url
+    )
     with TestClient(create_app(settings)) as c:
         c.delete(f"{B}/entities/{EID}")
         points = [
