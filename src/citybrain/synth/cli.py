@@ -52,6 +52,31 @@ def synth(
     )
 
 
+def simulate_devices(
+    data: Path = typer.Option(..., "--data", help="a node's synthetic data folder"),
+    broker_host: str = typer.Option("127.0.0.1", help="MQTT broker host"),
+    broker_port: int = typer.Option(1883, help="MQTT broker port"),
+    ticks: int = typer.Option(10, help="readings per device"),
+    step: float = typer.Option(60.0, help="seconds of simulated time between readings"),
+    seed: int = typer.Option(1, help="seed of the readings"),
+    realtime: bool = typer.Option(False, help="wait the step between rounds"),
+) -> None:
+    """Publish realistic readings of the synthetic sensors to an MQTT broker."""
+    from citybrain.synth.devices import publish
+
+    sent = publish(
+        data_dir=data,
+        host=broker_host,
+        port=broker_port,
+        ticks=ticks,
+        step_seconds=step,
+        seed=seed,
+        realtime=realtime,
+    )
+    Console(stderr=True).print(f"published {sent:,} readings")
+
+
 def register(app: typer.Typer) -> None:
-    """Attach `synth` to the root command."""
+    """Attach `synth` and `synth-devices` to the root command."""
     app.command("synth")(synth)
+    app.command("synth-devices")(simulate_devices)
