@@ -526,3 +526,14 @@ def test_ngsildclient_drives_the_hub(tmp_path: Path) -> None:
     finally:
         node.send_signal(signal.SIGTERM)
         node.wait(timeout=30)
+
+
+def test_shipped_core_contexts_are_the_etsi_documents() -> None:
+    folder = ROOT / "src" / "citybrain" / "hub" / "ngsild" / "contexts"
+    index = json.loads((folder / "index.json").read_text())
+    import hashlib
+
+    for doc in index["documents"]:
+        data = (folder / doc["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == doc["sha256"], doc["file"]
+        assert "@context" in json.loads(data)
