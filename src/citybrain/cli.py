@@ -6,6 +6,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from citybrain import __version__
 from citybrain.core.errors import CityBrainError
@@ -52,7 +53,10 @@ def main() -> None:
     try:
         app()
     except CityBrainError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc.message}", highlight=False)
+        # soft wrap: the sentence stays on one line, whatever the terminal width
+        Console(stderr=True, soft_wrap=True).print(
+            f"[red]error:[/red] {escape(exc.message)}", highlight=False
+        )
         sys.exit(2)
 
 
