@@ -253,7 +253,12 @@ async def query_entities(request: Request) -> Response:
     spec = _spec_from(params, terms)
     fmt, sys_attrs = _options(request)
     page, total = service.query_entities(
-        engine=_engine(request), tenant=_tenant(request), spec=spec, limit=limit, offset=offset
+        engine=_engine(request),
+        tenant=_tenant(request),
+        spec=spec,
+        limit=limit,
+        offset=offset,
+        count=count,
     )
     keep = _attr_filter(request, terms)
     payload = [render(e, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=keep) for e in page]
@@ -595,7 +600,12 @@ async def _batch_query(request: Request) -> Response:
     spec = _spec_from(params, terms)
     fmt, sys_attrs = _options(request)
     page, total = service.query_entities(
-        engine=_engine(request), tenant=_tenant(request), spec=spec, limit=limit, offset=offset
+        engine=_engine(request),
+        tenant=_tenant(request),
+        spec=spec,
+        limit=limit,
+        offset=offset,
+        count=count,
     )
     payload = [render(e, terms, fmt=fmt, sys_attrs=sys_attrs) for e in page]
     headers = {"NGSILD-Results-Count": str(total)} if count else None
@@ -805,7 +815,7 @@ async def temporal_query(request: Request) -> Response:
     spec = _spec_from(params, terms)
     engine, tenant = _engine(request), _tenant(request)
     page, total = service.query_entities(
-        engine=engine, tenant=tenant, spec=spec, limit=limit, offset=offset
+        engine=engine, tenant=tenant, spec=spec, limit=limit, offset=offset, count=count
     )
     attrs = [terms.expand(a) for a in _split(params.get("attrs")) or []] or None
     series = temporal.history(

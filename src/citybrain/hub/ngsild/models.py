@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Float, Integer, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+)
 
 from citybrain.core.db import metadata
 
@@ -21,6 +32,13 @@ ngsild_entities = Table(
     Column("entity", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("modified_at", DateTime(timezone=True), nullable=False),
+    # box and grid cell of the first location value: the geo-query pre-filter
+    Column("loc_minx", Float),
+    Column("loc_miny", Float),
+    Column("loc_maxx", Float),
+    Column("loc_maxy", Float),
+    Column("loc_cell", BigInteger),
+    Index("ix_ngsild_entities_cell", "tenant", "loc_cell"),
 )
 
 ngsild_entity_types = Table(

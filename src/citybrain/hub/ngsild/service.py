@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from citybrain.core.errors import BadInput, Conflict, NotFound
-from citybrain.hub.ngsild import geoquery, query, subscriptions
+from citybrain.hub.ngsild import geoquery, prefilter, query, subscriptions
 from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, clone, instances, now_iso, stamp
 from citybrain.hub.ngsild.errors import NonexistentTenant
 from citybrain.hub.ngsild.models import (
@@ -71,17 +71,23 @@ def _save(
     conn: Connection, tenant: str, entity: dict[str, Any], *, new: bool, history: bool = True
 ) -> None:
     moment = datetime.now(UTC)
+    geo = prefilter.geo_columns(entity)
     if new:
         conn.execute(
             insert(ngsild_entities).values(
-                tenant=tenant, id=entity["id"], entity=entity, created_at=moment, modified_at=moment
+                tenant=tenant,
+                id=entity["id"],
+                entity=entity,
+                created_at=moment,
+                modified_at=moment,
+                **geo,
             )
         )
     else:
         conn.execute(
             update(ngsild_entities)
             .where(ngsild_entities.c.tenant == tenant, ngsild_entities.c.id == entity["id"])
-            .values(entity=entity, modified_at=moment)
+            .values(entity=entity, modified_at=moment, **geo)
         )
         conn.execute(
             delete(ngsild_entity_types).where(
@@ -315,16 +321,28 @@ def _scope_matches(entity: dict[str, Any], patterns: list[str]) -> bool:
 
 
 def _candidates(conn: Connection, tenant: str, spec: EntityQuery) -> Iterable[dict[str, Any]]:
-    stmt = select(ngsild_entities.c.entity).where(ngsild_entities.c.tenant == tenant)
+    """Stream entities in id order that pass the SQL pre-filters of the query."""
+    e = ngsild_entities.c
+    stmt = select(e.entity).where(e.tenant == tenant)
     if spec.types:
-        typed = select(ngsild_entity_types.c.id).where(
-            ngsild_entity_types.c.tenant == tenant, ngsild_entity_types.c.type.in_(spec.types)
+        # correlated on the type table's key: no materialised list of every id of the type
+        t = ngsild_entity_types.c
+        stmt = stmt.where(
+            select(t.id)
+            .where(t.tenant == e.tenant, t.id == e.id, t.type.in_(spec.types))
+            .exists()
         )
-        stmt = stmt.where(ngsild_entities.c.id.in_(typed))
     if spec.ids:
-        stmt = stmt.where(ngsild_entities.c.id.in_(spec.ids))
-    stmt = stmt.order_by(ngsild_entities.c.id)
-    for row in conn.execute(stmt):
+        stmt = stmt.where(e.id.in_(spec.ids))
+    dialect = conn.dialect.name
+    if spec.q is not None:
+        stmt = stmt.where(prefilter.compile_q(spec.q, dialect))
+    if spec.geo is not None:
+        stmt = stmt.where(prefilter.compile_geo(spec.geo))
+    stmt = stmt.order_by(e.id)
+    # rows are read as they are needed, so a page stops the scan early
+    result = conn.execution_options(stream_results=True, yield_per=500).execute(stmt)
+    for row in result:
         yield dict(row.entity)
 
 
@@ -346,9 +364,18 @@ def matches(entity: dict[str, Any], spec: EntityQuery, pattern: re.Pattern[str] 
 
 
 def query_entities(
-    *, engine: Engine, tenant: str, spec: EntityQuery, limit: int, offset: int
+    *,
+    engine: Engine,
+    tenant: str,
+    spec: EntityQuery,
+    limit: int,
+    offset: int,
+    count: bool = True,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Return one page of matching entities (in id order) and the total count."""
+    """Return one page of matching entities (in id order) and the total count.
+
+    Without `count` the scan stops once the page is full and the total is -1.
+    """
     require_tenant(engine, tenant)
     try:
         pattern = re.compile(spec.id_pattern) if spec.id_pattern else None
@@ -363,7 +390,9 @@ def query_entities(
             if offset <= total < offset + limit:
                 page.append(entity)
             total += 1
-    return page, total
+            if not count and total >= offset + limit:
+                return page, -1
+    return page, total if count else -1
 
 
 def entity_types(*, engine: Engine, tenant: str) -> list[str]:
@@ -545,6 +574,7 @@ def upsert_many_in(
                     "entity": stamped,
                     "created_at": moment,
                     "modified_at": moment,
+                    **prefilter.geo_columns(stamped),
                 }
             )
             type_rows.extend(
