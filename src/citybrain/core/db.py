@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, MetaData, create_engine, event, text
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
@@ -34,6 +36,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def json_dumps(value: object) -> str:
+    """Serialise a JSON column value (orjson, with the standard library as fallback)."""
+    # orjson: JSON columns (entities, history) are most of a write's cost with the stdlib
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        # integers beyond 64 bits and other rarities: the standard library takes them
+        return json.dumps(value)
+
+
 def create_engine_for(url: str) -> Engine:
     """Create an engine for a SQLite or PostgreSQL URL with CityBrain's connection settings."""
     if url.startswith("postgresql://"):
@@ -43,11 +55,21 @@ def create_engine_for(url: str) -> Engine:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"timeout": 10})
+            engine = create_engine(
+                url,
+                connect_args={"timeout": 10},
+                json_serializer=json_dumps,
+                json_deserializer=orjson.loads,
+            )
             event.listen(engine, "connect", _sqlite_pragmas)
         elif url.startswith("postgresql+psycopg"):
             engine = create_engine(
-                url, pool_pre_ping=True, pool_size=5, connect_args={"connect_timeout": 5}
+                url,
+                pool_pre_ping=True,
+                pool_size=5,
+                connect_args={"connect_timeout": 5},
+                json_serializer=json_dumps,
+                json_deserializer=orjson.loads,
             )
         else:
             raise BadInput(

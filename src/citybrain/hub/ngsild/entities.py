@@ -40,6 +40,7 @@ ATTRIBUTE_MEMBERS = {
     "previousValue",
 }
 SYSTEM = ("createdAt", "modifiedAt")
+_NUMBER = (int, float)
 GEOJSON = {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"}
 
 
@@ -110,9 +111,10 @@ def _attribute(name: str, raw: Any, terms: TermMap) -> dict[str, Any]:
             or "coordinates" not in value
         ):
             raise BadInput(f"GeoProperty {name!r} needs a GeoJSON geometry as value")
-        from citybrain.hub.ngsild.geoquery import parse_geojson
+        if not _plain_point(value):
+            from citybrain.hub.ngsild.geoquery import parse_geojson
 
-        parse_geojson(value["type"], value["coordinates"])
+            parse_geojson(value["type"], value["coordinates"])
     if kind == "LanguageProperty" and not isinstance(out.get("languageMap"), dict):
         raise BadInput(f"LanguageProperty {name!r} needs a languageMap object")
     if "datasetId" in out and not (isinstance(out["datasetId"], str) and is_iri(out["datasetId"])):
@@ -129,6 +131,16 @@ def _attribute(name: str, raw: Any, terms: TermMap) -> dict[str, Any]:
     for member in SYSTEM:
         out.pop(member, None)  # system members are set by the broker, never by a client
     return out
+
+
+def _plain_point(value: dict[str, Any]) -> bool:
+    """Whether a GeoJSON value is a well-formed Point (most sensors): no need for shapely."""
+    c = value.get("coordinates")
+    if value.get("type") != "Point" or type(c) is not list or len(c) != 2:
+        return False
+    x, y = c
+    # type(...) in: exact int/float (bool is an int subclass and is no coordinate)
+    return type(x) in _NUMBER and type(y) in _NUMBER and -180 <= x <= 180 and -90 <= y <= 90
 
 
 def _check_datetime(value: Any, what: str) -> None:
