@@ -1,0 +1,72 @@
+"""A lean HTTP/1.1 load generator: keep-alive connections, prepared requests, run as a process.
+
+A Python HTTP client costs more CPU per request than the server under test, so the load
+here writes prepared request bytes on raw asyncio streams and reads only the status line,
+the headers and Content-Length bytes of body.
+
+    python bench/_load.py HOST PORT SECONDS CONNECTIONS ENTITIES
+prints requests per second and the count of non-204 answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+
+def _request(host: str, port: int, i: int, entities: int) -> bytes:
+    path = f"/ngsi-ld/v1/entities/urn:ngsi-ld:AirQualityObserved:{i % entities:08d}/attrs/pm25"
+    body = json.dumps({"value": i % 500}).encode()
+    head = (
+        f"PATCH {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _worker(
+    host: str, port: int, k: int, step: int, stop: float, entities: int, out: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    i, ok, bad = k, 0, 0
+    try:
+        while time.monotonic() < stop:
+            writer.write(_request(host, port, i, entities))
+            status = await reader.readline()
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            if length:
+                await reader.readexactly(length)
+            if status.split(b" ", 2)[1] == b"204":
+                ok += 1
+            else:
+                bad += 1
+            i += step
+    finally:
+        writer.close()
+    out[0] += ok
+    out[1] += bad
+
+
+async def run(host: str, port: int, seconds: float, connections: int, entities: int) -> None:
+    """Keep `connections` requests in flight for `seconds`; print the rate."""
+    out = [0, 0]
+    start = time.monotonic()
+    stop = start + seconds
+    await asyncio.gather(
+        *(_worker(host, port, k, connections, stop, entities, out) for k in range(connections))
+    )
+    elapsed = time.monotonic() - start
+    print(json.dumps({"per_s": out[0] / elapsed, "ok": out[0], "failed": out[1]}))
+
+
+if __name__ == "__main__":
+    h, p, s, c, n = sys.argv[1:6]
+    asyncio.run(run(h, int(p), float(s), int(c), int(n)))
