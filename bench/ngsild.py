@@ -1,12 +1,15 @@
 """NGSI-LD hub: batch upsert rate, HTTP partial updates, query p95, temporal aggregation.
 
-Sizes come from CITYBRAIN_BENCH_ENTITIES (default 100,000) and CITYBRAIN_BENCH_OBSERVATIONS
-(default 1,000,000); the issue's targets are stated at 1 million entities and 10 million
-observations.
+Sizes come from CITYBRAIN_BENCH_ENTITIES (default 1,000,000) and CITYBRAIN_BENCH_OBSERVATIONS
+(default 10,000,000), the sizes the targets are stated at. The observations belong to 1,000
+sensors with a month of readings each; the aggregation asks for one sensor's hourly average
+over the month. Each figure has its reference measured in the same run: raw executemany of the
+same entity rows, and a hand-written GROUP BY over the same sensor's rows.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import statistics
@@ -28,8 +31,10 @@ from citybrain.hub.ngsild.entities import expand_entity  # noqa: E402
 from citybrain.hub.ngsild.jsonld import ContextStore  # noqa: E402
 from citybrain.hub.ngsild.models import ngsild_history  # noqa: E402
 
-ENTITIES = int(os.environ.get("CITYBRAIN_BENCH_ENTITIES", "100000"))
-OBSERVATIONS = int(os.environ.get("CITYBRAIN_BENCH_OBSERVATIONS", "1000000"))
+ENTITIES = int(os.environ.get("CITYBRAIN_BENCH_ENTITIES", "1000000"))
+OBSERVATIONS = int(os.environ.get("CITYBRAIN_BENCH_OBSERVATIONS", "10000000"))
+SENSORS = 1000
+CONNECTIONS = int(os.environ.get("CITYBRAIN_BENCH_CONNECTIONS", "32"))
 HTTP_SECONDS = float(os.environ.get("CITYBRAIN_BENCH_HTTP_SECONDS", "10"))
 
 
@@ -58,8 +63,6 @@ def bench_batch(data: Path) -> tuple[float, float]:
         service.upsert_many(engine=engine, tenant="", entities=batch, mode="upsert")
     ours = ENTITIES / (time.perf_counter() - start)
     # reference: the same JSON rows into a plain table with executemany, same database file
-    import json
-
     conn = sqlite3.connect(data / "citybrain.db")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -107,27 +110,26 @@ def bench_http(data: Path) -> dict[str, float]:
             except httpx.HTTPError:
                 time.sleep(0.2)
         # the load runs in a separate process, as a client of the node would
-        script = f"""
-import httpx, threading, time, sys
-done = []
-stop = time.monotonic() + {HTTP_SECONDS}
-def worker(k):
-    with httpx.Client(timeout=10) as c:
-        i = k
-        while time.monotonic() < stop:
-            url = "{base}/entities/urn:ngsi-ld:AirQualityObserved:%08d/attrs/pm25"
-            r = c.patch(url % (i % {ENTITIES}), json={{"value": i % 500}})
-            assert r.status_code == 204, r.text
-            done.append(1); i += 8
-ts = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
-[t.start() for t in ts]; [t.join() for t in ts]
-print(len(done) / {HTTP_SECONDS})
-"""
-        rate = float(subprocess.check_output([sys.executable, "-c", script], text=True).strip())
+        out = subprocess.check_output(
+            [
+                sys.executable,
+                str(Path(__file__).resolve().parent / "_load.py"),
+                "127.0.0.1",
+                str(port),
+                str(HTTP_SECONDS),
+                str(CONNECTIONS),
+                str(ENTITIES),
+            ],
+            text=True,
+        )
+        load = json.loads(out)
+        if load["failed"]:
+            raise SystemExit(f"{load['failed']} partial updates failed")
+        rate = float(load["per_s"])
         query_ms: list[float] = []
         geo_ms: list[float] = []
         with httpx.Client(timeout=60) as c:
-            for i in range(30):
+            for i in range(60):
                 start = time.perf_counter()
                 r = c.get(
                     f"{base}/entities",
@@ -157,69 +159,85 @@ def bench_temporal(data: Path) -> tuple[float, float]:
     engine = create_engine_for(f"sqlite:///{data / 'temporal.db'}")
     upgrade(engine)
     start_at = datetime(2026, 10, 1, tzinfo=UTC)
-    step = timedelta(days=30) / OBSERVATIONS
-    eid = "urn:ngsi-ld:NoiseLevelObserved:bench"
+    per_sensor = OBSERVATIONS // SENSORS
+    step = timedelta(days=30) / per_sensor
+    kind = "https://uri.etsi.org/ngsi-ld/default-context/NoiseLevelObserved"
+    attribute = "https://uri.etsi.org/ngsi-ld/default-context/LAeq"
+    ids = [f"urn:ngsi-ld:NoiseLevelObserved:{k:04d}" for k in range(SENSORS)]
     with engine.begin() as conn:
-        from sqlalchemy import insert
-
-        service._ensure_tenant(conn, "")
-        conn.execute(
-            insert(service.ngsild_entities).values(
-                tenant="",
-                id=eid,
-                entity={"id": eid, "type": ["https://uri.etsi.org/ngsi-ld/default-context/N"]},
-                created_at=start_at,
-                modified_at=start_at,
-            )
+        service.bulk_insert(
+            conn,
+            service.ngsild_entities,
+            [
+                {
+                    "tenant": "",
+                    "id": eid,
+                    "entity": {"id": eid, "type": [kind]},
+                    "created_at": start_at,
+                    "modified_at": start_at,
+                }
+                for eid in ids
+            ],
         )
-        conn.execute(
-            insert(service.ngsild_entity_types).values(
-                tenant="", id=eid, type="https://uri.etsi.org/ngsi-ld/default-context/N"
-            )
+        service.bulk_insert(
+            conn,
+            service.ngsild_entity_types,
+            [{"tenant": "", "id": eid, "type": kind} for eid in ids],
         )
-        for lo in range(0, OBSERVATIONS, 50_000):
-            rows = []
-            for i in range(lo, min(lo + 50_000, OBSERVATIONS)):
-                at = start_at + step * i
-                rows.append(
-                    {
-                        "tenant": "",
-                        "entity_id": eid,
-                        "attribute": "https://uri.etsi.org/ngsi-ld/default-context/LAeq",
-                        "dataset_id": None,
-                        "at": at,
-                        "number": float(i % 90),
-                        "instance": {"type": "Property", "value": i % 90},
-                    }
-                )
-            conn.execute(insert(ngsild_history), rows)
+    # time-ordered, as readings arrive: every sensor's reading of one moment, then the next
+    stamps = [start_at + step * j for j in range(per_sensor)]
+    chunk = 200
+    for lo in range(0, per_sensor, chunk):
+        rows = [
+            {
+                "tenant": "",
+                "entity_id": eid,
+                "attribute": attribute,
+                "dataset_id": None,
+                "at": stamps[j],
+                "number": float((j + k) % 90),
+                "instance": {"type": "Property", "value": (j + k) % 90},
+            }
+            for j in range(lo, min(lo + chunk, per_sensor))
+            for k, eid in enumerate(ids)
+        ]
+        with engine.begin() as conn:
+            service.bulk_insert(conn, ngsild_history, rows)
     from fastapi.testclient import TestClient
 
     from citybrain.app import create_app
 
+    target = ids[SENSORS // 2]
     settings = load_settings(data_dir=data, database_url=f"sqlite:///{data / 'temporal.db'}")
+    samples: list[float] = []
     with TestClient(create_app(settings)) as c:
-        start = time.perf_counter()
-        r = c.get(
-            f"/ngsi-ld/v1/temporal/entities/{eid}",
-            params={
-                "options": "aggregatedValues",
-                "aggrMethods": "avg",
-                "aggrPeriodDuration": "PT1H",
-                "timerel": "between",
-                "timeAt": "2026-10-01T00:00:00Z",
-                "endTimeAt": "2026-10-31T00:00:00Z",
-            },
-        )
-        ours = time.perf_counter() - start
-        assert r.status_code == 200 and len(r.json()["LAeq"]["avg"]) == 720
+        for _ in range(5):
+            start = time.perf_counter()
+            r = c.get(
+                f"/ngsi-ld/v1/temporal/entities/{target}",
+                params={
+                    "options": "aggregatedValues",
+                    "aggrMethods": "avg",
+                    "aggrPeriodDuration": "PT1H",
+                    "timerel": "between",
+                    "timeAt": "2026-10-01T00:00:00Z",
+                    "endTimeAt": "2026-10-31T00:00:00Z",
+                },
+            )
+            samples.append(time.perf_counter() - start)
+            assert r.status_code == 200 and 0 < len(r.json()["LAeq"]["avg"]) <= 720
     conn = sqlite3.connect(data / "temporal.db")
-    start = time.perf_counter()
-    conn.execute(
-        "select strftime('%Y-%m-%d %H', at), avg(number) from ngsild_history group by 1"
-    ).fetchall()
-    raw = time.perf_counter() - start
-    return ours, raw
+    raw_samples: list[float] = []
+    for _ in range(5):
+        start = time.perf_counter()
+        conn.execute(
+            "select strftime('%Y-%m-%d %H', at), avg(number) from ngsild_history "
+            "where tenant = '' and entity_id = ? and attribute = ? group by 1",
+            (target, attribute),
+        ).fetchall()
+        raw_samples.append(time.perf_counter() - start)
+    conn.close()
+    return statistics.median(samples), statistics.median(raw_samples)
 
 
 def main() -> None:
@@ -238,13 +256,17 @@ def main() -> None:
             "query_type_q_p95_ms": round(http["query_p95_ms"], 1),
             "geo_near_p95_ms": round(http["geo_p95_ms"], 1),
             "observations": OBSERVATIONS,
-            "temporal_hourly_avg_month_s": round(t_ours, 2),
+            "temporal_hourly_avg_month_median_s": round(t_ours, 3),
             "targets": (
                 "upsert >= 50000/s at 1M; patch >= 3500/s; query/geo p95 < 50 ms at 1M; "
                 "temporal < 1 s at 10M"
             ),
         },
-        {"raw_executemany_rows_per_s": round(raw), "raw_sqlite_group_by_s": round(t_raw, 2)},
+        {
+            "raw_executemany_rows_per_s": round(raw),
+            "raw_sqlite_group_by_one_sensor_median_s": round(t_raw, 3),
+            "load_connections": CONNECTIONS,
+        },
         round(ours / raw, 3),
     )
 
