@@ -245,6 +245,8 @@ def test_sql_jobs_read_only_and_bound(client: TestClient) -> None:
         "copy (select 1) to '/tmp/out.csv'",
         "install httpfs",
         "set enable_external_access = true",
+        "0",
+        "selec * frm",
     ):
         response = client.post("/api/sql", json={"sql": sql})
         assert response.status_code == 400, sql

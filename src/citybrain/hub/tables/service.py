@@ -496,7 +496,10 @@ def read_records(
 
 def run_sql(*, engine: Engine, data_dir: Path, job: SqlJob) -> SqlResult:
     """Run one read-only SELECT over the tables, each visible as department.name."""
-    statements = duckdb.extract_statements(job.sql)
+    try:
+        statements = duckdb.extract_statements(job.sql)
+    except duckdb.Error as exc:
+        raise BadInput(f"the SQL does not parse: {str(exc).splitlines()[0]}") from None
     if len(statements) != 1:
         raise BadInput("a SQL job is exactly one statement")
     if statements[0].type != duckdb.StatementType.SELECT:
