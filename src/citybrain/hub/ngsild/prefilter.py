@@ -159,12 +159,16 @@ def _exists(dialect: str, name: str) -> ColumnElement[bool]:
     return func.json_type(column, path).is_not(None)
 
 
-def compile_geo(geo: geoquery.GeoQuery) -> ColumnElement[bool]:
-    """Compile a geo-query on `location` to a box-and-cell condition (TRUE when not usable)."""
+def compile_geo(geo: geoquery.GeoQuery) -> tuple[ColumnElement[bool], bool]:
+    """Compile a geo-query on `location` to a box-and-cell condition (TRUE when not usable).
+
+    The flag says whether the condition names grid cells, i.e. is selective enough that the
+    database should find the rows by cell and then sort them, rather than walk ids in order.
+    """
     if geo.geoproperty != LOCATION or geo.relation == "disjoint":
-        return true()
+        return true(), False
     if geo.relation == "near" and geo.max_distance is None:
-        return true()  # minDistance: almost everything qualifies
+        return true(), False  # minDistance: almost everything qualifies
     minx, miny, maxx, maxy = geo.geometry.bounds
     if geo.relation == "near":
         reach = float(geo.max_distance or 0.0)
@@ -177,8 +181,8 @@ def compile_geo(geo: geoquery.GeoQuery) -> ColumnElement[bool]:
     x0, x1 = math.floor(minx / CELL), math.floor(maxx / CELL)
     y0, y1 = math.floor(miny / CELL), math.floor(maxy / CELL)
     if (x1 - x0 + 1) * (y1 - y0 + 1) > MAX_QUERY_CELLS:
-        return box
+        return box, False
     cells = [
         (y + 9_000) * 40_000 + (x + 18_000) for x in range(x0, x1 + 1) for y in range(y0, y1 + 1)
     ]
-    return and_(t.loc_cell.in_([*cells, SPANNING]), box)
+    return and_(t.loc_cell.in_([*cells, SPANNING]), box), True
