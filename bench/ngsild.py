@@ -149,10 +149,55 @@ def bench_http(data: Path) -> dict[str, float]:
                     },
                 )
                 geo_ms.append((time.perf_counter() - start) * 1000)
-        return {"patch_per_s": rate, "query_p95_ms": p95(query_ms), "geo_p95_ms": p95(geo_ms)}
+        return {
+            "patch_per_s": rate,
+            "query_p95_ms": p95(query_ms),
+            "geo_p95_ms": p95(geo_ms),
+            "empty_patch_per_s": bench_empty_patch(port + 1),
+        }
     finally:
         node.terminate()
         node.wait(timeout=30)
+
+
+EMPTY_APP = """
+import sys, uvicorn
+from fastapi import FastAPI, Request, Response
+app = FastAPI()
+@app.patch("/ngsi-ld/v1/entities/{entity_id}/attrs/{attr}", status_code=204)
+async def patch(request: Request, entity_id: str, attr: str) -> Response:
+    await request.body()
+    return Response(status_code=204)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def bench_empty_patch(port: int) -> float:
+    """Reference: the same load against a FastAPI PATCH route that does nothing."""
+    server = subprocess.Popen([sys.executable, "-c", EMPTY_APP, str(port)])
+    try:
+        for _ in range(100):
+            try:
+                httpx.patch(f"http://127.0.0.1:{port}/ngsi-ld/v1/entities/x/attrs/y", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        out = subprocess.check_output(
+            [
+                sys.executable,
+                str(Path(__file__).resolve().parent / "_load.py"),
+                "127.0.0.1",
+                str(port),
+                str(HTTP_SECONDS),
+                str(CONNECTIONS),
+                str(ENTITIES),
+            ],
+            text=True,
+        )
+        return float(json.loads(out)["per_s"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def bench_temporal(data: Path) -> tuple[float, float]:
@@ -265,6 +310,7 @@ def main() -> None:
         {
             "raw_executemany_rows_per_s": round(raw),
             "raw_sqlite_group_by_one_sensor_median_s": round(t_raw, 3),
+            "empty_fastapi_patch_per_s": round(http["empty_patch_per_s"]),
             "load_connections": CONNECTIONS,
         },
         round(ours / raw, 3),
