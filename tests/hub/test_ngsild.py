@@ -537,3 +537,33 @@ def test_shipped_core_contexts_are_the_etsi_documents() -> None:
         data = (folder / doc["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == doc["sha256"], doc["file"]
         assert "@context" in json.loads(data)
+
+
+def test_accept_length_identity_and_purge(client: TestClient) -> None:
+    for n in range(3):
+        assert client.post(f"{BASE}/entities", json=sensor(n, 10.0 * n)).status_code == 201
+    refused = client.get(f"{BASE}/entities?type=AirQualityObserved", headers={"Accept": "text/csv"})
+    assert refused.status_code == 406
+    assert refused.json()["type"].endswith("/NotAcceptable")
+    ok = client.get(
+        f"{BASE}/entities?type=AirQualityObserved", headers={"Accept": "application/*;q=0.8"}
+    )
+    assert ok.status_code == 200
+
+    def chunks() -> Iterator[bytes]:
+        yield json.dumps(sensor(9, 1.0)).encode()
+
+    unsized = client.post(
+        f"{BASE}/entities", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert unsized.status_code == 411
+    identity = client.get(f"{BASE}/info/sourceIdentity").json()
+    assert identity["type"] == "ContextSourceIdentity"
+    assert identity["contextSourceUptime"].startswith("PT")
+    assert identity["contextSourceTimeAt"].endswith("Z")
+    other = client.get(f"{BASE}/info/sourceIdentity", headers={"NGSILD-Tenant": "t1"}).json()
+    assert other["contextSourceAlias"] != identity["contextSourceAlias"]
+    assert client.delete(f"{BASE}/entities").status_code == 400
+    assert client.delete(f"{BASE}/entities?type=AirQualityObserved&q=pm25>5").status_code == 204
+    left = client.get(f"{BASE}/entities?type=AirQualityObserved").json()
+    assert [e["pm25"]["value"] for e in left] == [0.0]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
@@ -15,10 +16,11 @@ from citybrain.hub.ngsild import geoquery, query, service, subscriptions, tempor
 from citybrain.hub.ngsild.entities import (
     expand_attributes,
     expand_entity,
+    now_iso,
     render,
     render_instance,
 )
-from citybrain.hub.ngsild.errors import OperationNotSupported
+from citybrain.hub.ngsild.errors import LengthRequired, NotAcceptable, OperationNotSupported
 from citybrain.hub.ngsild.jsonld import (
     CORE_URL,
     ContextStore,
@@ -29,7 +31,35 @@ from citybrain.hub.ngsild.jsonld import (
 )
 
 PREFIX = "/ngsi-ld/v1"
-router = APIRouter(prefix=PREFIX, tags=["ngsi-ld"])
+STARTED = time.monotonic()
+_ACCEPTABLE = {
+    "*/*",
+    "application/*",
+    "application/json",
+    "application/ld+json",
+    "application/geo+json",
+    "application/merge-patch+json",
+}
+
+
+def check_headers(request: Request) -> None:
+    """Refuse what no endpoint can serve: an Accept we cannot meet, a body without a length."""
+    accept = request.headers.get("accept")
+    if request.method == "GET" and accept:
+        ranges = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+        if not any(r in _ACCEPTABLE for r in ranges if r):
+            raise NotAcceptable(
+                f"cannot answer in {accept!r}: use application/json or application/ld+json"
+            )
+    if (
+        request.method in ("POST", "PATCH", "PUT")
+        and "content-length" not in request.headers
+        and "chunked" in (request.headers.get("transfer-encoding") or "").lower()
+    ):
+        raise LengthRequired("send the body with a Content-Length header")
+
+
+router = APIRouter(prefix=PREFIX, tags=["ngsi-ld"], dependencies=[Depends(check_headers)])
 MAX_LIMIT = 1000
 JSON_TYPES = ("application/json", "application/ld+json", "application/merge-patch+json")
 
@@ -277,6 +307,40 @@ async def retrieve_entity(request: Request, entity_id: str) -> Response:
     )
     keep = _attr_filter(request, terms)
     return _respond(request, render(entity, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=keep), terms)
+
+
+@router.get("/info/sourceIdentity")
+async def source_identity(request: Request) -> Response:
+    """Identify this node as a context source (alias per tenant, uptime, current time)."""
+    tenant = _tenant(request)
+    code = request.app.state.settings.code
+    alias = f"urn:citybrain:node:{code}" + (f":tenant:{tenant}" if tenant else "")
+    payload = {
+        "id": f"urn:ngsi-ld:ContextSourceIdentity:{code}" + (f":{tenant}" if tenant else ""),
+        "type": "ContextSourceIdentity",
+        "contextSourceAlias": alias,
+        "contextSourceUptime": f"PT{int(time.monotonic() - STARTED)}S",
+        "contextSourceTimeAt": now_iso(),
+        "contextSourceExtras": {"level": request.app.state.settings.level.value},
+    }
+    return _respond(request, payload, _terms_for_read(request))
+
+
+@router.delete("/entities")
+async def purge_entities(request: Request) -> Response:
+    """Delete every entity matching type (and optionally id, idPattern, q); type is required."""
+    terms = _terms_for_read(request)
+    params = dict(request.query_params)
+    if "type" not in params:
+        raise BadInput("purging entities needs at least a type")
+    spec = _spec_from(params, terms)
+    engine, tenant = _engine(request), _tenant(request)
+    page, _ = service.query_entities(
+        engine=engine, tenant=tenant, spec=spec, limit=1_000_000, offset=0, count=False
+    )
+    for entity in page:
+        service.delete_entity(engine=engine, tenant=tenant, entity_id=entity["id"])
+    return Response(status_code=204)
 
 
 @router.delete("/entities/{entity_id}", status_code=204)

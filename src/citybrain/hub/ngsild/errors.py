@@ -24,3 +24,17 @@ class NonexistentTenant(CityBrainError):
 
     status = 404
     kind = "NonexistentTenant"
+
+
+class NotAcceptable(CityBrainError):
+    """The Accept header asks for no representation this API can produce."""
+
+    status = 406
+    kind = "NotAcceptable"
+
+
+class LengthRequired(CityBrainError):
+    """A body was sent without Content-Length."""
+
+    status = 411
+    kind = "LengthRequired"
