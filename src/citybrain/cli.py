@@ -25,6 +25,7 @@ def _register() -> None:
     from citybrain.demo.cli import app as demo_app
     from citybrain.geo.cli import app as geo_app
     from citybrain.hub.connectors.cli import app as connectors_app
+    from citybrain.hub.ngsild.datamodels_cli import app as datamodels_app
     from citybrain.hub.tables.cli import app as tables_app
     from citybrain.node.cli import register as register_node
     from citybrain.plugins.cli import app as plugins_app
@@ -35,6 +36,7 @@ def _register() -> None:
     app.add_typer(demo_app, name="demo", help="Run a synthetic Shandong on localhost.")
     app.add_typer(tables_app, name="tables", help="Departmental tables (Delta Lake).")
     app.add_typer(connectors_app, name="connectors", help="Bring data in from devices and systems.")
+    app.add_typer(datamodels_app, name="datamodels", help="Smart Data Models, offline.")
     register_synth(app)
     register_node(app)
 
