@@ -564,6 +564,8 @@ def test_accept_length_identity_and_purge(client: TestClient) -> None:
     other = client.get(f"{BASE}/info/sourceIdentity", headers={"NGSILD-Tenant": "t1"}).json()
     assert other["contextSourceAlias"] != identity["contextSourceAlias"]
     assert client.delete(f"{BASE}/entities").status_code == 400
+    odd = client.get(f"{BASE}/entities?type=AirQualityObserved&invalidParams=x")
+    assert odd.status_code == 400 and odd.json()["type"].endswith("/InvalidRequest")
     assert client.delete(f"{BASE}/entities?type=AirQualityObserved&q=pm25>5").status_code == 204
     left = client.get(f"{BASE}/entities?type=AirQualityObserved").json()
     assert [e["pm25"]["value"] for e in left] == [0.0]

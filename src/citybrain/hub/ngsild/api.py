@@ -42,8 +42,21 @@ _ACCEPTABLE = {
 }
 
 
+# every query parameter of the NGSI-LD API (GS CIM 009 v1.8, clause 6); others are refused
+KNOWN_PARAMETERS = frozenset(
+    """type id idPattern attrs pick omit q scopeQ georel geometry coordinates geoproperty
+    geometryProperty options format count limit offset lang csf datasetId deleteAll timerel
+    timeAt endTimeAt timeproperty lastN aggrMethods aggrPeriodDuration local via join
+    joinLevel containedBy entityMap details expandValues collect observedAt doNotCompact
+    kind jsonldContext contextSourceAlias""".split()
+)
+
+
 def check_headers(request: Request) -> None:
-    """Refuse what no endpoint can serve: an Accept we cannot meet, a body without a length."""
+    """Refuse unknown parameters, an Accept no endpoint can meet, a body without a length."""
+    unknown = sorted(set(request.query_params) - KNOWN_PARAMETERS)
+    if unknown:
+        raise _invalid(f"unknown query parameter(s): {', '.join(unknown)}")
     accept = request.headers.get("accept")
     if request.method == "GET" and accept:
         ranges = [part.split(";")[0].strip().lower() for part in accept.split(",")]
