@@ -64,11 +64,22 @@ class AccessMiddleware:
             scope["path"] = path.rstrip("/")
         start = time.perf_counter()
         status = 500
+        # NGSI-LD answers name the tenant they were about, as the request named it
+        tenant = (
+            next((v for k, v in scope.get("headers") or [] if k == b"ngsild-tenant"), None)
+            if path.startswith("/ngsi-ld/")
+            else None
+        )
 
         async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if tenant is not None:
+                    message = {
+                        **message,
+                        "headers": [*message.get("headers", []), (b"ngsild-tenant", tenant)],
+                    }
             await send(message)
 
         try:

@@ -563,6 +563,8 @@ def test_accept_length_identity_and_purge(client: TestClient) -> None:
     assert identity["contextSourceTimeAt"].endswith("Z")
     other = client.get(f"{BASE}/info/sourceIdentity", headers={"NGSILD-Tenant": "t1"}).json()
     assert other["contextSourceAlias"] != identity["contextSourceAlias"]
+    missing = client.get(f"{BASE}/entities?type=X", headers={"NGSILD-Tenant": "nobody"})
+    assert missing.status_code == 404 and missing.headers["NGSILD-Tenant"] == "nobody"
     assert client.delete(f"{BASE}/entities").status_code == 400
     odd = client.get(f"{BASE}/entities?type=AirQualityObserved&invalidParams=x")
     assert odd.status_code == 400 and odd.json()["type"].endswith("/InvalidRequest")
