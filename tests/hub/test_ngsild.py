@@ -565,6 +565,19 @@ def test_accept_length_identity_and_purge(client: TestClient) -> None:
     assert other["contextSourceAlias"] != identity["contextSourceAlias"]
     missing = client.get(f"{BASE}/entities?type=X", headers={"NGSILD-Tenant": "nobody"})
     assert missing.status_code == 404 and missing.headers["NGSILD-Tenant"] == "nobody"
+    geo = client.get(
+        f"{BASE}/entities?type=AirQualityObserved", headers={"Accept": "application/geo+json"}
+    )
+    assert geo.headers["content-type"].startswith("application/geo+json")
+    collection = geo.json()
+    assert collection["type"] == "FeatureCollection" and "@context" in collection
+    assert collection["features"][0]["geometry"]["type"] == "Point"
+    plain = client.get(
+        f"{BASE}/entities/urn:ngsi-ld:AirQualityObserved:000",
+        headers={"Accept": "application/geo+json", "Prefer": "body=json"},
+    )
+    assert plain.json()["type"] == "Feature" and "@context" not in plain.json()
+    assert "Link" in plain.headers
     assert client.delete(f"{BASE}/entities").status_code == 400
     odd = client.get(f"{BASE}/entities?type=AirQualityObserved&invalidParams=x")
     assert odd.status_code == 400 and odd.json()["type"].endswith("/InvalidRequest")

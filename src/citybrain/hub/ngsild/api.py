@@ -144,15 +144,49 @@ def _wants_ld(request: Request) -> bool:
     return "application/ld+json" in accept and "application/json" not in accept.split(",")[0]
 
 
+def _wants_geojson(request: Request) -> bool:
+    accept = (request.headers.get("accept") or "").split(",")[0].split(";")[0].strip()
+    return accept == "application/geo+json"
+
+
+def _feature(entity: dict[str, Any], geometry_property: str) -> dict[str, Any]:
+    """Turn a rendered entity into a GeoJSON Feature (clause 6.3.15)."""
+    geo = entity.get(geometry_property)
+    value = geo.get("value") if isinstance(geo, dict) and "value" in geo else geo
+    geometry = value if isinstance(value, dict) and "coordinates" in value else None
+    properties = {k: v for k, v in entity.items() if k not in ("id", "@context")}
+    return {
+        "id": entity.get("id"),
+        "type": "Feature",
+        "geometry": geometry,
+        "properties": properties,
+    }
+
+
 def _respond(
     request: Request,
     payload: Any,
     terms: TermMap,
     status: int = 200,
     headers: dict[str, str] | None = None,
+    geojson: bool = False,
 ) -> JSONResponse:
     context_url = terms.urls[0] if terms.urls else CORE_URL
     extra = dict(headers or {})
+    if geojson and _wants_geojson(request):
+        prop = request.query_params.get("geometryProperty", "location")
+        body: dict[str, Any] = (
+            {"type": "FeatureCollection", "features": [_feature(e, prop) for e in payload]}
+            if isinstance(payload, list)
+            else _feature(payload, prop)
+        )
+        if "body=json" in (request.headers.get("prefer") or ""):
+            extra["Link"] = link_header_for(context_url)
+        else:
+            body["@context"] = list(terms.urls) or CORE_URL
+        return JSONResponse(
+            body, status_code=status, media_type="application/geo+json", headers=extra
+        )
     if _wants_ld(request):
         if isinstance(payload, dict):
             payload = {**payload, "@context": list(terms.urls) or CORE_URL}
@@ -306,7 +340,7 @@ async def query_entities(request: Request) -> Response:
     keep = _attr_filter(request, terms)
     payload = [render(e, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=keep) for e in page]
     headers = {"NGSILD-Results-Count": str(total)} if count else None
-    return _respond(request, payload, terms, headers=headers)
+    return _respond(request, payload, terms, headers=headers, geojson=True)
 
 
 @router.get("/entities/{entity_id}")
@@ -319,7 +353,8 @@ async def retrieve_entity(request: Request, entity_id: str) -> Response:
         engine=_engine(request), tenant=_tenant(request), entity_id=entity_id
     )
     keep = _attr_filter(request, terms)
-    return _respond(request, render(entity, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=keep), terms)
+    rendered = render(entity, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=keep)
+    return _respond(request, rendered, terms, geojson=True)
 
 
 @router.get("/info/sourceIdentity")
