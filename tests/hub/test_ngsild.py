@@ -578,6 +578,19 @@ def test_accept_length_identity_and_purge(client: TestClient) -> None:
     )
     assert plain.json()["type"] == "Feature" and "@context" not in plain.json()
     assert "Link" in plain.headers
+    eid = "urn:ngsi-ld:AirQualityObserved:000"
+    replaced = client.put(
+        f"{BASE}/entities/{eid}/attrs/name", json={"type": "Property", "value": "renamed"}
+    )
+    assert replaced.status_code == 204
+    assert client.get(f"{BASE}/entities/{eid}").json()["name"]["value"] == "renamed"
+    absent = client.put(f"{BASE}/entities/{eid}/attrs/nothing", json={"value": 1})
+    assert absent.status_code == 404
+    offset = client.post(
+        f"{BASE}/entities",
+        json={**sensor(50, 1.0), "pm25": {"value": 1, "observedAt": "2026-11-24T10:00:00+08:00"}},
+    )
+    assert offset.status_code == 400 and "ending in Z" in offset.json()["title"]
     assert client.delete(f"{BASE}/entities").status_code == 400
     odd = client.get(f"{BASE}/entities?type=AirQualityObserved&invalidParams=x")
     assert odd.status_code == 400 and odd.json()["type"].endswith("/InvalidRequest")

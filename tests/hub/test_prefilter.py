@@ -175,7 +175,9 @@ def test_geo_columns() -> None:
     assert geo_columns({"id": "urn:x:2", "type": ["T"]})["loc_cell"] is None
 
 
-@pytest.mark.parametrize("bad", ["near;maxDistance==abc", "near", "within;x==1"])
+@pytest.mark.parametrize(
+    "bad", ["near;maxDistance==abc", "near", "within;x==1", "near;maxDistance==inf"]
+)
 def test_bad_geo_syntax_is_refused(bad: str) -> None:
     with pytest.raises(Exception, match="georel|maxDistance|modifiers"):
         geoquery.parse(bad, "Point", "[117,36]", None)

@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -83,9 +83,12 @@ def to_entity(mapping: Mapping, topic: str, payload: bytes) -> tuple[dict[str, A
     if not isinstance(observed, str):
         raise BadInput("the payload needs observedAt")
     try:
-        datetime.fromisoformat(observed.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(observed.replace("Z", "+00:00"))
     except ValueError:
         raise BadInput(f"observedAt {observed!r} is not a date-time") from None
+    # devices may send any offset; NGSI-LD keeps UTC with a Z
+    utc = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    observed = utc.astimezone(UTC).isoformat().replace("+00:00", "Z")
     parts = match.groupdict()
     entity: dict[str, Any] = {"id": mapping.id_template.format(**parts), "type": parts["type"]}
     readings = {k: v for k, v in body.items() if k != "observedAt"}

@@ -131,7 +131,7 @@ class EntitySink:
             else:
                 attribute = {"type": "Property", "value": jsonable(value)}
             if observed is not None:
-                attribute["observedAt"] = jsonable(observed)
+                attribute["observedAt"] = self.observed(record).replace("+00:00", "Z")
             fragment[name] = attribute
         return expand_entity(fragment, self.terms)
 

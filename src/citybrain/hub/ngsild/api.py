@@ -532,6 +532,31 @@ async def partial_update_attribute(request: Request, entity_id: str, attr: str) 
     return Response(status_code=204)
 
 
+@router.put("/entities/{entity_id}/attrs/{attr}", status_code=204)
+async def replace_attribute(request: Request, entity_id: str, attr: str) -> Response:
+    """Replace one existing attribute (clause 5.6.19)."""
+    validate_entity_id(entity_id)
+    body, terms = await _read(request)
+    if not isinstance(body, dict):
+        raise BadInput("the body must be an attribute fragment")
+    name = terms.expand(attr)
+    current = service.get_entity(
+        engine=_engine(request), tenant=_tenant(request), entity_id=entity_id
+    )
+    if name not in current:
+        raise NotFound(f"entity {entity_id} has no attribute {attr}")
+    fragment = {k: v for k, v in body.items() if k != "@context"}
+    attrs = expand_attributes({attr: fragment}, terms)
+    service.change_attributes(
+        engine=_engine(request),
+        tenant=_tenant(request),
+        entity_id=entity_id,
+        attrs=attrs,
+        mode="update",
+    )
+    return Response(status_code=204)
+
+
 @router.delete("/entities/{entity_id}/attrs/{attr}", status_code=204)
 async def delete_attribute(request: Request, entity_id: str, attr: str) -> Response:
     """Delete one attribute (a datasetId instance, or all with deleteAll=true)."""

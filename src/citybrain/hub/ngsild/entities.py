@@ -146,6 +146,9 @@ def _plain_point(value: dict[str, Any]) -> bool:
 def _check_datetime(value: Any, what: str) -> None:
     if not isinstance(value, str):
         raise BadInput(f"{what} must be a date-time string")
+    # clause 4.6.3: a DateTime is UTC and always ends with Z
+    if not value.endswith("Z"):
+        raise BadInput(f"{what} must be a UTC date-time ending in Z, not {value!r}")
     try:
         datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

@@ -71,8 +71,8 @@ def parse(georel: str, geometry: str | None, coordinates: Any, geoproperty: str 
             distance = float(raw)
         except ValueError:
             raise BadInput(f"{which} must be a number of metres, not {raw!r}") from None
-        if distance < 0 or math.isnan(distance):
-            raise BadInput(f"{which} must not be negative")
+        if not math.isfinite(distance) or distance < 0:
+            raise BadInput(f"{which} must be a finite, non-negative number of metres")
         max_d, min_d = (distance, None) if which == "maxDistance" else (None, distance)
     elif len(parts) != 1:
         raise BadInput(f"georel {relation} takes no modifiers")
