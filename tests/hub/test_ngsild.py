@@ -591,6 +591,17 @@ def test_accept_length_identity_and_purge(client: TestClient) -> None:
         json={**sensor(50, 1.0), "pm25": {"value": 1, "observedAt": "2026-11-24T10:00:00+08:00"}},
     )
     assert offset.status_code == 400 and "ending in Z" in offset.json()["title"]
+    for bad_query in (
+        {"type": "Query", "entities": [{"type": "Vehicle"}], "q": 42},
+        {"type": "Query", "entities": [{"type": 7}]},
+        {"type": "Query", "entities": "Vehicle"},
+        {"type": "Query", "attrs": "pm25"},
+        {"type": "Query", "attrs": [1]},
+        {"type": "Query", "geoQ": {"georel": 5, "geometry": "Point", "coordinates": [1, 2]}},
+        {"type": "Query", "geoQ": "near"},
+    ):
+        answer = client.post(f"{BASE}/entityOperations/query", json=bad_query)
+        assert answer.status_code == 400, bad_query
     assert client.delete(f"{BASE}/entities").status_code == 400
     odd = client.get(f"{BASE}/entities?type=AirQualityObserved&invalidParams=x")
     assert odd.status_code == 400 and odd.json()["type"].endswith("/InvalidRequest")

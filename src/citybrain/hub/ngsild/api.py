@@ -704,33 +704,47 @@ def _batch_write(
     return Response(status_code=204)
 
 
+def _text(value: Any, name: str) -> str:
+    """Return a member that must be a string, or refuse the request."""
+    if not isinstance(value, str):
+        raise BadInput(f"{name} must be a string")
+    return value
+
+
 async def _batch_query(request: Request) -> Response:
     body, terms = await _read(request)
     if not isinstance(body, dict) or body.get("type") != "Query":
         raise BadInput('the body of a batch query is an object with "type": "Query"')
     params: dict[str, Any] = {}
     entities = body.get("entities") or []
+    if not isinstance(entities, list) or not all(isinstance(e, dict) for e in entities):
+        raise BadInput("entities of a batch query must be a list of objects")
     if entities:
-        params["type"] = ",".join(e.get("type", "") for e in entities if isinstance(e, dict))
-        ids = [e["id"] for e in entities if isinstance(e, dict) and "id" in e]
+        params["type"] = ",".join(_text(e.get("type", ""), "entities[].type") for e in entities)
+        ids = [_text(e["id"], "entities[].id") for e in entities if "id" in e]
         if ids:
             params["id"] = ",".join(ids)
-        patterns = [e["idPattern"] for e in entities if isinstance(e, dict) and "idPattern" in e]
+        patterns = [_text(e["idPattern"], "idPattern") for e in entities if "idPattern" in e]
         if patterns:
             params["idPattern"] = patterns[0]
     for key in ("q", "scopeQ"):
         if key in body:
-            params[key] = body[key]
+            params[key] = _text(body[key], key)
     if "attrs" in body:
-        params["attrs"] = ",".join(body["attrs"])
+        attrs = body["attrs"]
+        if not isinstance(attrs, list):
+            raise BadInput("attrs of a batch query must be a list of names")
+        params["attrs"] = ",".join(_text(a, "attrs[]") for a in attrs)
     geo = body.get("geoQ")
+    if geo is not None and not isinstance(geo, dict):
+        raise BadInput("geoQ must be an object with georel, geometry and coordinates")
     if isinstance(geo, dict):
         params.update(
             {
-                "georel": geo.get("georel"),
-                "geometry": geo.get("geometry"),
+                "georel": _text(geo.get("georel"), "geoQ.georel"),
+                "geometry": _text(geo.get("geometry"), "geoQ.geometry"),
                 "coordinates": json.dumps(geo.get("coordinates")),
-                "geoproperty": geo.get("geoproperty"),
+                "geoproperty": _text(geo.get("geoproperty", "location"), "geoQ.geoproperty"),
             }
         )
     limit, offset, count = _page_params(request)
