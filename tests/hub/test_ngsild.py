@@ -602,6 +602,10 @@ def test_accept_length_identity_and_purge(client: TestClient) -> None:
     ):
         answer = client.post(f"{BASE}/entityOperations/query", json=bad_query)
         assert answer.status_code == 400, bad_query
+    for sneaky in ("urn:ngsi-ld:Vehicle:A\u202eB", "urn:ngsi-ld:Vehicle:A\u200bB", "urn:x:a b"):
+        assert client.post(f"{BASE}/entities", json={"id": sneaky, "type": "V"}).status_code == 400
+    chinese = client.post(f"{BASE}/entities", json={"id": "urn:ngsi-ld:站点:济南", "type": "V"})
+    assert chinese.status_code == 201 and "%E7%AB%99" in chinese.headers["Location"]
     assert client.delete(f"{BASE}/entities").status_code == 400
     odd = client.get(f"{BASE}/entities?type=AirQualityObserved&invalidParams=x")
     assert odd.status_code == 400 and odd.json()["type"].endswith("/InvalidRequest")

@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
@@ -258,7 +259,9 @@ async def create_entity(request: Request) -> Response:
     body, terms = await _read(request)
     entity = expand_entity(body, terms)
     service.create_entity(engine=_engine(request), tenant=_tenant(request), entity=entity)
-    return Response(status_code=201, headers={"Location": f"{PREFIX}/entities/{entity['id']}"})
+    return Response(
+        status_code=201, headers={"Location": f"{PREFIX}/entities/{_iri_path(entity['id'])}"}
+    )
 
 
 def _page_params(request: Request) -> tuple[int, int, bool]:
@@ -704,6 +707,11 @@ def _batch_write(
     return Response(status_code=204)
 
 
+def _iri_path(entity_id: str) -> str:
+    """Percent-encode what an HTTP header cannot carry (non-ASCII IRIs stay addressable)."""
+    return quote(entity_id, safe=":/#@!$&'()*+,;=-._~")
+
+
 def _text(value: Any, name: str) -> str:
     """Return a member that must be a string, or refuse the request."""
     if not isinstance(value, str):
@@ -1043,7 +1051,8 @@ async def temporal_upsert(request: Request) -> Response:
     )
     if created:
         return Response(
-            status_code=201, headers={"Location": f"{PREFIX}/temporal/entities/{entity['id']}"}
+            status_code=201,
+            headers={"Location": f"{PREFIX}/temporal/entities/{_iri_path(entity['id'])}"},
         )
     return Response(status_code=204)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -89,6 +90,9 @@ def validate_entity_id(value: Any) -> str:
     """Refuse an entity id that is not an absolute URI."""
     if not isinstance(value, str) or not is_iri(value):
         raise BadInput(f"the entity id {value!r} is not a URI")
+    # invisible and control characters make ids that look alike but differ (RFC 3987 excludes them)
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Zs") for ch in value):
+        raise BadInput(f"the entity id {value!r} holds control, format or space characters")
     return value
 
 
