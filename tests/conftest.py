@@ -88,3 +88,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def bearer(
+    data_dir: Path,
+    *,
+    org: str = "bureau",
+    role: str = "bureau_admin",
+    issuer: str = "370000",
+    subject: str = "test",
+    ttl: int = 3600,
+    phone: str | None = None,
+) -> dict[str, str]:
+    """Return an Authorization header with a token signed by the node of data_dir."""
+    from citybrain.governance.identity.tokens import issue_token
+
+    token = issue_token(
+        data_dir=data_dir,
+        issuer=issuer,
+        subject=subject,
+        org=org,
+        role=role,
+        ttl=ttl,
+        phone=phone,
+    )
+    return {"Authorization": f"Bearer {token}"}

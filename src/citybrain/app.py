@@ -17,6 +17,14 @@ from citybrain.core.config import Settings
 from citybrain.core.db import check_connection, create_engine_for, upgrade
 from citybrain.core.problems import BodyLimitMiddleware, install_problem_handlers
 from citybrain.geo.api import router as geo_router
+from citybrain.governance.audit.api import router as audit_router
+from citybrain.governance.catalog.api import router as catalog_router
+from citybrain.governance.identity.api import router as identity_router
+from citybrain.governance.identity.middleware import AuthMiddleware
+from citybrain.governance.lineage.api import router as lineage_router
+from citybrain.governance.quality.api import router as quality_router
+from citybrain.governance.sharing.api import router as sharing_router
+from citybrain.governance.verification.api import router as verification_router
 from citybrain.hub.ngsild import notifier
 from citybrain.hub.ngsild.api import router as ngsild_router
 from citybrain.hub.ngsild.jsonld import ContextStore
@@ -134,6 +142,13 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_problem_handlers(app)
+    # innermost first: authentication sees the body limit's and the access log's rewrites
+    app.add_middleware(
+        AuthMiddleware,
+        data_dir=settings.data_dir,
+        issuer=settings.code,
+        anonymous_role=settings.anonymous_role,
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
 
     app.add_middleware(AccessMiddleware)
@@ -142,6 +157,16 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(geo_router)
     app.include_router(tables_router)
     app.include_router(ngsild_router)
+    for router in (
+        identity_router,
+        catalog_router,
+        sharing_router,
+        verification_router,
+        audit_router,
+        quality_router,
+        lineage_router,
+    ):
+        app.include_router(router)
     get_plugin_manager().hook.citybrain_routes(app=app)
     app.include_router(web_router)
     return app

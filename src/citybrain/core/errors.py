@@ -71,6 +71,13 @@ class Forbidden(CityBrainError):
     kind = "Forbidden"
 
 
+class TooManyRequests(CityBrainError):
+    """The caller has tried too often; it may try again after a while."""
+
+    status = 429
+    kind = "TooManyRequests"
+
+
 class ServiceUnavailable(CityBrainError):
     """A service the node depends on cannot be reached."""
 

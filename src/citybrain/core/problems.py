@@ -28,6 +28,7 @@ _HTTP_KINDS = {
     413: "RequestEntityTooLarge",
     415: "UnsupportedMediaType",
     422: "UnprocessableEntity",
+    429: "TooManyRequests",
 }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from citybrain import __version__
 from citybrain.core.config import Settings
@@ -65,6 +66,21 @@ def init_node(*, engine: Engine, settings: Settings) -> None:
                     "use another --data folder"
                 )
             conn.execute(update(node_identity).where(node_identity.c.id == 1).values(**values))
+
+
+def node_code(*, engine: Engine) -> str:
+    """Return the code of the node whose store this is, or refuse a store never started."""
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(select(node_identity.c.code)).first()
+    except SQLAlchemyError:
+        row = None
+    if row is None:
+        raise BadInput(
+            "this data folder holds no node yet; start it once with citybrain serve "
+            "(or run citybrain db upgrade and serve)"
+        )
+    return str(row.code)
 
 
 def scan_datasets(*, engine: Engine, data_dir: Path) -> list[DatasetRead]:

@@ -1,0 +1,1 @@
+"""Governance: identity, catalog, sharing and grants, the gate, masking, audit, quality, lineage."""

@@ -1,0 +1,10 @@
+"""Commands of governance/audit; thin callers of its service."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(root: typer.Typer) -> None:
+    """Attach this part's command groups to the root command."""
+    _ = root

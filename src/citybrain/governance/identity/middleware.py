@@ -1,0 +1,124 @@
+"""Authentication at the edge: every request except public paths carries a valid credential."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from citybrain.core.errors import CityBrainError, Unauthorized
+from citybrain.core.problems import problem
+from citybrain.governance.identity.tokens import verify_token
+from citybrain.governance.principal import Principal, Role
+
+# Paths anyone may call: liveness, versions, the public pages and their assets, the OpenAPI
+# description, the DCAT catalog (metadata only), and the sign-in endpoints themselves.
+PUBLIC_EXACT = frozenset(
+    {
+        "/",
+        "/health",
+        "/version",
+        "/ngsi-ld/v1/version",
+        "/openapi.json",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/catalog/dcat",
+        "/auth/token",
+        "/auth/otp/request",
+        "/auth/otp/verify",
+        # child registration is trusted by its key once federation lands; until then open
+        "/api/nodes/register",
+    }
+)
+PUBLIC_PREFIXES = ("/static/", "/geo/", "/open311/v2/services", "/m/")
+
+ApiKeyResolver = Callable[[str], Principal]
+
+
+def is_public(path: str) -> bool:
+    """Return True for a path that needs no credential."""
+    return path in PUBLIC_EXACT or path.startswith(PUBLIC_PREFIXES)
+
+
+class AuthMiddleware:
+    """Verify the bearer token or API key and put the principal in request.state.principal."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        data_dir: Path,
+        issuer: str,
+        anonymous_role: str | None = None,
+        api_key_resolver: ApiKeyResolver | None = None,
+    ) -> None:
+        self.app = app
+        self.data_dir = data_dir
+        self.issuer = issuer
+        self.anonymous = (
+            Principal(
+                subject="anonymous",
+                org="anonymous",
+                role=Role(anonymous_role),
+                issuer=issuer,
+                anonymous=True,
+            )
+            if anonymous_role
+            else None
+        )
+        self.api_key_resolver = api_key_resolver
+
+    def _principal(self, scope: Scope) -> Principal | None:
+        authorization = api_key = None
+        for name, value in scope.get("headers") or []:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"x-api-key":
+                api_key = value.decode("latin-1")
+        if authorization:
+            scheme, _, credential = authorization.partition(" ")
+            if scheme.lower() == "bearer" and credential.strip():
+                return verify_token(
+                    data_dir=self.data_dir, issuer=self.issuer, token=credential.strip()
+                )
+            if scheme.lower() == "apikey" and credential.strip():
+                api_key = credential.strip()
+            else:
+                raise Unauthorized("use 'Authorization: Bearer TOKEN' (or an API key)")
+        if api_key:
+            if self.api_key_resolver is None:
+                raise Unauthorized("this node does not accept API keys")
+            return self.api_key_resolver(api_key)
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Authenticate, then pass the request on; refuse with 401 problem details."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        try:
+            principal = self._principal(scope)
+        except CityBrainError as exc:
+            if is_public(path):
+                principal = None
+            else:
+                await _refuse(exc, scope, receive, send)
+                return
+        if principal is None:
+            principal = self.anonymous
+        if principal is None and not is_public(path):
+            await _refuse(
+                Unauthorized("this endpoint needs a bearer token"), scope, receive, send
+            )
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+async def _refuse(exc: CityBrainError, scope: Scope, receive: Receive, send: Send) -> None:
+    response = problem(exc.status, exc.kind, exc.message)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="citybrain"'
+    await response(scope, receive, send)
