@@ -617,3 +617,73 @@ def test_accept_length_identity_and_purge(client: TestClient) -> None:
     assert client.delete(f"{BASE}/entities?type=AirQualityObserved&q=pm25>5").status_code == 204
     left = client.get(f"{BASE}/entities?type=AirQualityObserved").json()
     assert [e["pm25"]["value"] for e in left] == [0.0]
+
+
+def test_ngsild_null_deletes_in_updates_and_is_refused_elsewhere(client: TestClient) -> None:
+    """Clause 4.5.0 / 5.5.8: urn:ngsi-ld:null deletes an instance in an update, per datasetId."""
+    eid = "urn:ngsi-ld:Building:null-1"
+    entity = {
+        "id": eid,
+        "type": "Building",
+        "name": [
+            {"type": "Property", "value": "Eiffel Tower", "datasetId": "urn:ngsi-ld:Dataset:01"},
+            {"type": "Property", "value": "Iron lady", "datasetId": "urn:ngsi-ld:Dataset:02"},
+        ],
+        "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [2, 48]}},
+        "street": {"type": "LanguageProperty", "languageMap": {"fr": "Rue", "en": "Street"}},
+        "locatedAt": {"type": "Relationship", "object": "urn:ngsi-ld:City:Paris"},
+        "address": {"type": "Property", "value": {"street": "Champ", "country": "FR"}},
+    }
+    assert client.post(f"{BASE}/entities", json=entity).status_code == 201
+    one = {"type": "Property", "value": "urn:ngsi-ld:null", "datasetId": "urn:ngsi-ld:Dataset:01"}
+    r = client.patch(f"{BASE}/entities/{eid}/attrs", json={"name": one})
+    assert r.status_code == 204, r.text
+    got = client.get(f"{BASE}/entities/{eid}").json()
+    kept = {"type": "Property", "value": "Iron lady", "datasetId": "urn:ngsi-ld:Dataset:02"}
+    assert got["name"] == kept
+    geo = {"type": "GeoProperty", "value": "urn:ngsi-ld:null"}
+    assert client.patch(f"{BASE}/entities/{eid}/attrs/location", json=geo).status_code == 204
+    lang = {"street": {"type": "LanguageProperty", "languageMap": {"@none": "urn:ngsi-ld:null"}}}
+    merge = {**lang, "address": {"type": "Property", "value": {"country": "urn:ngsi-ld:null"}}}
+    assert client.patch(f"{BASE}/entities/{eid}", json=merge).status_code == 204
+    rel = {"id": eid, "locatedAt": {"type": "Relationship", "object": "urn:ngsi-ld:null"}}
+    assert client.post(f"{BASE}/entityOperations/update", json=[rel]).status_code == 204
+    got = client.get(f"{BASE}/entities/{eid}").json()
+    assert set(got) == {"id", "type", "name", "address"}
+    assert got["address"]["value"] == {"street": "Champ"}
+    assert "urn:ngsi-ld:null" not in json.dumps(got)
+    # a nested Null outside a merge, a Null datasetId, or any Null on create is BadRequestData
+    nested = {"value": {"country": "urn:ngsi-ld:null"}}
+    r = client.patch(f"{BASE}/entities/{eid}/attrs/address", json=nested)
+    assert r.status_code == 400 and r.json()["type"] == ERR + "BadRequestData"
+    r = client.patch(f"{BASE}/entities/{eid}/attrs/name", json={"datasetId": "urn:ngsi-ld:null"})
+    assert r.status_code == 400
+    for attr in (
+        {"type": "Property", "value": "urn:ngsi-ld:null"},
+        {"type": "Relationship", "object": "urn:ngsi-ld:null"},
+        {"type": "Property", "value": 1, "sub": {"type": "Property", "value": "urn:ngsi-ld:null"}},
+        {"type": "Property", "value": {"a": {"b": "urn:ngsi-ld:null"}}},
+        "urn:ngsi-ld:null",
+    ):
+        new = {"id": "urn:ngsi-ld:Building:null-2", "type": "Building", "a": attr}
+        r = client.post(f"{BASE}/entities", json=new)
+        assert r.status_code == 400 and r.json()["type"] == ERR + "BadRequestData", attr
+    # a temporal instance may record a deletion
+    temporal = {
+        "id": "urn:ngsi-ld:Vehicle:null-3",
+        "type": "Vehicle",
+        "speed": [
+            {"type": "Property", "value": 1, "observedAt": "2026-01-01T00:00:00Z"},
+            {"type": "Property", "value": "urn:ngsi-ld:null", "observedAt": "2026-01-02T00:00:00Z"},
+        ],
+    }
+    assert client.post(f"{BASE}/temporal/entities", json=temporal).status_code == 201
+
+
+def test_batch_with_a_null_item_is_refused_whole(client: TestClient) -> None:
+    """Clause 5.6.7.4: a null member fails the whole batch; the valid sibling is not created."""
+    item = {"id": "urn:ngsi-ld:Vehicle:batch-null", "type": "Vehicle"}
+    for op in ("create", "upsert", "merge"):
+        r = client.post(f"{BASE}/entityOperations/{op}", json=[item, None])
+        assert r.status_code == 400 and r.json()["type"] == ERR + "BadRequestData", op
+    assert client.get(f"{BASE}/entities/{item['id']}").status_code == 404

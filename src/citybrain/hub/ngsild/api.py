@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from citybrain.core.errors import BadInput, CityBrainError, Conflict, NotFound
 from citybrain.hub.ngsild import geoquery, query, service, subscriptions, temporal
 from citybrain.hub.ngsild.entities import (
+    NGSI_NULL,
     expand_attributes,
     expand_entity,
     now_iso,
@@ -443,7 +444,7 @@ async def merge_entity(request: Request, entity_id: str) -> Response:
     validate_entity_id(entity_id)
     body, terms = await _read(request)
     fragment = _fragment(body, entity_id)
-    attrs = expand_attributes(fragment, terms)
+    attrs = expand_attributes(fragment, terms, nulls=True, nested_nulls=True)
     types = (
         [
             terms.expand(t)
@@ -476,7 +477,7 @@ async def append_attributes(request: Request, entity_id: str) -> Response:
         engine=_engine(request),
         tenant=_tenant(request),
         entity_id=entity_id,
-        attrs=expand_attributes(fragment, terms),
+        attrs=expand_attributes(fragment, terms, nulls=True),
         mode="append-keep" if keep else "append",
     )
     return _update_response(result, terms)
@@ -491,7 +492,7 @@ async def update_attributes(request: Request, entity_id: str) -> Response:
         engine=_engine(request),
         tenant=_tenant(request),
         entity_id=entity_id,
-        attrs=expand_attributes(_fragment(body, entity_id), terms),
+        attrs=expand_attributes(_fragment(body, entity_id), terms, nulls=True),
         mode="update",
     )
     return _update_response(result, terms)
@@ -504,6 +505,8 @@ async def partial_update_attribute(request: Request, entity_id: str, attr: str) 
     body, terms = await _read(request)
     if not isinstance(body, dict):
         raise BadInput("the body must be an attribute fragment")
+    if body.get("datasetId") == NGSI_NULL:
+        raise BadInput("a datasetId cannot be deleted with the NGSI-LD Null")
     name = terms.expand(attr)
     current = service.get_entity(
         engine=_engine(request), tenant=_tenant(request), entity_id=entity_id
@@ -524,7 +527,7 @@ async def partial_update_attribute(request: Request, entity_id: str, attr: str) 
     merged = {**base, **{k: v for k, v in body.items() if k != "@context"}}
     merged.pop("createdAt", None)
     merged.pop("modifiedAt", None)
-    attrs = expand_attributes({attr: merged}, terms)
+    attrs = expand_attributes({attr: merged}, terms, nulls=True)
     service.change_attributes(
         engine=_engine(request),
         tenant=_tenant(request),
@@ -596,6 +599,9 @@ async def _batch_items(request: Request) -> tuple[list[Any], TermMap, ContextSto
         raise BadInput("a batch operation takes a JSON array")
     if not body:
         raise BadInput("a batch operation needs at least one item")
+    if any(item is None for item in body):
+        # clause 5.6.7.4: a null item makes the whole request invalid, nothing is applied
+        raise BadInput("a batch item cannot be null")
     link_ctx = context_from_request(
         link=request.headers.get("link"), content_type="application/json", body=None
     )
@@ -649,7 +655,9 @@ async def batch(request: Request, operation: str) -> Response:
                     if not isinstance(item, dict):
                         raise BadInput("each item must be an entity object")
                     validate_entity_id(entity_id)
-                    attrs = expand_attributes(item, item_terms)
+                    attrs = expand_attributes(
+                        item, item_terms, nulls=True, nested_nulls=operation == "merge"
+                    )
                     keep = "noOverwrite" in request.query_params.get("options", "")
                     result = service.change_attributes(
                         engine=engine,

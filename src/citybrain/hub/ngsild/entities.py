@@ -40,6 +40,11 @@ ATTRIBUTE_MEMBERS = {
     "previousValue",
 }
 SYSTEM = ("createdAt", "modifiedAt")
+# clause 4.5.0: the NGSI-LD Null; in an update it deletes, anywhere else it is refused
+NGSI_NULL = "urn:ngsi-ld:null"
+# marks an attribute instance that an update deletes (never stored)
+DELETE_MARK = "@delete"
+_CONTENT = ("value", "object", "objectList", "languageMap", "valueList", "vocab", "json")
 _NUMBER = (int, float)
 GEOJSON = {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"}
 
@@ -56,8 +61,63 @@ def _type_list(value: Any) -> list[str]:
     return types
 
 
-def _attribute(name: str, raw: Any, terms: TermMap) -> dict[str, Any]:
-    """Validate one attribute instance and expand the names inside it."""
+def _has_null(value: Any) -> bool:
+    """Whether the NGSI-LD Null occurs anywhere in a JSON value."""
+    if isinstance(value, str):
+        return value == NGSI_NULL
+    if isinstance(value, dict):
+        return any(_has_null(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_null(v) for v in value)
+    return False
+
+
+def _is_null_instance(out: dict[str, Any]) -> bool:
+    """Whether an instance is the NGSI-LD Null of its type (clause 4.5.0, table 4.5.0-1)."""
+    kind = out.get("type")
+    if kind == "LanguageProperty":
+        return out.get("languageMap") in ({"@none": NGSI_NULL}, NGSI_NULL)
+    member = {
+        "Relationship": "object",
+        "ListRelationship": "objectList",
+        "ListProperty": "valueList",
+        "VocabProperty": "vocab",
+        "JsonProperty": "json",
+    }.get(str(kind), "value")
+    return out.get(member) in (NGSI_NULL, [NGSI_NULL])
+
+
+def is_delete(instance: Any) -> bool:
+    """Whether an expanded instance is an update's request to delete it."""
+    return isinstance(instance, dict) and instance.get(DELETE_MARK) is True
+
+
+def drop_null_keys(value: Any) -> Any:
+    """Remove the keys a merge sets to the NGSI-LD Null from a JSON object, at any depth."""
+    if isinstance(value, dict):
+        return {k: drop_null_keys(v) for k, v in value.items() if v != NGSI_NULL}
+    return value
+
+
+def _attribute(
+    name: str,
+    raw: Any,
+    terms: TermMap,
+    nulls: bool = False,
+    nested_nulls: bool = False,
+    history: bool = False,
+) -> dict[str, Any]:
+    """Validate one attribute instance and expand the names inside it.
+
+    With nulls (an update), an instance that is the NGSI-LD Null comes back as a deletion
+    mark; with nested_nulls (a merge), the Null may also stand for keys of a JSON value;
+    with history (a temporal instance) it is kept, recording a deletion.
+    Anywhere else the Null is BadRequestData.
+    """
+    if raw == NGSI_NULL:
+        if not nulls:
+            raise BadInput(f"attribute {name!r} is the NGSI-LD Null, which only an update takes")
+        raw = {"type": "Property", "value": NGSI_NULL}
     if not isinstance(raw, dict):
         # concise form: a bare value is a Property
         return {"type": "Property", "value": raw}
@@ -94,8 +154,24 @@ def _attribute(name: str, raw: Any, terms: TermMap) -> dict[str, Any]:
         else:
             validate_attribute_name(key)
             subs = value if isinstance(value, list) else [value]
-            expanded = [_attribute(key, s, terms) for s in subs]
+            expanded = [_attribute(key, s, terms, nulls, nested_nulls) for s in subs]
             out[terms.expand(key)] = expanded[0] if len(expanded) == 1 else expanded
+    if out.get("datasetId") == NGSI_NULL:
+        raise BadInput(f"the datasetId of {name!r} cannot be deleted with the NGSI-LD Null")
+    if _is_null_instance(out):
+        if history:
+            # clause 5.6.11.4: a temporal instance may record that the attribute was deleted
+            return {k: v for k, v in out.items() if k not in SYSTEM}
+        if not nulls:
+            raise BadInput(f"attribute {name!r} is the NGSI-LD Null, which only an update takes")
+        mark: dict[str, Any] = {"type": kind, DELETE_MARK: True}
+        if "datasetId" in out:
+            mark["datasetId"] = out["datasetId"]
+        return mark
+    for member in _CONTENT:
+        if member in out and _has_null(out[member]):
+            if not (nested_nulls and member in ("value", "json") and isinstance(out[member], dict)):
+                raise BadInput(f"the {member} of {name!r} holds the NGSI-LD Null")
     if kind == "Property" and ("value" not in out or out["value"] is None):
         raise BadInput(f"Property {name!r} needs a value")
     if kind == "Relationship":
@@ -156,11 +232,18 @@ def _check_datetime(value: Any, what: str) -> None:
 
 
 def expand_attributes(
-    body: dict[str, Any], terms: TermMap, *, temporal: bool = False
+    body: dict[str, Any],
+    terms: TermMap,
+    *,
+    temporal: bool = False,
+    nulls: bool = False,
+    nested_nulls: bool = False,
 ) -> dict[str, Any]:
     """Expand and validate the attributes of a fragment (everything but the core members).
 
     In a temporal entity an attribute lists instances over time, so datasetIds may repeat.
+    nulls: an update, where an attribute that is the NGSI-LD Null deletes it (see
+    _attribute); nested_nulls: a merge, where the Null also removes keys of a JSON value.
     """
     attrs: dict[str, Any] = {}
     for name, raw in body.items():
@@ -172,7 +255,9 @@ def expand_attributes(
             if isinstance(raw, list) and raw and all(isinstance(r, dict) for r in raw)
             else [raw]
         )
-        expanded = [_attribute(name, r, terms) for r in instances]
+        expanded = [
+            _attribute(name, r, terms, nulls, nested_nulls, history=temporal) for r in instances
+        ]
         dataset_ids = [e.get("datasetId") for e in expanded]
         if not temporal and len(set(dataset_ids)) != len(dataset_ids):
             raise BadInput(f"attribute {name!r} repeats a datasetId")
@@ -187,6 +272,8 @@ def expand_entity(
     if not isinstance(body, dict):
         raise BadInput("an entity must be a JSON object")
     entity_id = validate_entity_id(body.get("id"))
+    if entity_id == NGSI_NULL:
+        raise BadInput("the NGSI-LD Null cannot be an entity id")
     entity: dict[str, Any] = {"id": entity_id}
     if "type" in body:
         entity["type"] = [terms.expand(t) for t in _type_list(body["type"])]

@@ -13,7 +13,16 @@ from sqlalchemy import JSON, Connection, Engine, Table, delete, func, insert, se
 from citybrain.core.db import json_dumps
 from citybrain.core.errors import BadInput, Conflict, NotFound
 from citybrain.hub.ngsild import geoquery, prefilter, query, subscriptions
-from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, clone, instances, now_iso, stamp
+from citybrain.hub.ngsild.entities import (
+    ATTRIBUTE_MEMBERS,
+    ENTITY_MEMBERS,
+    clone,
+    drop_null_keys,
+    instances,
+    is_delete,
+    now_iso,
+    stamp,
+)
 from citybrain.hub.ngsild.errors import NonexistentTenant
 from citybrain.hub.ngsild.models import (
     ngsild_entities,
@@ -220,6 +229,27 @@ def change_attributes(
             raise NotFound(f"entity {entity_id} not found")
         for name, incoming in attrs.items():
             exists = name in entity
+            deletes = [i for i in instances(incoming) if is_delete(i)]
+            if deletes:
+                # clause 5.5.8 (4.5.0): an instance given as the NGSI-LD Null is deleted
+                if not exists:
+                    if mode == "update":
+                        result.not_updated.append(
+                            {"attributeName": name, "reason": "attribute does not exist"}
+                        )
+                    continue
+                gone = {i.get("datasetId") for i in deletes}
+                kept = [i for i in instances(entity[name]) if i.get("datasetId") not in gone]
+                if kept:
+                    entity[name] = kept[0] if len(kept) == 1 else kept
+                else:
+                    del entity[name]
+                result.updated.append(name)
+                incoming = [i for i in instances(incoming) if not is_delete(i)]
+                if not incoming:
+                    continue
+                exists = name in entity
+                incoming = incoming[0] if len(incoming) == 1 else incoming
             if mode == "update" and not exists:
                 result.not_updated.append(
                     {"attributeName": name, "reason": "attribute does not exist"}
@@ -230,12 +260,13 @@ def change_attributes(
                 continue
             if mode == "merge" and exists:
                 incoming = _deep_merge_attribute(entity[name], incoming)
-            entity[name] = (
+            entity[name] = _without_nulls(
                 _merge_instances(entity[name], incoming, keep_existing=False)
                 if exists
                 else incoming
             )
-            result.updated.append(name)
+            if name not in result.updated:
+                result.updated.append(name)
         if new_types:
             entity["type"] = list(dict.fromkeys(entity["type"] + new_types))
         if new_scope is not None:
@@ -243,6 +274,24 @@ def change_attributes(
         if result.updated or new_types or new_scope is not None:
             _save(conn, tenant, stamp(entity), new=False)
     return result
+
+
+def _without_nulls(attr: Any) -> Any:
+    """Drop what an update deleted with the NGSI-LD Null: sub-attributes, JSON value keys."""
+    out = []
+    for inst in instances(attr):
+        clean = {}
+        for key, value in inst.items():
+            if key in ("value", "json"):
+                clean[key] = drop_null_keys(value)
+            elif isinstance(value, dict | list) and key not in ATTRIBUTE_MEMBERS:
+                subs = [_without_nulls(s) for s in instances(value) if not is_delete(s)]
+                if subs:
+                    clean[key] = subs[0] if len(subs) == 1 else subs
+            else:
+                clean[key] = value
+        out.append(clean)
+    return out[0] if len(out) == 1 else out
 
 
 def _deep_merge_attribute(existing: Any, incoming: Any) -> Any:
