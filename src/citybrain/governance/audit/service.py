@@ -438,16 +438,16 @@ def _scan_range(args: tuple[str, int, int, bool]) -> _RangeResult:
             if seq != expected:
                 if seq > expected:
                     missing = (
-                        f"record {expected} is missing"
+                        f"record {expected} is missing or out of order"
                         if seq == expected + 1
                         else f"records {expected}..{seq - 1} are missing"
                     )
                     return stop(index, expected, f"{missing}: seq {seq} follows seq {last_seq}")
                 return stop(
                     index,
-                    expected,
-                    f"seq {seq} follows seq {last_seq}: a record was duplicated, reordered "
-                    "or inserted",
+                    seq,
+                    f"seq {seq} follows seq {last_seq}: record {seq} appears twice or out of "
+                    "order (duplicated, inserted or reordered)",
                 )
             if prev != last_hash:
                 return stop(
