@@ -7,7 +7,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from citybrain.core.errors import CityBrainError, Unauthorized
+from citybrain.core.errors import BadInput, CityBrainError, Unauthorized
 from citybrain.core.problems import problem
 from citybrain.governance.identity.tokens import verify_token
 from citybrain.governance.principal import Principal, Role
@@ -42,6 +42,17 @@ def is_public(path: str) -> bool:
     return path in PUBLIC_EXACT or path.startswith(PUBLIC_PREFIXES)
 
 
+def anonymous_role_of(value: str) -> Role:
+    """Return the role CITYBRAIN_ANONYMOUS_ROLE names, or raise BadInput listing the roles."""
+    try:
+        return Role(value.strip())
+    except ValueError:
+        roles = ", ".join(r.value for r in Role)
+        raise BadInput(
+            f"CITYBRAIN_ANONYMOUS_ROLE is {value!r}, which is not a role; roles are {roles}"
+        ) from None
+
+
 class AuthMiddleware:
     """Verify the bearer token or API key and put the principal in request.state.principal."""
 
@@ -61,7 +72,7 @@ class AuthMiddleware:
             Principal(
                 subject="anonymous",
                 org="anonymous",
-                role=Role(anonymous_role),
+                role=anonymous_role_of(anonymous_role),
                 issuer=issuer,
                 anonymous=True,
             )
