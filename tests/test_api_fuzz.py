@@ -19,7 +19,9 @@ from citybrain.core.config import load_settings
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """A province node with its lifespan running (store open, notifier started)."""
     data: Path = tmp_path_factory.mktemp("fuzz")
-    app = create_app(load_settings(data_dir=data, code="370000", level="province"))
+    app = create_app(
+        load_settings(data_dir=data, code="370000", level="province", anonymous_role="bureau_admin")
+    )
     with TestClient(app) as c:
         yield c
 

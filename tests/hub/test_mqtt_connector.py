@@ -75,7 +75,7 @@ def test_simulator_to_connector_through_mosquitto(
 ) -> None:
     host, port = mqtt_broker
     prefix = f"cbtest{uuid.uuid4().hex[:8]}"
-    settings = load_settings(data_dir=tmp_path)
+    settings = load_settings(data_dir=tmp_path, anonymous_role="bureau_admin")
     engine = create_engine_for(settings.effective_database_url)
     upgrade(engine)
     mapping = Mapping(f"{prefix}/{{city}}/devices/{{type}}/{{device}}")

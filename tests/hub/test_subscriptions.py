@@ -67,7 +67,8 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(load_settings(data_dir=tmp_path))) as c:
+    settings = load_settings(data_dir=tmp_path, anonymous_role="bureau_admin")
+    with TestClient(create_app(settings)) as c:
         yield c
 
 
@@ -145,7 +146,7 @@ def test_throttling_and_paused_and_expired(client: TestClient, receiver: Receive
 
 def test_notifications_survive_a_restart(tmp_path: Path) -> None:
     port = free_port()
-    settings = load_settings(data_dir=tmp_path)
+    settings = load_settings(data_dir=tmp_path, anonymous_role="bureau_admin")
     with TestClient(create_app(settings)) as c:
         subscribe(c, f"http://127.0.0.1:{port}/n")
         put(c, 1, 42)  # the receiver is down: the notification waits in the outbox

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from citybrain.app import create_app
 from citybrain.core.config import load_settings
+from conftest import bearer
 
 SPEC = {
     "department": "public_security",
@@ -42,7 +43,8 @@ GOOD_CSV = (
 def client(tmp_path: Path) -> TestClient:
     """A province node with the residents table registered."""
     app = create_app(load_settings(data_dir=tmp_path, code="370000", level="province"))
-    with TestClient(app) as c:
+    # the owner department's steward: it reads its own table in the clear
+    with TestClient(app, headers=bearer(tmp_path, org="public_security", role="steward")) as c:
         assert c.post("/api/tables", json=SPEC).status_code == 201
         yield c  # type: ignore[misc]
 
@@ -265,7 +267,8 @@ def test_tables_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
     app = create_app(
         load_settings(data_dir=tmp_path, code="370100", level="city", database_url=postgres_url)
     )
-    with TestClient(app) as c:
+    owner = bearer(tmp_path, org="public_security", role="steward", issuer="370100")
+    with TestClient(app, headers=owner) as c:
         spec = {**SPEC, "name": f"residents_{tmp_path.name[-8:].lower().replace('-', '_')}"}
         if not spec["name"][-1].isalnum():
             spec["name"] += "x"
@@ -313,7 +316,7 @@ def test_upserts_keep_the_last_value_per_key(
     data = tmp_path_factory.mktemp("prop")
     app = create_app(load_settings(data_dir=data, code="370000", level="province"))
     expected: dict[str, int] = {}
-    with TestClient(app) as c:
+    with TestClient(app, headers=bearer(data, org="public_security", role="steward")) as c:
         c.post("/api/tables", json=SPEC)
         # load in chunks of five; within a chunk a repeated key is refused, so skip repeats
         for start in range(0, len(batches), 5):

@@ -21,7 +21,8 @@ EID = "urn:ngsi-ld:NoiseLevelObserved:1"
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(load_settings(data_dir=tmp_path))) as c:
+    settings = load_settings(data_dir=tmp_path, anonymous_role="bureau_admin")
+    with TestClient(create_app(settings)) as c:
         points = [
             {"type": "Property", "value": v, "observedAt": f"2026-11-01T{h:02d}:{m:02d}:00Z"}
             for h in range(3)
@@ -146,7 +147,11 @@ def test_database_aggregation_matches_python(client: TestClient) -> None:
 def test_database_aggregation_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
     # the session database belongs to node 370100 (see the other PostgreSQL tests)
     settings = load_settings(
-        data_dir=tmp_path, code="370100", level="city", database_url=postgres_url
+        data_dir=tmp_path,
+        code="370100",
+        level="city",
+        database_url=postgres_url,
+        anonymous_role="bureau_admin",
     )
     with TestClient(create_app(settings)) as c:
         c.delete(f"{B}/entities/{EID}")

@@ -17,12 +17,12 @@ from fastapi.testclient import TestClient
 
 from citybrain.app import create_app
 from citybrain.core.config import load_settings
-from conftest import free_port
+from conftest import bearer, free_port
 
 
 def _client(data: Path, **kw: object) -> TestClient:
     settings = load_settings(data_dir=data, **kw)
-    return TestClient(create_app(settings))
+    return TestClient(create_app(settings), headers=bearer(data, issuer=settings.code))
 
 
 def _write_table(data: Path) -> None:

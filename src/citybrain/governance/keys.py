@@ -48,7 +48,9 @@ def node_key(data_dir: Path) -> Ed25519PrivateKey:
                     os.fsync(out.fileno())
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:
-        raise ServiceUnavailable(f"cannot read or create the node key {path}: {exc.strerror}")
+        raise ServiceUnavailable(
+            f"cannot read or create the node key {path}: {exc.strerror}"
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ServiceUnavailable(f"the node key {path} is not an Ed25519 key")
     _cache[path] = key

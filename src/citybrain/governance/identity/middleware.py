@@ -28,6 +28,10 @@ PUBLIC_EXACT = frozenset(
         "/auth/token",
         "/auth/otp/request",
         "/auth/otp/verify",
+        # the dashboard's node summary and children: codes, names, counts, no personal data
+        "/api/node",
+        "/api/nodes",
+        "/favicon.ico",
         # child registration is trusted by its key once federation lands; until then open
         "/api/nodes/register",
     }
@@ -121,9 +125,7 @@ class AuthMiddleware:
         if principal is None:
             principal = self.anonymous
         if principal is None and not is_public(path):
-            await _refuse(
-                Unauthorized("this endpoint needs a bearer token"), scope, receive, send
-            )
+            await _refuse(Unauthorized("this endpoint needs a bearer token"), scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path as FsPath
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlalchemy import Engine
 
 from citybrain.core.errors import BadInput
+from citybrain.governance.identity.deps import current_principal
+from citybrain.governance.principal import Principal
 from citybrain.hub.tables import service
 from citybrain.hub.tables.files import FileFormat
 from citybrain.hub.tables.models import (
@@ -42,9 +44,13 @@ def _data(request: Request) -> FsPath:
 
 
 @router.post("/tables", status_code=201)
-def register(request: Request, spec: TableSpec) -> TableRead:
+def register(
+    request: Request, spec: TableSpec, principal: Principal = Depends(current_principal)
+) -> TableRead:
     """Register a departmental table with its schema and primary key."""
-    return service.register_table(engine=_engine(request), data_dir=_data(request), spec=spec)
+    return service.register_table(
+        engine=_engine(request), data_dir=_data(request), spec=spec, principal=principal
+    )
 
 
 @router.get("/tables")
@@ -71,6 +77,7 @@ async def load(
     department: str = Path(pattern=NAME),
     name: str = Path(pattern=NAME),
     source: str = Query("upload", max_length=256, description="name of the file, for the log"),
+    principal: Principal = Depends(current_principal),
 ) -> LoadResult:
     """Upsert a CSV, JSON Lines or Parquet body by key as one new version."""
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
@@ -88,6 +95,7 @@ async def load(
         data=body,
         fmt=_MEDIA[media],
         source=source,
+        principal=principal,
     )
 
 
@@ -113,6 +121,8 @@ def records(
     after: str | None = Query(None, max_length=2000, description="cursor of the next page"),
     limit: int = Query(100, ge=1, le=10_000),
     version: int | None = Query(None, ge=0, description="read an older version"),
+    grant: str | None = Query(None, max_length=64, description="the grant to read under"),
+    principal: Principal = Depends(current_principal),
 ) -> RecordPage:
     """Read records in key order with filters, projection and keyset pagination."""
     wanted = [f.strip() for f in fields.split(",") if f.strip()] if fields else None
@@ -126,10 +136,16 @@ def records(
         after=after,
         limit=limit,
         version=version,
+        principal=principal,
+        grant_id=grant,
     )
 
 
 @router.post("/sql")
-def sql(request: Request, job: SqlJob) -> SqlResult:
+def sql(
+    request: Request, job: SqlJob, principal: Principal = Depends(current_principal)
+) -> SqlResult:
     """Run one read-only SQL query over the tables (department.name), parameters bound."""
-    return service.run_sql(engine=_engine(request), data_dir=_data(request), job=job)
+    return service.run_sql(
+        engine=_engine(request), data_dir=_data(request), principal=principal, job=job
+    )

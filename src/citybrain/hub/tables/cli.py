@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from citybrain.core.config import load_settings
 from citybrain.core.db import check_connection, create_engine_for, upgrade
 from citybrain.core.errors import BadInput
+from citybrain.governance.principal import Principal, Role
 from citybrain.hub.tables import service
 from citybrain.hub.tables.files import guess_format
 from citybrain.hub.tables.models import SqlJob, TableSpec
@@ -36,6 +37,15 @@ def _split(qualified: str) -> tuple[str, str]:
     if not department or not name:
         raise BadInput(f"name a table as department/name, not {qualified!r}")
     return department, name
+
+
+def _principal(org: str, role: str) -> Principal:
+    """Return the principal a local command acts as (the data folder's holder chooses)."""
+    try:
+        return Principal(subject="cli", org=org, role=Role(role), issuer="local")
+    except ValueError:
+        roles = ", ".join(r.value for r in Role)
+        raise BadInput(f"unknown role {role!r}; roles are {roles}") from None
 
 
 @app.command("register")
@@ -124,6 +134,9 @@ def records(
     fields: str | None = typer.Option(None, help="comma-separated columns"),
     limit: int = typer.Option(20, help="rows per page"),
     after: str | None = typer.Option(None, help="cursor printed by the previous page"),
+    org: str | None = typer.Option(None, help="read as this organisation (default: the owner)"),
+    role: str = typer.Option("steward", help="role to read as"),
+    grant: str | None = typer.Option(None, help="the grant to read under"),
 ) -> None:
     """Print a page of records as JSON lines, then the cursor of the next page."""
     department, name = _split(table)
@@ -131,6 +144,8 @@ def records(
     page = service.read_records(
         engine=engine,
         data_dir=data_dir,
+        principal=_principal(org or department, role),
+        grant_id=grant,
         department=department,
         name=name,
         filters=filter,
@@ -145,10 +160,17 @@ def records(
 
 
 @app.command("sql")
-def sql(query: str = typer.Argument(..., help="one SELECT"), data: Path = DATA) -> None:
+def sql(
+    query: str = typer.Argument(..., help="one SELECT"),
+    data: Path = DATA,
+    org: str = typer.Option(..., help="run as this organisation"),
+    role: str = typer.Option("steward", help="role to run as"),
+) -> None:
     """Run a read-only SQL query over the tables (department.name) and print the rows."""
     engine, data_dir = _open(data)
-    result = service.run_sql(engine=engine, data_dir=data_dir, job=SqlJob(sql=query))
+    result = service.run_sql(
+        engine=engine, data_dir=data_dir, principal=_principal(org, role), job=SqlJob(sql=query)
+    )
     typer.echo("\t".join(result.columns))
     for row in result.rows:
         typer.echo("\t".join("" if v is None else str(v) for v in row))

@@ -26,7 +26,10 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 from sqlalchemy import Engine, insert, select
 
-from citybrain.core.errors import BadInput, Conflict, NotFound, Unprocessable
+from citybrain.core.errors import BadInput, Conflict, Forbidden, NotFound, Unprocessable
+from citybrain.governance import gate
+from citybrain.governance.audit import service as audit
+from citybrain.governance.principal import Principal, Role
 from citybrain.hub.tables.files import FileFormat, read_source
 from citybrain.hub.tables.models import (
     ColumnSpec,
@@ -52,9 +55,11 @@ ARROW_TYPES: dict[ColumnType, pa.DataType] = {
     ColumnType.timestamp: pa.timestamp("us", tz="UTC"),
 }
 MAX_REJECTIONS_KEPT = 1000
+WRITER_ROLES = frozenset({Role.steward, Role.service})
 _INT = r"^[+-]?\d{1,18}$"
 _FLOAT = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _FILTER = re.compile(r"^([a-z][a-z0-9_]*)(==|!=|<=|>=|<|>|=\^)(.*)$", re.S)
+_PARAM = re.compile(r"\?|\$\d+")
 _SQL_OPS = {"==": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
 
@@ -105,8 +110,25 @@ def snapshot(dt: DeltaTable, columns: list[ColumnSpec]) -> ds.Dataset:
     return ds.dataset(files, format="parquet", schema=schema)
 
 
-def register_table(*, engine: Engine, data_dir: Path, spec: TableSpec) -> TableRead:
+def check_writer(principal: Principal | None, department: str) -> None:
+    """Refuse a write to a department's table by anyone but its staff or the bureau.
+
+    None is a local process run by whoever holds the data folder (the node's administrator).
+    """
+    if principal is None or principal.role is Role.bureau_admin:
+        return
+    if principal.org != department or principal.role not in WRITER_ROLES:
+        raise Forbidden(
+            f"only a steward or service account of {department} (or the bureau) may "
+            f"change its tables; the token is {principal.org}/{principal.role.value}"
+        )
+
+
+def register_table(
+    *, engine: Engine, data_dir: Path, spec: TableSpec, principal: Principal | None = None
+) -> TableRead:
     """Register a table and create its empty Delta table (version 0)."""
+    check_writer(principal, spec.department)
     path = table_path(data_dir, spec.department, spec.name)
     with engine.begin() as conn:
         exists = conn.execute(
@@ -132,6 +154,13 @@ def register_table(*, engine: Engine, data_dir: Path, spec: TableSpec) -> TableR
                 created_at=datetime.now(UTC),
             )
         )
+    audit.append(
+        data_dir=data_dir,
+        principal=principal,
+        action="table.register",
+        resource=f"{spec.department}/{spec.name}",
+        result="ok",
+    )
     return describe_table(
         engine=engine, data_dir=data_dir, department=spec.department, name=spec.name
     )
@@ -271,8 +300,10 @@ def load_file(
     data: bytes,
     fmt: FileFormat,
     source: str,
+    principal: Principal | None = None,
 ) -> LoadResult:
     """Upsert a file's valid rows by primary key as one new table version; report the rest."""
+    check_writer(principal, department)
     row = _spec_row(engine, department, name)
     columns = [ColumnSpec.model_validate(c) for c in row.columns]
     primary_key: list[str] = list(row.primary_key)
@@ -338,6 +369,15 @@ def load_file(
                 created_at=stamp,
             )
         )
+    audit.append(
+        data_dir=data_dir,
+        principal=principal,
+        action="table.load",
+        resource=f"{department}/{name}",
+        result=status,
+        rows=accepted.num_rows,
+        detail={"version": version, "rejected": len(rejections), "sha256": digest[:16]},
+    )
     return LoadResult(
         id=load_id,
         department=department,
@@ -421,6 +461,7 @@ def read_records(
     *,
     engine: Engine,
     data_dir: Path,
+    principal: Principal,
     department: str,
     name: str,
     filters: list[str] | None = None,
@@ -428,24 +469,40 @@ def read_records(
     after: str | None = None,
     limit: int = 100,
     version: int | None = None,
+    grant_id: str | None = None,
 ) -> RecordPage:
-    """Read records in key order with filters, projection and keyset pagination."""
+    """Read records in key order with filters, projection and keyset pagination, gated.
+
+    Filters apply to what the reader sees (masked values stay masked), so a grantee cannot
+    probe hidden values through them.
+    """
     if not 1 <= limit <= 10_000:
         raise BadInput("limit must be between 1 and 10000")
     row = _spec_row(engine, department, name)
-    columns = {c["name"]: ColumnSpec.model_validate(c) for c in row.columns}
-    primary_key: list[str] = list(row.primary_key)
-    wanted = fields or list(columns)
-    unknown = [f for f in wanted if f not in columns]
+    all_columns = {c["name"]: ColumnSpec.model_validate(c) for c in row.columns}
+    unknown = [f for f in fields or [] if f not in all_columns]
     if unknown:
         raise BadInput(f"unknown field(s) {', '.join(unknown)} in table {department}/{name}")
+    decision = gate.authorize_read(
+        engine=engine,
+        data_dir=data_dir,
+        principal=principal,
+        dataset_id=f"{department}/{name}",
+        fields=fields,
+        grant_id=grant_id,
+        owner=str(row.owner_department),
+    )
+    columns = {v.name: all_columns[v.name] for v in decision.visible(list(all_columns))}
+    primary_key: list[str] = list(row.primary_key)
+    wanted = fields or list(columns)
     conditions: list[str] = []
     params: list[Any] = []
     for raw in filters or []:
         match = _FILTER.match(raw)
         if not match or match.group(1) not in columns:
             raise BadInput(
-                f"bad filter {raw!r}: use column==value (or != < <= > >=, =^ for a prefix)"
+                f"bad filter {raw!r}: use column==value (or != < <= > >=, =^ for a prefix) "
+                "on a column you may read"
             )
         column, op, value = match.groups()
         spec = columns[column]
@@ -459,43 +516,56 @@ def read_records(
         else:
             conditions.append(f'"{column}" {_SQL_OPS[op]} ?')
             params.append(_literal(value, spec))
-    key_specs = [columns[k] for k in primary_key]
+    key_specs = [all_columns[k] for k in primary_key]
+    # paging runs on the raw key, carried as hidden columns; a reader who sees the key masked
+    # or not at all gets a sealed cursor, so raw key values never reach them
+    sealed = decision.restricted
+    keys = [f"__hidden_{i}" for i in range(len(primary_key))]
     if after:
+        raw_values = gate.unseal_cursor(data_dir, after) if sealed else None
+        if sealed and raw_values is not None:
+            after = encode_cursor(raw_values)
         key_values = _decode_cursor(after, key_specs)
-        left = ", ".join(f'"{k}"' for k in primary_key)
-        right = ", ".join("?" for _ in primary_key)
-        conditions.append(
-            f"({left}) > ({right})" if len(primary_key) > 1 else f'"{primary_key[0]}" > ?'
-        )
+        left = ", ".join(keys)
+        right = ", ".join("?" for _ in keys)
+        conditions.append(f"({left}) > ({right})" if len(keys) > 1 else f"{keys[0]} > ?")
         params.extend(key_values)
     dt = _open(data_dir, department, name, version)
-    # the key columns ride along so the cursor can be built; they are dropped if not wanted
-    selected = list(dict.fromkeys(wanted + primary_key))
+    gated, gate_params = decision.select_sql("t", list(all_columns), hidden=primary_key)
     query = (
         "select "
-        + ", ".join(f'"{c}"' for c in selected)
-        + " from t"
+        + ", ".join([f'"{c}"' for c in wanted] + keys)
+        + f" from ({gated})"
         + (" where " + " and ".join(conditions) if conditions else "")
         + " order by "
-        + ", ".join(f'"{k}"' for k in primary_key)
+        + ", ".join(keys)
         + f" limit {limit + 1}"
     )
     con = duckdb.connect()
     try:
-        con.register("t", snapshot(dt, list(columns.values())))
-        result = con.sql(query, params=params).to_arrow_table()
+        con.register("t", snapshot(dt, list(all_columns.values())))
+        result = con.sql(query, params=gate_params + params).to_arrow_table()
     finally:
         con.close()
     rows = result.to_pylist()
     more = len(rows) > limit
     rows = rows[:limit]
-    next_after = encode_cursor([rows[-1][k] for k in primary_key]) if more and rows else None
+    next_after = None
+    if more and rows:
+        last = [_json_value(rows[-1][k]) for k in keys]
+        next_after = gate.seal_cursor(data_dir, last) if sealed else encode_cursor(last)
     records = [{k: _json_value(r[k]) for k in wanted} for r in rows]
+    gate.record_read(
+        data_dir=data_dir,
+        decision=decision,
+        rows=len(records),
+        detail={"version": dt.version(), "filters": len(filters or [])},
+    )
     return RecordPage(records=records, next_after=next_after, version=dt.version())
 
 
-def run_sql(*, engine: Engine, data_dir: Path, job: SqlJob) -> SqlResult:
-    """Run one read-only SELECT over the tables, each visible as department.name."""
+def run_sql(*, engine: Engine, data_dir: Path, principal: Principal, job: SqlJob) -> SqlResult:
+    """Run one read-only SELECT over the tables it names (department.name), each gated."""
     try:
         statements = duckdb.extract_statements(job.sql)
     except duckdb.Error as exc:
@@ -504,17 +574,48 @@ def run_sql(*, engine: Engine, data_dir: Path, job: SqlJob) -> SqlResult:
         raise BadInput("a SQL job is exactly one statement")
     if statements[0].type != duckdb.StatementType.SELECT:
         raise BadInput("a SQL job may only read: use SELECT (or WITH ... SELECT)")
+    try:
+        # the name finder cannot bind parameters; NULL in their place names the same tables
+        named = duckdb.get_table_names(_PARAM.sub("NULL", job.sql), qualified=True)
+    except duckdb.Error as exc:
+        raise BadInput(f"the SQL does not parse: {str(exc).splitlines()[0]}") from None
+    known = {f"{t.department}.{t.name}": t for t in list_tables(engine=engine, data_dir=data_dir)}
+    used = []
+    for ref in sorted(named):
+        parts = [p.strip('"') for p in ref.split(".")]
+        qualified = ".".join(parts[-2:])
+        if qualified not in known:
+            raise BadInput(
+                f"the SQL job names {ref!r}, which is not a table of this node "
+                "(name tables as department.name)"
+            )
+        used.append(known[qualified])
+    decisions = [
+        (
+            table,
+            gate.authorize_read(
+                engine=engine,
+                data_dir=data_dir,
+                principal=principal,
+                dataset_id=f"{table.department}/{table.name}",
+                action="sql",
+                owner=table.owner_department,
+            ),
+        )
+        for table in used
+    ]
     con = duckdb.connect()
     try:
-        for table in list_tables(engine=engine, data_dir=data_dir):
+        for table, decision in decisions:
             con.execute(f'create schema if not exists "{table.department}"')
             alias = f"__{table.department}__{table.name}"
             dt = _open(data_dir, table.department, table.name)
             con.register(alias, snapshot(dt, table.columns))
-            con.execute(
-                f'create view "{table.department}"."{table.name}" as select * from "{alias}"'
-            )
-        # jobs see the registered tables only: no files, no extensions, no settings changes
+            gated, gate_params = decision.select_sql(f'"{alias}"', [c.name for c in table.columns])
+            # a view cannot take parameters: the row scope's values are inlined as literals
+            view = _inline(gated, gate_params)
+            con.execute(f'create view "{table.department}"."{table.name}" as {view}')
+        # jobs see the gated views only: no files, no extensions, no settings changes
         con.execute("set enable_external_access = false")
         con.execute("set lock_configuration = true")
         try:
@@ -525,8 +626,51 @@ def run_sql(*, engine: Engine, data_dir: Path, job: SqlJob) -> SqlResult:
             raise BadInput(f"the SQL job failed: {str(exc).splitlines()[0]}") from None
     finally:
         con.close()
-    return SqlResult(
-        columns=names,
-        rows=[[_json_value(v) for v in r] for r in fetched[: job.limit]],
-        truncated=len(fetched) > job.limit,
-    )
+    rows = [[_json_value(v) for v in r] for r in fetched[: job.limit]]
+    for _table, decision in decisions:
+        gate.record_read(
+            data_dir=data_dir,
+            decision=decision,
+            rows=len(rows),
+            action="sql",
+            detail={"sql_sha256": hashlib.sha256(job.sql.encode()).hexdigest()[:16]},
+        )
+    return SqlResult(columns=names, rows=rows, truncated=len(fetched) > job.limit)
+
+
+def evaluate(
+    *, engine: Engine, data_dir: Path, tables: list[str], sql: str, params: list[Any]
+) -> list[tuple[Any, ...]]:
+    """Run a system query whose answer is not records (a yes/no, a score) over raw tables.
+
+    Only the gate's verification service and quality scoring call this; both return answers,
+    never rows, and both are audited by their callers.
+    """
+    con = duckdb.connect()
+    try:
+        for dataset in tables:
+            department, name = dataset.split("/", 1)
+            row = _spec_row(engine, department, name)
+            columns = [ColumnSpec.model_validate(c) for c in row.columns]
+            con.execute(f'create schema if not exists "{department}"')
+            con.register(
+                f"__{department}__{name}", snapshot(_open(data_dir, department, name), columns)
+            )
+            con.execute(
+                f'create view "{department}"."{name}" as select * from "__{department}__{name}"'
+            )
+        con.execute("set enable_external_access = false")
+        return [tuple(r) for r in con.execute(sql, params).fetchall()]
+    finally:
+        con.close()
+
+
+def _inline(sql: str, params: list[Any]) -> str:
+    """Replace ? placeholders of a gated relation with quoted string literals."""
+    pieces = sql.split("?")
+    if len(pieces) != len(params) + 1:
+        raise ValueError("placeholder count does not match the parameters")
+    out = pieces[0]
+    for value, rest in zip(params, pieces[1:], strict=True):
+        out += "'" + str(value).replace("'", "''") + "'" + rest
+    return out
