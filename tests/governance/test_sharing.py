@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -16,95 +15,82 @@ from sqlalchemy import Engine, event
 
 from citybrain.app import create_app
 from citybrain.core.config import load_settings
-from citybrain.core.datalevel import DataLevel
 from citybrain.core.db import create_engine_for, upgrade
 from citybrain.core.errors import BadInput, Conflict, Forbidden, NotFound, Unprocessable
+from citybrain.governance.catalog import service as catalog
+from citybrain.governance.catalog.models import CatalogEntryCreate
 from citybrain.governance.principal import Principal, Role
 from citybrain.governance.sharing import service
 from citybrain.governance.sharing.models import AccessRequestCreate
 from conftest import bearer
 
 
-@dataclass(frozen=True)
-class FakeField:
-    """A catalog field as sharing sees it."""
-
-    name: str
-    personal: str = "none"
-    mask: str = "none"
+def _field(name: str, personal: str = "none", mask: str = "none") -> dict[str, str]:
+    return {"name": name, "personal": personal, "mask": mask}
 
 
-@dataclass(frozen=True)
-class FakeEntry:
-    """A catalog entry as sharing sees it."""
-
-    id: str
-    owner_department: str
-    data_level: DataLevel
-    sharing_type: str
-    fields: list[FakeField] = field(default_factory=list)
-    scope_fields: list[str] = field(default_factory=list)
-
-
-def _entries(suffix: str = "") -> dict[str, FakeEntry]:
-    residents = FakeEntry(
-        id=f"public_security/residents{suffix}",
-        owner_department="public_security",
-        data_level=DataLevel.important,
-        sharing_type="conditional",
-        fields=[
-            FakeField("person_id", "personal", "pseudonym"),
-            FakeField("id_number", "sensitive", "id_number"),
-            FakeField("name", "personal", "name"),
-            FakeField("birth_date", "personal"),
-            FakeField("hukou_county"),
-            FakeField("residence_county"),
-            FakeField("phone", "personal", "phone"),
-        ],
-        scope_fields=["hukou_county", "residence_county"],
-    )
-    households = FakeEntry(
-        id=f"public_security/households{suffix}",
-        owner_department="public_security",
-        data_level=DataLevel.general_4,
-        sharing_type="conditional",
-        fields=[FakeField("household_id"), FakeField("size"), FakeField("hukou_county")],
-        scope_fields=["hukou_county"],
-    )
-    parcels = FakeEntry(
-        id=f"natural_resources/parcels{suffix}",
-        owner_department="natural_resources",
-        data_level=DataLevel.general_1,
-        sharing_type="unconditional",
-        fields=[
-            FakeField("parcel_id"),
-            FakeField("area"),
-            FakeField("holder_id_number", "sensitive", "id_number"),
-        ],
-    )
-    marriages = FakeEntry(
-        id=f"civil_affairs/marriages{suffix}",
-        owner_department="civil_affairs",
-        data_level=DataLevel.core,
-        sharing_type="not_shared",
-        fields=[FakeField("id_number", "sensitive", "id_number"), FakeField("status")],
-        scope_fields=["county"],
-    )
-    return {e.id: e for e in (residents, households, parcels, marriages)}
+def _entries(suffix: str = "") -> list[CatalogEntryCreate]:
+    """Four datasets, one of each workflow: conditional important, conditional general,
+    unconditional, not shared."""
+    raw: list[dict[str, Any]] = [
+        {
+            "id": f"public_security/residents{suffix}",
+            "owner_department": "public_security",
+            "data_level": "important",
+            "sharing_type": "conditional",
+            "fields": [
+                _field("person_id", "personal", "pseudonym"),
+                _field("id_number", "sensitive", "id_number"),
+                _field("name", "personal", "name"),
+                _field("birth_date", "personal"),
+                _field("hukou_county"),
+                _field("residence_county"),
+                _field("phone", "personal", "phone"),
+            ],
+            "scope_fields": ["hukou_county", "residence_county"],
+        },
+        {
+            "id": f"public_security/households{suffix}",
+            "owner_department": "public_security",
+            "data_level": "general-4",
+            "sharing_type": "conditional",
+            "fields": [_field("household_id"), _field("size"), _field("hukou_county")],
+            "scope_fields": ["hukou_county"],
+        },
+        {
+            "id": f"natural_resources/parcels{suffix}",
+            "owner_department": "natural_resources",
+            "data_level": "general-1",
+            "sharing_type": "unconditional",
+            "fields": [
+                _field("parcel_id"),
+                _field("area"),
+                _field("holder_id_number", "sensitive", "id_number"),
+            ],
+        },
+        {
+            "id": f"civil_affairs/marriages{suffix}",
+            "owner_department": "civil_affairs",
+            "data_level": "core",
+            "sharing_type": "not_shared",
+            "fields": [
+                _field("id_number", "sensitive", "id_number"),
+                _field("status"),
+                _field("county"),
+            ],
+            "scope_fields": ["county"],
+        },
+    ]
+    return [CatalogEntryCreate.model_validate({"title_en": e["id"], **e}) for e in raw]
 
 
-def install_catalog(monkeypatch: pytest.MonkeyPatch, entries: dict[str, FakeEntry]) -> None:
-    """Stand in for the catalog: sharing reads entries through service._dataset only."""
-
-    def lookup(engine: Engine, dataset_id: str) -> FakeEntry:
-        try:
-            return entries[dataset_id]
-        except KeyError:
-            raise NotFound(f"no catalog entry {dataset_id}") from None
-
-    monkeypatch.setattr(service, "_dataset", lookup)
+def register_catalog(engine: Engine, suffix: str = "") -> None:
+    """Describe the test datasets in the node's catalog, as the bureau."""
+    for entry in _entries(suffix):
+        catalog.register_entry(engine=engine, entry=entry, principal=BUREAU)
 
 
+BUREAU = Principal(subject="admin", org="bureau", role=Role.bureau_admin, issuer="370000")
 RESIDENTS = "public_security/residents"
 HOUSEHOLDS = "public_security/households"
 PARCELS = "natural_resources/parcels"
@@ -158,12 +144,13 @@ class Node:
 
 
 @pytest.fixture
-def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Node]:
-    """A province node with the fake catalog installed."""
-    install_catalog(monkeypatch, _entries())
+def node(tmp_path: Path) -> Iterator[Node]:
+    """A province node whose catalog describes the test datasets."""
     app = create_app(load_settings(data_dir=tmp_path))
     with TestClient(app) as client:
-        yield Node(client, tmp_path)
+        made = Node(client, tmp_path)
+        register_catalog(made.engine)
+        yield made
 
 
 def audit_actions(data_dir: Path) -> list[dict[str, Any]]:
@@ -611,13 +598,11 @@ def _principal(org: str, role: Role = Role.steward) -> Principal:
     return Principal(subject=f"{org}-svc", org=org, role=role, issuer="370000")
 
 
-def test_service_flow_on_postgresql(
-    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_service_flow_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
     suffix = "_" + uuid.uuid4().hex[:8]
-    install_catalog(monkeypatch, _entries(suffix))
     engine = create_engine_for(postgres_url)
     upgrade(engine)
+    register_catalog(engine, suffix)
     residents = f"{RESIDENTS}{suffix}"
     start = datetime(2027, 1, 10, 9, 30, tzinfo=UTC)
     try:

@@ -16,12 +16,11 @@ without waiting.
 
 from __future__ import annotations
 
-import importlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, insert, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
@@ -32,10 +31,11 @@ from citybrain.core.errors import (
     Conflict,
     Forbidden,
     NotFound,
-    ServiceUnavailable,
     Unprocessable,
 )
 from citybrain.governance.audit import service as audit
+from citybrain.governance.catalog import service as catalog
+from citybrain.governance.catalog.models import CatalogEntry, Personal, SharingType
 from citybrain.governance.principal import BUREAU_ORG, Principal, Role
 from citybrain.governance.sharing.models import (
     PENDING,
@@ -66,46 +66,9 @@ clock: Callable[[], datetime] = _system_now
 """The service's clock; tests replace it to move time without sleeping."""
 
 
-class CatalogField(Protocol):
-    """What sharing needs of a catalog field: its name and personal-information flag."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def personal(self) -> str: ...
-
-
-class DatasetEntry(Protocol):
-    """What sharing needs of a catalog entry."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def owner_department(self) -> str: ...
-
-    @property
-    def data_level(self) -> DataLevel: ...
-
-    @property
-    def sharing_type(self) -> str: ...
-
-    @property
-    def fields(self) -> Sequence[CatalogField]: ...
-
-    @property
-    def scope_fields(self) -> Sequence[str]: ...
-
-
-def _dataset(engine: Engine, dataset_id: str) -> DatasetEntry:
+def _dataset(engine: Engine, dataset_id: str) -> CatalogEntry:
     """Return the catalog entry of a dataset (raises NotFound); the one place sharing reads it."""
-    try:
-        catalog = importlib.import_module("citybrain.governance.catalog.service")
-    except ModuleNotFoundError:
-        raise ServiceUnavailable("the catalog is not available on this node") from None
-    entry: DatasetEntry = catalog.get_entry(engine=engine, dataset_id=dataset_id)
-    return entry
+    return catalog.get_entry(engine=engine, dataset_id=dataset_id)
 
 
 def _utc(value: datetime) -> datetime:
@@ -211,14 +174,14 @@ def _grant_row(conn: Connection, principal: Principal, grant_id: str) -> Any:
 # ---- creating requests and grants --------------------------------------------------------
 
 
-def _check_body(principal: Principal, entry: DatasetEntry, body: AccessRequestCreate) -> None:
+def _check_body(principal: Principal, entry: CatalogEntry, body: AccessRequestCreate) -> None:
     """Refuse a request the dataset's description does not allow, with the reason."""
     dataset = entry.id
     if entry.owner_department == principal.org:
         raise Unprocessable(
             f"{principal.org} owns {dataset}; an owner reads its own data without a grant"
         )
-    if body.kind is RequestKind.records and str(entry.sharing_type) == "not_shared":
+    if body.kind is RequestKind.records and entry.sharing_type is SharingType.not_shared:
         raise Unprocessable(f"{dataset} is not shared; ask for a verification grant instead")
     names = {f.name for f in entry.fields}
     unknown = [f for f in body.fields if f not in names]
@@ -306,10 +269,12 @@ def create_request(
         )
     entry = _dataset(engine, body.dataset_id)
     _check_body(principal, entry, body)
-    personal = {f.name: str(f.personal) for f in entry.fields}
-    sensitive = [f for f in body.fields if personal.get(f) == "sensitive"]
+    personal = {f.name: f.personal for f in entry.fields}
+    sensitive = [f for f in body.fields if personal.get(f) is Personal.sensitive]
     at_once = (
-        str(entry.sharing_type) == "unconditional" and principal.is_government and not sensitive
+        entry.sharing_type is SharingType.unconditional
+        and principal.is_government
+        and not sensitive
     )
     moment = _now(now)
     request_id = _new_id()
@@ -323,7 +288,7 @@ def create_request(
                 requester_org=principal.org,
                 requested_by=principal.label(),
                 owner_org=entry.owner_department,
-                data_level=DataLevel(str(entry.data_level)).value,
+                data_level=entry.data_level.value,
                 fields=body.fields,
                 row_scope=body.row_scope,
                 purpose=body.purpose,
