@@ -102,11 +102,19 @@ def _print_json(value: BaseModel | list[Any]) -> None:
     typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
 
 
+def _table(*headers: str) -> Table:
+    out = Table()
+    for header in headers:
+        # ids are copied into the next command: wrap them, never cut them
+        out.add_column(header, overflow="fold")
+    return out
+
+
 def _print_requests(items: list[AccessRequestRead], fmt: Format) -> None:
     if fmt is Format.json:
         _print_json(items)
         return
-    out = Table("id", "kind", "dataset", "requester", "owner", "status", "grant", "created")
+    out = _table("id", "kind", "dataset", "requester", "owner", "status", "grant", "created")
     for r in items:
         out.add_row(
             r.id,
@@ -125,7 +133,7 @@ def _print_grants(items: list[GrantRead], fmt: Format) -> None:
     if fmt is Format.json:
         _print_json(items)
         return
-    out = Table("id", "kind", "dataset", "grantee", "status", "fields", "expires")
+    out = _table("id", "kind", "dataset", "grantee", "status", "fields", "expires")
     for g in items:
         out.add_row(
             g.id,
