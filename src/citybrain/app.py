@@ -18,7 +18,9 @@ from citybrain.core.db import check_connection, create_engine_for, upgrade
 from citybrain.core.problems import BodyLimitMiddleware, install_problem_handlers
 from citybrain.geo.api import router as geo_router
 from citybrain.governance.audit.api import router as audit_router
+from citybrain.governance.catalog import service as catalog_service
 from citybrain.governance.catalog.api import router as catalog_router
+from citybrain.governance.identity import service as identity_service
 from citybrain.governance.identity.api import router as identity_router
 from citybrain.governance.identity.middleware import AuthMiddleware
 from citybrain.governance.lineage.api import router as lineage_router
@@ -29,6 +31,7 @@ from citybrain.hub.ngsild import notifier
 from citybrain.hub.ngsild.api import router as ngsild_router
 from citybrain.hub.ngsild.jsonld import ContextStore
 from citybrain.hub.tables.api import router as tables_router
+from citybrain.hub.tables.importer import import_synth_tables
 from citybrain.node import service as node_service
 from citybrain.node.api import router as node_router
 from citybrain.node.runtime import keep_registered
@@ -48,6 +51,9 @@ def prepare_node(settings: Settings) -> Engine:
     upgrade(engine)
     node_service.init_node(engine=engine, settings=settings)
     node_service.scan_datasets(engine=engine, data_dir=settings.data_dir)
+    identity_service.seed_default_orgs(engine=engine)
+    import_synth_tables(engine=engine, data_dir=settings.data_dir)
+    catalog_service.ensure_builtin_entries(engine=engine, data_dir=settings.data_dir)
     return engine
 
 
@@ -148,6 +154,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         data_dir=settings.data_dir,
         issuer=settings.code,
         anonymous_role=settings.anonymous_role,
+        api_key_resolver=lambda key: identity_service.resolve_api_key(
+            engine=app.state.engine, issuer=settings.code, key=key
+        ),
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
 

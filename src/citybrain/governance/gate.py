@@ -93,6 +93,11 @@ class ReadDecision:
                 f"{'grant ' + self.grant_id if self.grant_id else 'what you may read'}"
             )
 
+    def outside_scope(self, column: str, value: str) -> bool:
+        """Return True when an equality on a scoped column names a value outside the scope."""
+        values = self.row_scope.get(column)
+        return values is not None and value not in values
+
     def _show_sql(self, view: FieldView, column: str) -> str:
         if self.pseudonym_key is not None and view.mask in IDENTIFYING:
             return pseudonym_sql(self.pseudonym_key, column)

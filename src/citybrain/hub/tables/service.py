@@ -506,6 +506,21 @@ def read_records(
             )
         column, op, value = match.groups()
         spec = columns[column]
+        if op == "==" and decision.outside_scope(column, value):
+            reason = (
+                f"{column}=={value} is outside the row scope of grant {decision.grant_id} "
+                f"({', '.join(decision.row_scope[column])})"
+            )
+            audit.append(
+                data_dir=data_dir,
+                principal=principal,
+                action="read",
+                resource=f"{department}/{name}",
+                result="refused",
+                grant_id=decision.grant_id,
+                detail={"reason": reason},
+            )
+            raise Forbidden(reason)
         if op == "=^":
             if spec.type is not ColumnType.string:
                 raise BadInput(
