@@ -384,6 +384,11 @@ def test_bad_requests(node: Node) -> None:
     assert node.request(legal_basis="").status_code == 400
     assert node.request(row_scope={"hukou_county": []}).status_code == 400
     assert node.request(extra="x").status_code == 400
+    assert node.request(purpose="enrol\x00ment").status_code == 400
+    assert node.request(dataset_id="residents").status_code == 400
+    rid = node.request().json()["id"]
+    nul = node.decide(rid, "reject", "public_security", reason="no\x00")
+    assert nul.status_code == 400
     missing = body()
     del missing["purpose"]
     assert node.post("/api/sharing/requests", "education", json=missing).status_code == 400

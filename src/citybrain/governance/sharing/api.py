@@ -7,6 +7,7 @@ from pathlib import Path as FsPath
 from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlalchemy import Engine
 
+from citybrain.governance.catalog.models import DATASET_ID
 from citybrain.governance.identity.deps import current_principal
 from citybrain.governance.principal import Principal
 from citybrain.governance.sharing import service
@@ -52,7 +53,7 @@ def list_requests(
     view: service.RoleView = Query(
         "all", description="all, requested (by my org) or to_decide (waiting for me)"
     ),
-    dataset_id: str | None = Query(None, max_length=200),
+    dataset_id: str | None = Query(None, pattern=DATASET_ID, max_length=200),
     principal: Principal = Depends(current_principal),
 ) -> list[AccessRequestRead]:
     """List the requests that concern the caller's organisation, newest first."""
@@ -129,7 +130,7 @@ def withdraw(
 @router.get("/grants")
 def list_grants(
     request: Request,
-    dataset_id: str | None = Query(None, max_length=200),
+    dataset_id: str | None = Query(None, pattern=DATASET_ID, max_length=200),
     active: bool = Query(False, description="only grants active now"),
     principal: Principal = Depends(current_principal),
 ) -> list[GrantRead]:

@@ -22,6 +22,7 @@ from sqlalchemy import (
 )
 
 from citybrain.core.db import metadata
+from citybrain.governance.catalog.models import DATASET_ID
 
 NAME = r"^[a-z][a-z0-9_]{0,63}$"
 MAX_DAYS = 1095  # three years: a longer need is asked for again, with a fresh purpose
@@ -120,7 +121,9 @@ class AccessRequestCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: RequestKind = RequestKind.records
-    dataset_id: str = Field(min_length=1, max_length=200)
+    dataset_id: str = Field(
+        pattern=DATASET_ID, max_length=200, description="DEPT/NAME or ngsi-ld:TYPE"
+    )
     fields: list[str] = Field(min_length=1, max_length=500)
     row_scope: dict[str, list[str | int]] = Field(default_factory=dict, max_length=20)
     purpose: str = Field(min_length=1, max_length=2000)
@@ -134,6 +137,9 @@ class AccessRequestCreate(BaseModel):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be blank")
+        if "\x00" in value:
+            # PostgreSQL text cannot hold NUL; refuse it on every store alike
+            raise ValueError("must not contain NUL characters")
         return value.strip()
 
     @field_validator("fields", "questions")

@@ -80,6 +80,15 @@ def _now(now: datetime | None = None) -> datetime:
     return _utc(now if now is not None else clock())
 
 
+def _reason(reason: str | None) -> str | None:
+    """Return a decision's reason stripped, None when blank; refuse NUL characters."""
+    if reason is None or not reason.strip():
+        return None
+    if "\x00" in reason:
+        raise BadInput("a reason must not contain NUL characters")
+    return reason.strip()
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex
 
@@ -363,7 +372,7 @@ def _decide(
     now: datetime | None,
 ) -> AccessRequestRead:
     _require_government(principal)
-    reason = reason.strip() if reason and reason.strip() else None
+    reason = _reason(reason)
     if not approve and reason is None:
         raise BadInput("a rejection needs a reason")
     moment = _now(now)
@@ -477,7 +486,7 @@ def withdraw(
 ) -> AccessRequestRead:
     """Withdraw a pending request of the principal's own organisation."""
     _require_government(principal)
-    reason = reason.strip() if reason and reason.strip() else None
+    reason = _reason(reason)
     moment = _now(now)
     with engine.begin() as conn:
         row = _request_row(conn, principal, request_id)
@@ -523,7 +532,7 @@ def revoke_grant(
 ) -> GrantRead:
     """Revoke a grant (a steward of the owner department or the bureau); a reason is required."""
     _require_government(principal)
-    reason = reason.strip() if reason and reason.strip() else None
+    reason = _reason(reason)
     if reason is None:
         raise BadInput("a revocation needs a reason")
     moment = _now(now)
