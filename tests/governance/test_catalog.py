@@ -1,4 +1,4 @@
-"""Catalog: entry rules, who may write, search, built-in entries, DCAT-AP export, CLI, PostgreSQL."""
+"""Catalog: entry rules, who may write, search, built-in entries, DCAT-AP, CLI, PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import bearer
 from fastapi.testclient import TestClient
 from rdflib import Graph, Literal, Namespace, URIRef
 from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF
@@ -29,6 +28,7 @@ from citybrain.governance.principal import Principal, Role
 from citybrain.hub.tables import service as tables
 from citybrain.hub.tables.files import FileFormat
 from citybrain.hub.tables.models import TableSpec
+from conftest import bearer
 
 EU_THEME = Namespace("http://publications.europa.eu/resource/authority/data-theme/")
 EU_FREQ = Namespace("http://publications.europa.eu/resource/authority/frequency/")
@@ -187,9 +187,7 @@ def test_entry_validation(node: tuple[TestClient, Path]) -> None:
     unknown_level = client.post("/api/catalog", json=_entry(data_level="level-9"))
     assert unknown_level.status_code == 400 and "data_level" in unknown_level.json()["title"]
     assert client.post("/api/catalog", json=_entry(theme="sports")).status_code == 400
-    assert (
-        client.post("/api/catalog", json=_entry(title_zh=None, title_en=None)).status_code == 400
-    )
+    assert client.post("/api/catalog", json=_entry(title_zh=None, title_en=None)).status_code == 400
     assert client.post("/api/catalog", json=_entry(id="Education/x y")).status_code == 400
     assert client.post("/api/catalog", json=_entry(colour="red")).status_code == 400
     # open data with personal fields, or above the general levels, or conditional
@@ -387,7 +385,9 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
 
 
-def test_dcat_export_round_trip(node: tuple[TestClient, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dcat_export_round_trip(
+    node: tuple[TestClient, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     client, data = node
     assert client.post("/api/catalog", json=_entry()).status_code == 201
     _no_network(monkeypatch)
@@ -443,7 +443,7 @@ def test_dcat_export_round_trip(node: tuple[TestClient, Path], monkeypatch: pyte
 
 
 def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    runner = CliRunner()
+    runner = CliRunner(env={"COLUMNS": "200"})
     data = tmp_path / "node"
     spec = tmp_path / "teachers.yaml"
     spec.write_text(yaml.safe_dump(_entry(), allow_unicode=True), encoding="utf-8")
@@ -453,7 +453,8 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = runner.invoke(cli_app, ["catalog", "register", str(spec), "--data", str(data)])
     assert result.exit_code == 0 and "updated education/teachers" in result.output
     listed = runner.invoke(
-        cli_app, ["catalog", "list", "--data", str(data), "--format", "json", "--owner", "education"]
+        cli_app,
+        ["catalog", "list", "--data", str(data), "--format", "json", "--owner", "education"],
     )
     assert [e["id"] for e in json.loads(listed.output)] == ["education/teachers"]
     found = runner.invoke(cli_app, ["catalog", "search", "教师", "--data", str(data)])

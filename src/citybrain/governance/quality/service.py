@@ -334,6 +334,8 @@ def run_quality(
     """Score one dataset or every table the principal may score; audit and record lineage."""
     if (dataset_id is None) == (not all_tables):
         raise BadInput("name one dataset or ask for all of them, not both")
+    # owners, frequencies and field rules come from the catalog: make sure every table has one
+    catalog.ensure_builtin_entries(engine=engine, data_dir=data_dir)
     if dataset_id is not None:
         _split(dataset_id)
         owner = _owner(engine, data_dir, dataset_id)
