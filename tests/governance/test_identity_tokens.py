@@ -10,7 +10,6 @@ from pathlib import Path
 
 import jwt
 import pytest
-from conftest import bearer
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -22,6 +21,7 @@ from citybrain.governance.identity.middleware import AuthMiddleware, anonymous_r
 from citybrain.governance.identity.models import ApiKeyCreate
 from citybrain.governance.identity.tokens import issue_token, verify_token
 from citybrain.governance.principal import SYSTEM, Role
+from conftest import bearer
 
 ISSUER = "370000"
 
@@ -149,7 +149,8 @@ def test_api_key_works_and_a_revoked_one_is_refused(
     client, app = node
     admin = bearer(tmp_path)
     issued = client.post(
-        "/api/api-keys", json={"org": "education", "role": "operator", "label": "report job"},
+        "/api/api-keys",
+        json={"org": "education", "role": "operator", "label": "report job"},
         headers=admin,
     )
     assert issued.status_code == 201, issued.text

@@ -708,6 +708,16 @@ def _signin_audit(
     )
 
 
+def _unknown(kind: str, name: str) -> str:
+    """Name an unknown account in the log by a hash: it may be a secret typed in the wrong field."""
+    return f"{kind}:unknown-{_sha256(name)[:12]}"
+
+
+def _known_user(conn: Connection, username: str) -> bool:
+    query = select(identity_users.c.id).where(identity_users.c.username == username)
+    return conn.execute(query).first() is not None
+
+
 def _token(data_dir: Path, principal: Principal, ttl: int) -> TokenResponse:
     token = issue_token(
         data_dir=data_dir,
@@ -732,13 +742,19 @@ def password_grant(
 ) -> TokenResponse:
     """Sign a user in with username and password and return a bearer token."""
     moment = _now(now)
-    key = f"user:{username[:100]}"
+    # hashed: what was typed as a username may be a password typed in the wrong field
+    key = f"user:{_sha256(username)}"
+    resource = f"user:{username}"
     with engine.begin() as conn:
         try:
             _check_throttle(conn, key, "this username", moment)
         except TooManyRequests:
             _signin_audit(
-                data_dir, None, key, "refused", {"grant": "password", "reason": "throttled"}
+                data_dir,
+                None,
+                resource if _known_user(conn, username) else _unknown("user", username),
+                "refused",
+                {"grant": "password", "reason": "throttled"},
             )
             raise
         row = conn.execute(
@@ -752,7 +768,8 @@ def password_grant(
         if not ok or row is None:
             locked = _record_failure(conn, key, moment)
             # an unknown username may be a password typed in the wrong field: log a hash
-            resource = key if row is not None else f"user:unknown-{_sha256(username)[:12]}"
+            if row is None:
+                resource = _unknown("user", username)
             reason = "inactive" if row is not None and not row.active else "wrong credentials"
             _signin_audit(
                 data_dir,
@@ -766,7 +783,7 @@ def password_grant(
             principal = Principal(
                 subject=f"user:{row.username}", org=row.org, role=Role(row.role), issuer=issuer
             )
-            _signin_audit(data_dir, principal, key, "ok", {"grant": "password"})
+            _signin_audit(data_dir, principal, resource, "ok", {"grant": "password"})
     if not ok:
         raise Unauthorized("the username or password is wrong")
     return _token(data_dir, principal, USER_TTL)
@@ -783,7 +800,8 @@ def client_credentials_grant(
 ) -> TokenResponse:
     """Sign a service account in with its client id and secret and return a bearer token."""
     moment = _now(now)
-    key = f"client:{client_id[:100]}"
+    key = f"client:{_sha256(client_id)}"
+    resource = f"client:{client_id}"
     table = identity_service_accounts
     with engine.begin() as conn:
         try:
@@ -792,7 +810,7 @@ def client_credentials_grant(
             _signin_audit(
                 data_dir,
                 None,
-                key,
+                _unknown("client", client_id),
                 "refused",
                 {"grant": "client_credentials", "reason": "throttled"},
             )
@@ -809,7 +827,7 @@ def client_credentials_grant(
             _signin_audit(
                 data_dir,
                 None,
-                key if row is not None else f"client:unknown-{_sha256(client_id)[:12]}",
+                resource if row is not None else _unknown("client", client_id),
                 "refused",
                 {"grant": "client_credentials", "reason": reason, "locked": locked},
             )
@@ -818,7 +836,7 @@ def client_credentials_grant(
             principal = Principal(
                 subject=f"service:{row.client_id}", org=row.org, role=Role(row.role), issuer=issuer
             )
-            _signin_audit(data_dir, principal, key, "ok", {"grant": "client_credentials"})
+            _signin_audit(data_dir, principal, resource, "ok", {"grant": "client_credentials"})
     if not ok:
         raise Unauthorized("the client id or secret is wrong, or the account is revoked")
     return _token(data_dir, principal, SERVICE_TTL)
