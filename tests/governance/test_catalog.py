@@ -21,7 +21,7 @@ from citybrain.app import create_app
 from citybrain.cli import app as cli_app
 from citybrain.core.config import load_settings
 from citybrain.core.db import create_engine_for, upgrade
-from citybrain.core.errors import Forbidden, NotFound, Unprocessable
+from citybrain.core.errors import BadInput, Forbidden, NotFound, Unprocessable
 from citybrain.governance.catalog import service
 from citybrain.governance.catalog.models import CatalogEntryCreate
 from citybrain.governance.principal import Principal, Role
@@ -179,6 +179,8 @@ def test_register_read_update_and_search(node: tuple[TestClient, Path]) -> None:
     assert client.get("/api/catalog", params={"q": "%"}).json()["total"] == 0
     assert client.get("/api/catalog", params={"level": "secret"}).status_code == 400
     assert client.get("/api/catalog", params={"limit": 0}).status_code == 400
+    assert client.get("/api/catalog", params={"q": "a\x00"}).status_code == 400
+    assert client.get("/api/catalog/a/b%00").status_code == 404
 
 
 def test_entry_validation(node: tuple[TestClient, Path]) -> None:
@@ -502,5 +504,9 @@ def test_catalog_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
         entry = service.get_entry(engine=engine, dataset_id="public_security/residents")
         assert entry.created_at.tzinfo is not None and entry.fields[1].mask.value == "id_number"
         assert service.ensure_builtin_entries(engine=engine, data_dir=tmp_path) == []
+        # PostgreSQL refuses NUL bytes: they never reach it
+        assert service.find_entry(engine=engine, dataset_id="a/b\x00") is None
+        with pytest.raises(BadInput):
+            service.search(engine=engine, text="\x00")
     finally:
         engine.dispose()

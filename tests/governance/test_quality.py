@@ -304,6 +304,7 @@ def test_api_roles_and_departments(node: tuple[TestClient, Engine, Path]) -> Non
     body = shown.json()
     assert body["latest"]["id"] == every[1]["id"] and len(body["history"]) == 3
     assert client.get("/api/quality/datasets/education/none").status_code == 404
+    assert client.get("/api/quality/datasets/a/b%00").status_code == 400
     departments = client.get("/api/quality/departments", headers=reader).json()
     assert [d["department"] for d in departments] == ["medical_security", "public_security"]
     assert departments[1]["datasets"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
@@ -13,8 +14,9 @@ from sqlalchemy import Engine, Text, and_, cast, func, insert, or_, select, upda
 from sqlalchemy.engine import Connection
 
 from citybrain.core.datalevel import DataLevel
-from citybrain.core.errors import Conflict, Forbidden, NotFound, Unprocessable
+from citybrain.core.errors import BadInput, Conflict, Forbidden, NotFound, Unprocessable
 from citybrain.governance.catalog.models import (
+    DATASET_ID,
     CatalogEntry,
     CatalogEntryCreate,
     CatalogPage,
@@ -26,7 +28,7 @@ from citybrain.governance.catalog.models import (
     Theme,
     catalog_entries,
 )
-from citybrain.governance.principal import Principal, Role
+from citybrain.governance.principal import SYSTEM, Principal, Role
 from citybrain.hub.tables.models import table_datasets
 
 GENERAL_LEVELS = frozenset(
@@ -35,6 +37,7 @@ GENERAL_LEVELS = frozenset(
 BUILTIN = "builtin"
 MANUAL = "manual"
 ENTITY_TYPE_OWNER = "city_management"
+_DATASET_ID = re.compile(DATASET_ID)
 
 
 def _now() -> datetime:
@@ -221,6 +224,8 @@ def update_entry(
 
 def find_entry(*, engine: Engine, dataset_id: str) -> CatalogEntry | None:
     """Return the entry of a dataset, or None when it has none."""
+    if not _DATASET_ID.fullmatch(dataset_id):
+        return None  # no entry can have such an id; the store never sees it
     with engine.connect() as conn:
         row = _get_row(conn, dataset_id)
     return None if row is None else _entry(row)
@@ -254,6 +259,10 @@ def search(
     offset: int = 0,
 ) -> CatalogPage:
     """Search entries by words in id, titles, description and keywords, and by facets."""
+    for value in (text, owner, theme, level, sharing_type):
+        # PostgreSQL refuses NUL bytes in text; no other control character belongs in a query
+        if value is not None and any(ord(ch) < 32 for ch in value):
+            raise BadInput("search words and facets may not hold control characters")
     conditions = []
     if text:
         for word in text.split():
@@ -423,8 +432,6 @@ def ensure_builtin_entries(*, engine: Engine, data_dir: Path) -> list[str]:
     Idempotent: an entry that exists keeps its content when a person has edited it; one still
     built-in follows the classification file. The data's newest version time is refreshed.
     """
-    from citybrain.governance.principal import SYSTEM
-
     with engine.connect() as conn:
         tables = list(
             conn.execute(

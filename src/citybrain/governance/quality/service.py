@@ -49,7 +49,7 @@ def rules() -> dict[str, Any]:
 
 
 def _split(dataset_id: str) -> tuple[str, str]:
-    match = _TABLE_ID.match(dataset_id)
+    match = _TABLE_ID.fullmatch(dataset_id)
     if not match:
         raise BadInput(f"{dataset_id!r} is not a departmental table id (DEPARTMENT/NAME)")
     return match.group(1), match.group(2)
@@ -399,6 +399,7 @@ def _card(row: Any) -> Scorecard:
 
 def history(*, engine: Engine, dataset_id: str, limit: int = 100) -> list[Scorecard]:
     """Return a dataset's scorecards, newest first."""
+    _split(dataset_id)
     with engine.connect() as conn:
         rows = conn.execute(
             select(quality_scorecards)
