@@ -7,7 +7,9 @@ import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
@@ -20,6 +22,7 @@ from citybrain.core.db import check_connection, create_engine_for, upgrade
 from citybrain.core.errors import BadInput, TooManyRequests, Unauthorized
 from citybrain.governance.identity import service
 from citybrain.governance.identity.models import (
+    ServiceAccountCreate,
     UserCreate,
     identity_otp_codes,
     identity_users,
@@ -90,7 +93,9 @@ def app(client: TestClient) -> FastAPI:
     return application
 
 
-def _password(client: TestClient, username: str = "alice", password: str = PASSWORD) -> object:
+def _password(
+    client: TestClient, username: str = "alice", password: str = PASSWORD
+) -> httpx.Response:
     return client.post(
         "/auth/token",
         content=f"grant_type=password&username={username}&password={password}",
@@ -98,7 +103,7 @@ def _password(client: TestClient, username: str = "alice", password: str = PASSW
     )
 
 
-def _audit(data_dir: Path) -> list[dict[str, object]]:
+def _audit(data_dir: Path) -> list[dict[str, Any]]:
     path = data_dir / "audit" / "log.jsonl"
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
 
@@ -197,7 +202,7 @@ def test_throttled_after_five_failures_even_with_the_right_password(
         assert _password(client, password="guess-guess").status_code == 401
     assert _password(client).status_code == 200
     refused = [r for r in _audit(tmp_path) if r["action"] == "signin" and r["result"] == "refused"]
-    assert any(r["detail"].get("reason") == "throttled" for r in refused)  # type: ignore[union-attr]
+    assert any(r["detail"].get("reason") == "throttled" for r in refused)
 
 
 def test_failures_spread_beyond_the_window_do_not_lock(client: TestClient, clock: Clock) -> None:
@@ -293,7 +298,7 @@ def test_client_credentials_throttled(client: TestClient, app: FastAPI, tmp_path
         engine=app.state.engine,
         data_dir=tmp_path,
         actor=SYSTEM,
-        account=service.ServiceAccountCreate(org="health"),
+        account=ServiceAccountCreate(org="health"),
     )
     for _ in range(5):
         with pytest.raises(Unauthorized):
