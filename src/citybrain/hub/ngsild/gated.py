@@ -1,0 +1,185 @@
+"""NGSI-LD reads through the governance gate: each entity type is a dataset `ngsi-ld:TYPE`.
+
+Types the catalog does not describe are the node's open context data, readable by every
+government principal; a type under a grant shows only the granted attributes, masked as the
+catalog says, and only entities inside the grant's row scope. Every read leaves one audit
+record per type with the number of entities returned.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from fastapi import Request
+
+from citybrain.core.errors import Forbidden, Unauthorized
+from citybrain.governance import gate
+from citybrain.governance.gate import FieldView, ReadDecision
+from citybrain.governance.masking import MaskKind
+from citybrain.governance.principal import Principal
+from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, instances
+
+
+def short_name(iri: str) -> str:
+    """Return the short name of an expanded type or attribute IRI."""
+    for mark in ("#", "/", ":"):
+        if mark in iri:
+            iri = iri.rsplit(mark, 1)[-1]
+    return iri
+
+
+def dataset_of(type_iri: str) -> str:
+    """Return the catalog id of an entity type."""
+    return gate.ENTITY_PREFIX + short_name(type_iri)
+
+
+class Reader:
+    """The gate's decisions for one request, one per entity type, and what was returned."""
+
+    def __init__(self, request: Request, action: str = "ngsild.read") -> None:
+        principal = getattr(request.state, "principal", None)
+        if not isinstance(principal, Principal):
+            raise Unauthorized("this endpoint needs a bearer token")
+        self.principal = principal
+        self.engine = request.app.state.engine
+        self.data_dir = request.app.state.settings.data_dir
+        self.action = action
+        self.decisions: dict[str, ReadDecision | Forbidden] = {}
+        self.returned: Counter[str] = Counter()
+
+    def decide(self, type_iri: str) -> ReadDecision | Forbidden:
+        """Return the decision for an entity type (cached for the request)."""
+        dataset_id = dataset_of(type_iri)
+        if dataset_id not in self.decisions:
+            try:
+                self.decisions[dataset_id] = gate.authorize_read(
+                    engine=self.engine,
+                    data_dir=self.data_dir,
+                    principal=self.principal,
+                    dataset_id=dataset_id,
+                    action=self.action,
+                )
+            except Forbidden as exc:
+                self.decisions[dataset_id] = exc
+        return self.decisions[dataset_id]
+
+    def allowed_types(self, types: list[str] | None) -> list[str] | None:
+        """Drop the types the principal may not read from a query's type list."""
+        if types is None:
+            return None
+        return [t for t in types if isinstance(self.decide(t), ReadDecision)]
+
+    def entity(self, entity: dict[str, Any]) -> dict[str, Any] | None:
+        """Return the entity as the principal may see it, or None when it may not."""
+        types = entity.get("type") or []
+        if isinstance(types, str):
+            types = [types]
+        decisions = [self.decide(t) for t in types]
+        usable = [d for d in decisions if isinstance(d, ReadDecision)]
+        if not usable or len(usable) < len(decisions):
+            # an entity with one refused type is refused: its other types do not launder it
+            return None
+        shown: dict[str, Any] | None = entity
+        for decision in usable:
+            shown = _apply(decision, shown) if shown is not None else None
+        if shown is None:
+            return None
+        for decision in usable:
+            self.returned[decision.dataset_id] += 1
+        return shown
+
+    def one(self, entity: dict[str, Any]) -> dict[str, Any]:
+        """Return one entity as the principal may see it, or raise 403."""
+        shown = self.entity(entity)
+        if shown is None:
+            refusals = [d for d in self.decisions.values() if isinstance(d, Forbidden)]
+            raise refusals[0] if refusals else Forbidden(
+                f"entity {entity.get('id')} is outside what you may read"
+            )
+        return shown
+
+    def many(self, entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Return the entities the principal may see, each as it may see it."""
+        out = []
+        for entity in entities:
+            shown = self.entity(entity)
+            if shown is not None:
+                out.append(shown)
+        return out
+
+    def readable_attributes(self, entity: dict[str, Any]) -> set[str] | None:
+        """Return the attribute IRIs whose history may be shown (None: all of them)."""
+        restricted = [
+            d
+            for d in self.decisions.values()
+            if isinstance(d, ReadDecision) and d.fields is not None
+        ]
+        if not restricted:
+            return None
+        allowed: set[str] = set()
+        for name in entity:
+            if name in ENTITY_MEMBERS:
+                continue
+            views = [_view(d, name) for d in restricted]
+            # history is shown only for granted attributes that are not masked
+            if all(v is not None and v.mask is MaskKind.none for v in views):
+                allowed.add(name)
+        return allowed
+
+    def finish(self) -> None:
+        """Append one audit record per dataset read, with the entities returned."""
+        for dataset_id, decision in self.decisions.items():
+            if isinstance(decision, ReadDecision):
+                gate.record_read(
+                    data_dir=self.data_dir,
+                    decision=decision,
+                    rows=self.returned[dataset_id],
+                    action=self.action,
+                )
+
+
+def _view(decision: ReadDecision, attribute_iri: str) -> FieldView | None:
+    if decision.fields is None:
+        return FieldView(short_name(attribute_iri))
+    name = short_name(attribute_iri)
+    return next((f for f in decision.fields if f.name == name), None)
+
+
+def _value(attr: Any) -> Any:
+    first = instances(attr)
+    if not first:
+        return None
+    inst = first[0]
+    return inst.get("value", inst.get("object"))
+
+
+def _apply(decision: ReadDecision, entity: dict[str, Any]) -> dict[str, Any] | None:
+    """Filter, project and mask one expanded entity under a decision."""
+    if not decision.restricted:
+        return entity
+    flat = {short_name(k): _value(v) for k, v in entity.items() if k not in ENTITY_MEMBERS}
+    if not decision.row_allowed(flat):
+        return None
+    if decision.fields is None:
+        return entity
+    out: dict[str, Any] = {k: v for k, v in entity.items() if k in ENTITY_MEMBERS}
+    for name, attr in entity.items():
+        if name in ENTITY_MEMBERS:
+            continue
+        view = _view(decision, name)
+        if view is None:
+            continue
+        if view.mask is MaskKind.none and decision.pseudonym_key is None:
+            out[name] = attr
+            continue
+        masked = []
+        for inst in instances(attr):
+            copy = dict(inst)
+            if "value" in copy and isinstance(copy["value"], (str, int, float)):
+                copy["value"] = decision.show_value(view, copy["value"])
+            elif "value" in copy and view.mask is not MaskKind.none:
+                copy["value"] = decision.show_value(FieldView(view.name, MaskKind.hidden), "x")
+            masked.append(copy)
+        out[name] = masked[0] if len(masked) == 1 else masked
+    return out

@@ -1,0 +1,157 @@
+"""NGSI-LD reads pass the gate: entity types as datasets, grants, masks, scopes, audit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from citybrain.app import create_app
+from citybrain.core.config import load_settings
+from conftest import bearer
+
+B = "/ngsi-ld/v1"
+ENTRY = {
+    "id": "ngsi-ld:CareVisit",
+    "title_en": "Home care visits to elderly residents",
+    "owner_department": "civil_affairs",
+    "theme": "population",
+    "data_level": "important",
+    "sharing_type": "conditional",
+    "scope_fields": ["county"],
+    "fields": [
+        {"name": "county"},
+        {"name": "visitor", "personal": "personal", "mask": "name"},
+        {"name": "phone", "personal": "personal", "mask": "phone"},
+        {"name": "minutes"},
+    ],
+}
+
+
+def _visit(n: int, county: str) -> dict[str, Any]:
+    return {
+        "id": f"urn:ngsi-ld:CareVisit:{n}",
+        "type": "CareVisit",
+        "county": {"type": "Property", "value": county},
+        "visitor": {"type": "Property", "value": "张小明"},
+        "phone": {"type": "Property", "value": f"1381234{n:04d}"},
+        "minutes": {"type": "Property", "value": 30 + n, "observedAt": "2026-11-01T08:00:00Z"},
+    }
+
+
+class Node:
+    def __init__(self, client: TestClient, data: Path) -> None:
+        self.client = client
+        self.data = data
+
+    def h(self, org: str, role: str = "steward", **kw: Any) -> dict[str, str]:
+        return bearer(self.data, org=org, role=role, **kw)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    with TestClient(create_app(load_settings(data_dir=tmp_path))) as client:
+        n = Node(client, tmp_path)
+        owner = n.h("civil_affairs")
+        assert client.post("/api/catalog", json=ENTRY, headers=owner).status_code == 201
+        batch = [_visit(i, "370102" if i % 2 else "370103") for i in range(6)]
+        batch.append(
+            {
+                "id": "urn:ngsi-ld:AirQualityObserved:1",
+                "type": "AirQualityObserved",
+                "pm25": {"type": "Property", "value": 12},
+            }
+        )
+        response = client.post(f"{B}/entityOperations/upsert", json=batch, headers=owner)
+        assert response.status_code in (200, 201, 204), response.text
+        yield n
+
+
+def _grant(node: Node, org: str = "health") -> str:
+    body = {
+        "dataset_id": "ngsi-ld:CareVisit",
+        "fields": ["county", "phone", "minutes"],
+        "row_scope": {"county": ["370102"]},
+        "purpose": "chronic-disease follow-up",
+        "legal_basis": "Basic Healthcare Law, art. 36",
+        "duration_days": 30,
+    }
+    request = node.client.post("/api/sharing/requests", json=body, headers=node.h(org)).json()
+    node.client.post(
+        f"/api/sharing/requests/{request['id']}/approve",
+        json={"reason": "ok"},
+        headers=node.h("civil_affairs"),
+    )
+    final = node.client.post(
+        f"/api/sharing/requests/{request['id']}/approve",
+        json={"reason": "ok"},
+        headers=node.h("bureau", "bureau_admin"),
+    )
+    assert final.json()["status"] == "approved", final.text
+    return str(final.json()["grant_id"])
+
+
+def test_without_a_grant_governed_types_are_invisible(node: Node) -> None:
+    other = node.h("health")
+    listed = node.client.get(f"{B}/entities", params={"type": "CareVisit"}, headers=other)
+    assert listed.status_code == 200 and listed.json() == []
+    one = node.client.get(f"{B}/entities/urn:ngsi-ld:CareVisit:1", headers=other)
+    assert one.status_code == 403
+    temporal = node.client.get(f"{B}/temporal/entities/urn:ngsi-ld:CareVisit:1", headers=other)
+    assert temporal.status_code == 403
+    query = node.client.post(
+        f"{B}/entityOperations/query",
+        json={"type": "Query", "entities": [{"type": "CareVisit"}]},
+        headers=other,
+    )
+    assert query.status_code == 200 and query.json() == []
+    # open context data (no catalog entry) stays readable to every department
+    air = node.client.get(f"{B}/entities", params={"type": "AirQualityObserved"}, headers=other)
+    assert [e["id"] for e in air.json()] == ["urn:ngsi-ld:AirQualityObserved:1"]
+
+
+def test_the_owner_sees_everything(node: Node) -> None:
+    listed = node.client.get(
+        f"{B}/entities",
+        params={"type": "CareVisit", "count": "true"},
+        headers=node.h("civil_affairs"),
+    )
+    assert len(listed.json()) == 6 and listed.headers["NGSILD-Results-Count"] == "6"
+    assert listed.json()[0]["visitor"]["value"] == "张小明"
+
+
+def test_a_grant_projects_masks_and_scopes(node: Node) -> None:
+    grant = _grant(node)
+    health = node.h("health")
+    listed = node.client.get(f"{B}/entities", params={"type": "CareVisit"}, headers=health).json()
+    assert sorted(e["id"] for e in listed) == [f"urn:ngsi-ld:CareVisit:{i}" for i in (1, 3, 5)]
+    for entity in listed:
+        assert "visitor" not in entity  # not granted
+        assert entity["phone"]["value"][3:7] == "****"
+        assert entity["county"]["value"] == "370102"
+    outside = node.client.get(f"{B}/entities/urn:ngsi-ld:CareVisit:2", headers=health)
+    assert outside.status_code == 403
+    # history: unmasked granted attributes only
+    history = node.client.get(f"{B}/temporal/entities/urn:ngsi-ld:CareVisit:1", headers=health)
+    assert history.status_code == 200, history.text
+    assert "minutes" in history.json() and "phone" not in history.json()
+    records = [json.loads(x) for x in (node.data / "audit" / "log.jsonl").read_text().splitlines()]
+    reads = [r for r in records if r["action"] == "ngsild.read" and r["grant"] == grant]
+    assert reads and reads[0]["rows"] == 3 and reads[0]["resource"] == "ngsi-ld:CareVisit"
+
+
+def test_citizens_and_auditors(node: Node) -> None:
+    citizen = node.h("citizens", "citizen", phone="13812340001")
+    assert (
+        node.client.get(f"{B}/entities/urn:ngsi-ld:CareVisit:1", headers=citizen).status_code == 403
+    )
+    assert (
+        node.client.get(f"{B}/entities", params={"type": "CareVisit"}, headers=citizen).json() == []
+    )
+    auditor = node.h("bureau", "auditor")
+    air = node.client.get(f"{B}/entities", params={"type": "AirQualityObserved"}, headers=auditor)
+    assert air.json() == []
