@@ -108,12 +108,12 @@ def _validity(
             n, bad = con.execute(
                 f"select count({col}), count(*) filter (where {col} is not null "
                 f"and not regexp_full_match({col}, '{PHONE}')) from t"
-            ).fetchone() or (0, 0)
+            ).fetchall()[0]
         elif rule == "date":
             limit: date | datetime = now if column.type is ColumnType.timestamp else now.date()
             n, bad = con.execute(
                 f"select count({col}), count(*) filter (where {col} > ?) from t", [limit]
-            ).fetchone() or (0, 0)
+            ).fetchall()[0]
         else:
             test = is_valid_id_number if rule == "id_number" else _known_code
             n = bad = 0
@@ -197,7 +197,7 @@ def _consistency(
             f"select count(*), count(r.k) "
             f"from (select {field} v from t where {field} is not null) a "
             f"left join (select distinct {ref_field} k from {alias}) r on a.v = r.k"
-        ).fetchone() or (0, 0)
+        ).fetchall()[0]
         share = _pct(int(found), int(total))
         outcome.update(checked=int(total), consistent=int(found), score=share)
         shares.append(share)
@@ -226,17 +226,14 @@ def score_dataset(
         counted = [c.name for c in table.columns if c.name not in optional]
         counts = con.execute(
             "select count(*)" + "".join(f", count({_q(c)})" for c in counted) + " from t"
-        ).fetchone() or (0,)
+        ).fetchall()[0]
         rows = int(counts[0])
         present = sum(int(v) for v in counts[1:])
         completeness = _pct(present, rows * len(counted))
         missing = {c: rows - int(v) for c, v in zip(counted, counts[1:], strict=True) if v != rows}
         key = ", ".join(_q(k) for k in table.primary_key)
         distinct = int(
-            (
-                con.execute(f"select count(*) from (select distinct {key} from t)").fetchone()
-                or (0,)
-            )[0]
+            con.execute(f"select count(*) from (select distinct {key} from t)").fetchall()[0][0]
         )
         uniqueness = _pct(distinct, rows)
         validity, per_field = _validity(con, table, entry, now)
