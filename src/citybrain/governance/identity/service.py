@@ -18,7 +18,8 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -303,6 +304,15 @@ def _clear_failures(conn: Connection, key: str) -> None:
     conn.execute(delete(identity_signin_failures).where(identity_signin_failures.c.key == key))
 
 
+@contextmanager
+def _unique(message: str) -> Iterator[None]:
+    """Turn a unique-constraint race (another request won) into a 409 after the rollback."""
+    try:
+        yield
+    except IntegrityError:
+        raise Conflict(message) from None
+
+
 # --- organisations -------------------------------------------------------------------------
 
 
@@ -345,22 +355,18 @@ def seed_default_orgs(*, engine: Engine) -> int:
 def create_org(*, engine: Engine, data_dir: Path, actor: Principal, org: OrgCreate) -> OrgRead:
     """Add an organisation (a department, the bureau, or another node)."""
     now = _now(None)
-    with engine.begin() as conn:
+    with _unique(f"the organisation {org.id!r} exists already"), engine.begin() as conn:
         if conn.execute(select(identity_orgs.c.id).where(identity_orgs.c.id == org.id)).first():
             raise Conflict(f"the organisation {org.id!r} exists already")
-        try:
-            with conn.begin_nested():
-                conn.execute(
-                    insert(identity_orgs).values(
-                        id=org.id,
-                        name_zh=org.name_zh,
-                        name_en=org.name_en,
-                        kind=org.kind.value,
-                        created_at=now,
-                    )
-                )
-        except IntegrityError:
-            raise Conflict(f"the organisation {org.id!r} exists already") from None
+        conn.execute(
+            insert(identity_orgs).values(
+                id=org.id,
+                name_zh=org.name_zh,
+                name_en=org.name_en,
+                kind=org.kind.value,
+                created_at=now,
+            )
+        )
         audit.append(
             data_dir=data_dir,
             principal=actor,
@@ -402,29 +408,25 @@ def create_user(*, engine: Engine, data_dir: Path, actor: Principal, user: UserC
     password_hash = hash_password(user.password)
     now = _now(None)
     user_id = uuid.uuid4().hex
-    with engine.begin() as conn:
+    with _unique(f"the username {user.username!r} is taken"), engine.begin() as conn:
         _check_org(conn, user.org, role)
         taken = conn.execute(
             select(identity_users.c.id).where(identity_users.c.username == user.username)
         ).first()
         if taken:
             raise Conflict(f"the username {user.username!r} is taken")
-        try:
-            with conn.begin_nested():
-                conn.execute(
-                    insert(identity_users).values(
-                        id=user_id,
-                        username=user.username,
-                        org=user.org,
-                        role=role.value,
-                        password_hash=password_hash,
-                        phone=user.phone,
-                        active=True,
-                        created_at=now,
-                    )
-                )
-        except IntegrityError:
-            raise Conflict(f"the username {user.username!r} is taken") from None
+        conn.execute(
+            insert(identity_users).values(
+                id=user_id,
+                username=user.username,
+                org=user.org,
+                role=role.value,
+                password_hash=password_hash,
+                phone=user.phone,
+                active=True,
+                created_at=now,
+            )
+        )
         audit.append(
             data_dir=data_dir,
             principal=actor,
@@ -476,26 +478,22 @@ def create_service_account(
     client_id = account.client_id or f"{account.org.replace('_', '-')}-{secrets.token_hex(4)}"
     secret = secrets.token_urlsafe(32)
     now = _now(None)
-    with engine.begin() as conn:
+    with _unique(f"the client id {client_id!r} is taken"), engine.begin() as conn:
         _check_org(conn, account.org, role)
         table = identity_service_accounts
         if conn.execute(select(table.c.client_id).where(table.c.client_id == client_id)).first():
             raise Conflict(f"the client id {client_id!r} is taken")
-        try:
-            with conn.begin_nested():
-                conn.execute(
-                    insert(table).values(
-                        client_id=client_id,
-                        org=account.org,
-                        role=role.value,
-                        label=account.label,
-                        secret_hash=_sha256(secret),
-                        created_at=now,
-                        revoked_at=None,
-                    )
-                )
-        except IntegrityError:
-            raise Conflict(f"the client id {client_id!r} is taken") from None
+        conn.execute(
+            insert(table).values(
+                client_id=client_id,
+                org=account.org,
+                role=role.value,
+                label=account.label,
+                secret_hash=_sha256(secret),
+                created_at=now,
+                revoked_at=None,
+            )
+        )
         audit.append(
             data_dir=data_dir,
             principal=actor,
@@ -576,29 +574,30 @@ def issue_api_key(
     role = _role(spec.role, API_KEY_ROLES, "an API key")
     key_id = uuid.uuid4().hex
     now = _now(None)
-    with engine.begin() as conn:
+    with (
+        _unique("an API key with this prefix was issued at the same moment; try again"),
+        engine.begin() as conn,
+    ):
         _check_org(conn, spec.org, role)
         for _attempt in range(5):
             prefix = secrets.token_hex(4)
-            key = f"{API_KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        insert(identity_api_keys).values(
-                            id=key_id,
-                            prefix=prefix,
-                            key_hash=_sha256(key),
-                            org=spec.org,
-                            role=role.value,
-                            label=spec.label,
-                            created_at=now,
-                        )
-                    )
-                break
-            except IntegrityError:
-                continue  # the 32-bit prefix collided with another key's: draw again
+            taken = select(identity_api_keys.c.id).where(identity_api_keys.c.prefix == prefix)
+            if conn.execute(taken).first() is None:
+                break  # the 32-bit prefix is free (a collision is rare; then draw again)
         else:
             raise ServiceUnavailable("could not draw a free API key prefix; try again")
+        key = f"{API_KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+        conn.execute(
+            insert(identity_api_keys).values(
+                id=key_id,
+                prefix=prefix,
+                key_hash=_sha256(key),
+                org=spec.org,
+                role=role.value,
+                label=spec.label,
+                created_at=now,
+            )
+        )
         audit.append(
             data_dir=data_dir,
             principal=actor,
