@@ -13,7 +13,6 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 from rdflib import Graph, Literal, Namespace, URIRef
-from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF
 from sqlalchemy import Engine, text
 from typer.testing import CliRunner
 
@@ -30,6 +29,12 @@ from citybrain.hub.tables.files import FileFormat
 from citybrain.hub.tables.models import TableSpec
 from conftest import bearer
 
+# plain namespaces: pytest's collection probes module attributes, which rdflib's closed
+# namespaces warn about
+DCAT = Namespace("http://www.w3.org/ns/dcat#")
+DCTERMS = Namespace("http://purl.org/dc/terms/")
+FOAF = Namespace("http://xmlns.com/foaf/0.1/")
+RDF = Namespace("http://www.w3.org/1999/02/22-rdf-syntax-ns#")
 EU_THEME = Namespace("http://publications.europa.eu/resource/authority/data-theme/")
 EU_FREQ = Namespace("http://publications.europa.eu/resource/authority/frequency/")
 EU_ACCESS = Namespace("http://publications.europa.eu/resource/authority/access-right/")
