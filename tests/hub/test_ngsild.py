@@ -687,3 +687,50 @@ def test_batch_with_a_null_item_is_refused_whole(client: TestClient) -> None:
         r = client.post(f"{BASE}/entityOperations/{op}", json=[item, None])
         assert r.status_code == 400 and r.json()["type"] == ERR + "BadRequestData", op
     assert client.get(f"{BASE}/entities/{item['id']}").status_code == 404
+
+
+def test_pick_and_omit_project_entity_members(client: TestClient) -> None:
+    """Clause 4.21: pick/omit select entity members (id and type too); bad use is a 400."""
+    for e in (sensor(1, 35), {"id": "urn:ngsi-ld:Device:9", "type": "Device"}):
+        assert client.post(f"{BASE}/entities", json=e).status_code == 201
+    url = f"{BASE}/entities/urn:ngsi-ld:AirQualityObserved:001"
+    assert client.get(url, params={"pick": "name"}).json() == {
+        "name": {"type": "Property", "value": "station 1"}
+    }
+    assert set(client.get(url, params={"pick": "id|name"}).json()) == {"id", "name"}
+    omitted = client.get(url, params={"omit": "type,name,pm25"}).json()
+    assert set(omitted) == {"id", "address", "location", "refDevice"}
+    # an entity left with nothing is not found; in a query it is left out
+    r = client.get(url, params={"pick": "unknown"})
+    assert r.status_code == 404 and r.json()["type"] == ERR + "ResourceNotFound"
+    q = client.get(f"{BASE}/entities", params={"type": "AirQualityObserved,Device", "pick": "pm25"})
+    assert [set(e) for e in q.json()] == [{"pm25"}]
+    body = {"type": "Query", "entities": [{"type": "AirQualityObserved"}], "omit": ["pm25"]}
+    batch = client.post(f"{BASE}/entityOperations/query", json=body).json()
+    assert "pm25" not in batch[0] and "name" in batch[0]
+    temporal = client.get(
+        f"{BASE}/temporal/entities/urn:ngsi-ld:AirQualityObserved:001",
+        params={"pick": "id,pm25", "timerel": "before", "timeAt": "2030-01-01T00:00:00Z"},
+    ).json()
+    assert set(temporal) == {"id", "pm25"}
+    for params in (
+        {"pick": "name", "omit": "name"},
+        {"pick": "name", "attrs": "pm25"},
+        {"omit": "name", "attrs": "pm25"},
+        {"pick": "id;name"},
+        {"pick": "id,refDevice{name"},
+        {"pick": "id,refDevice{{name}"},
+        {"pick": "id,,name"},
+        {"pick": "id,refDevice{,name}"},
+        {"pick": "id,refDevice{}"},
+        {"pick": "refDevice{name}"},  # linked entities only with join
+    ):
+        temporal_url = f"{BASE}/temporal/entities/urn:ngsi-ld:AirQualityObserved:001"
+        for path in (url, f"{BASE}/entities?type=Device", temporal_url):
+            r = client.get(path, params=params)
+            assert r.status_code == 400, (path, params)
+            assert r.json()["type"] == ERR + "BadRequestData"
+    for bad in ({"entities": []}, {"attrs": []}, {"joinLevel": 0}, {"temporalQ": {}}):
+        query_body = {"type": "Query", "entities": [{"type": "Device"}], **bad}
+        r = client.post(f"{BASE}/entityOperations/query", json=query_body)
+        assert r.status_code == 400, bad

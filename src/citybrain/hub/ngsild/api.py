@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -13,7 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from citybrain.core.errors import BadInput, CityBrainError, Conflict, NotFound
-from citybrain.hub.ngsild import geoquery, query, service, subscriptions, temporal
+from citybrain.hub.ngsild import gated, geoquery, query, service, subscriptions, temporal
 from citybrain.hub.ngsild.entities import (
     NGSI_NULL,
     expand_attributes,
@@ -223,35 +227,84 @@ def _split(value: str | None) -> list[str] | None:
     return items or None
 
 
-def _attr_filter(request: Request, terms: TermMap) -> set[str] | None:
-    attrs = _split(request.query_params.get("attrs")) or _split(request.query_params.get("pick"))
-    omit = _split(request.query_params.get("omit"))
-    if attrs is None and omit is None:
-        return None
-    chosen = {terms.expand(a) for a in attrs} if attrs else None
-    if omit:
-        omitted = {terms.expand(a) for a in omit}
-        return None if chosen is None and not omitted else (chosen or _ALL) - omitted
-    return chosen
+_CORE_MEMBERS = {"id", "type", "scope", "createdAt", "modifiedAt", "deletedAt"}
+# a member name in pick/omit: anything but the grammar's separators, braces and operators
+_MEMBER = re.compile(r"[^\s,|{}();=<>!~\"'&?\[\]]+")
 
 
-class _AllNames(set[str]):
-    """A set that contains every name, so 'omit' alone can subtract from it."""
+def _projection_list(text: str, i: int, what: str) -> tuple[list[tuple[str, Any]], int]:
+    """Parse names separated by ',' or '|', each optionally followed by a nested {list}."""
+    members: list[tuple[str, Any]] = []
+    while True:
+        m = _MEMBER.match(text, i)
+        if m is None:
+            raise BadInput(f"{what}: an attribute or entity member name is expected at {i}")
+        name, i = m.group(), m.end()
+        nested = None
+        if i < len(text) and text[i] == "{":
+            nested, i = _projection_list(text, i + 1, what)
+            if i >= len(text) or text[i] != "}":
+                raise BadInput(f"{what}: the brace opened before {i} is not closed")
+            i += 1
+        members.append((name, nested))
+        if i < len(text) and text[i] in ",|":
+            i += 1
+            continue
+        return members, i
 
-    def __contains__(self, item: object) -> bool:
-        return item not in self._removed
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._removed: set[object] = set()
+def _projection_members(text: str, what: str) -> list[str]:
+    """The top-level members of a pick or omit value (clause 4.21)."""
+    members, end = _projection_list(text, 0, what)
+    if end != len(text):
+        raise BadInput(f"{what}: unexpected {text[end]!r} at {end}")
+    if any(nested is not None for _, nested in members):
+        # nested projections select members of linked entities (clause 4.21), only with join
+        raise BadInput(f"{what}: a projection into linked entities needs join, not offered")
+    return [name for name, _ in members]
 
-    def __sub__(self, other: Any) -> set[str]:
-        result = _AllNames()
-        result._removed = self._removed | set(other)
-        return result
+
+@dataclass(frozen=True)
+class _Projection:
+    """What a read returns of each entity: attrs (a filter) or pick/omit (a projection)."""
+
+    attrs: set[str] | None = None
+    pick: frozenset[str] | None = None
+    omit: frozenset[str] = frozenset()
+
+    def apply(self, rendered: dict[str, Any]) -> dict[str, Any]:
+        """Keep the picked members (id and type included), drop the omitted ones."""
+        if self.pick is None and not self.omit:
+            return rendered
+        return {
+            k: v
+            for k, v in rendered.items()
+            if (self.pick is None or k in self.pick) and k not in self.omit
+        }
 
 
-_ALL = _AllNames()
+def _projection(terms: TermMap, params: Mapping[str, str]) -> _Projection:
+    """attrs, pick and omit of a read: the query parameters, or a batch query's members."""
+    attrs = _split(params.get("attrs"))
+    pick = params.get("pick")
+    omit = params.get("omit")
+    if attrs is not None and (pick is not None or omit is not None):
+        raise BadInput("attrs cannot be combined with pick or omit")
+    if pick is None and omit is None:
+        return _Projection(attrs={terms.expand(a) for a in attrs} if attrs else None)
+
+    def names(text: str, what: str) -> frozenset[str]:
+        # rendered members are compacted with the reader's context: compare in that form
+        return frozenset(
+            n if n in _CORE_MEMBERS else terms.compact(terms.expand(n))
+            for n in _projection_members(text, what)
+        )
+
+    picked = names(pick, "pick") if pick is not None else None
+    omitted = names(omit, "omit") if omit is not None else frozenset()
+    if picked is not None and picked & omitted:
+        raise BadInput(f"{sorted(picked & omitted)} cannot be both picked and omitted")
+    return _Projection(pick=picked, omit=omitted)
 
 
 @router.post("/entities", status_code=201)
@@ -322,6 +375,30 @@ def _spec_from(params: dict[str, Any], terms: TermMap) -> service.EntityQuery:
     )
 
 
+def _gated_spec(reader: gated.Reader, spec: service.EntityQuery) -> service.EntityQuery:
+    """Leave out of a query the entity types the principal may not read."""
+    if spec.types is None:
+        return spec
+    allowed = reader.allowed_types(spec.types)
+    # no readable type left: a type no entity has keeps the query's shape and finds nothing
+    return dataclasses.replace(spec, types=allowed or ["urn:ngsi-ld:citybrain:no-such-type"])
+
+
+def _gated_attrs(
+    reader: gated.Reader, entities: list[dict[str, Any]], attrs: list[str] | None
+) -> list[str] | None:
+    """Limit a temporal read to the attributes whose history the principal may see."""
+    readable: set[str] | None = None
+    for entity in entities:
+        allowed = reader.readable_attributes(entity)
+        if allowed is not None:
+            readable = allowed if readable is None else readable & allowed
+    if readable is None:
+        return attrs
+    chosen = [a for a in (attrs or sorted(readable)) if a in readable]
+    return chosen or ["urn:ngsi-ld:citybrain:no-such-attribute"]
+
+
 @router.get("/entities")
 async def query_entities(request: Request) -> Response:
     """Query entities by type, id, idPattern, attrs, q, scopeQ and geo-query."""
@@ -333,6 +410,8 @@ async def query_entities(request: Request) -> Response:
     limit, offset, count = _page_params(request)
     spec = _spec_from(params, terms)
     fmt, sys_attrs = _options(request)
+    reader = gated.Reader(request)
+    spec = _gated_spec(reader, spec)
     page, total = service.query_entities(
         engine=_engine(request),
         tenant=_tenant(request),
@@ -341,8 +420,15 @@ async def query_entities(request: Request) -> Response:
         offset=offset,
         count=count,
     )
-    keep = _attr_filter(request, terms)
-    payload = [render(e, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=keep) for e in page]
+    shown = reader.many(page)
+    total -= len(page) - len(shown)
+    reader.finish()
+    projection = _projection(terms, request.query_params)
+    rendered = (
+        projection.apply(render(e, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=projection.attrs))
+        for e in shown
+    )
+    payload = [e for e in rendered if e]  # an entity the projection empties is left out
     headers = {"NGSILD-Results-Count": str(total)} if count else None
     return _respond(request, payload, terms, headers=headers, geojson=True)
 
@@ -356,8 +442,16 @@ async def retrieve_entity(request: Request, entity_id: str) -> Response:
     entity = service.get_entity(
         engine=_engine(request), tenant=_tenant(request), entity_id=entity_id
     )
-    keep = _attr_filter(request, terms)
-    rendered = render(entity, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=keep)
+    reader = gated.Reader(request)
+    entity = reader.one(entity)
+    reader.finish()
+    projection = _projection(terms, request.query_params)
+    rendered = projection.apply(
+        render(entity, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=projection.attrs)
+    )
+    if not rendered:
+        # clause 5.7.1.4: nothing of the entity is left to return
+        raise NotFound(f"entity {entity_id} has none of the members picked")
     return _respond(request, rendered, terms, geojson=True)
 
 
@@ -732,9 +826,17 @@ async def _batch_query(request: Request) -> Response:
     if not isinstance(body, dict) or body.get("type") != "Query":
         raise BadInput('the body of a batch query is an object with "type": "Query"')
     params: dict[str, Any] = {}
-    entities = body.get("entities") or []
+    entities = body.get("entities", [])
     if not isinstance(entities, list) or not all(isinstance(e, dict) for e in entities):
         raise BadInput("entities of a batch query must be a list of objects")
+    # table 5.2.23-1: no empty arrays, temporalQ only in a temporal query, joinLevel >= 1
+    if "entities" in body and not entities:
+        raise BadInput("entities of a batch query cannot be an empty array")
+    if "temporalQ" in body:
+        raise BadInput("temporalQ belongs to the temporal batch query only")
+    level = body.get("joinLevel")
+    if "joinLevel" in body and (type(level) is not int or level < 1):
+        raise BadInput("joinLevel must be a positive integer")
     if entities:
         params["type"] = ",".join(_text(e.get("type", ""), "entities[].type") for e in entities)
         ids = [_text(e["id"], "entities[].id") for e in entities if "id" in e]
@@ -750,7 +852,17 @@ async def _batch_query(request: Request) -> Response:
         attrs = body["attrs"]
         if not isinstance(attrs, list):
             raise BadInput("attrs of a batch query must be a list of names")
+        if not attrs:
+            raise BadInput("attrs of a batch query cannot be an empty array")
         params["attrs"] = ",".join(_text(a, "attrs[]") for a in attrs)
+    members: dict[str, str] = {}
+    for key in ("pick", "omit"):
+        value = body.get(key)
+        if key in body:
+            items = value if isinstance(value, list) else [value]
+            if not items:
+                raise BadInput(f"{key} of a batch query cannot be an empty array")
+            members[key] = ",".join(_text(m, f"{key}[]") for m in items)
     geo = body.get("geoQ")
     if geo is not None and not isinstance(geo, dict):
         raise BadInput("geoQ must be an object with georel, geometry and coordinates")
@@ -766,6 +878,8 @@ async def _batch_query(request: Request) -> Response:
     limit, offset, count = _page_params(request)
     spec = _spec_from(params, terms)
     fmt, sys_attrs = _options(request)
+    reader = gated.Reader(request)
+    spec = _gated_spec(reader, spec)
     page, total = service.query_entities(
         engine=_engine(request),
         tenant=_tenant(request),
@@ -774,7 +888,15 @@ async def _batch_query(request: Request) -> Response:
         offset=offset,
         count=count,
     )
-    payload = [render(e, terms, fmt=fmt, sys_attrs=sys_attrs) for e in page]
+    shown = reader.many(page)
+    total -= len(page) - len(shown)
+    reader.finish()
+    projection = _projection(terms, {k: v for k, v in params.items() if k == "attrs"} | members)
+    rendered = (
+        projection.apply(render(e, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=projection.attrs))
+        for e in shown
+    )
+    payload = [e for e in rendered if e]
     headers = {"NGSILD-Results-Count": str(total)} if count else None
     return _respond(request, payload, terms, headers=headers)
 
@@ -978,20 +1100,28 @@ async def temporal_query(request: Request) -> Response:
     params = dict(request.query_params)
     mode, sys_attrs = _temporal_mode(request)
     tq = temporal.parse_query(params, aggregated=mode == "aggregatedValues")
+    projection = _projection(terms, request.query_params)
     limit, offset, count = _page_params(request)
     spec = _spec_from(params, terms)
     engine, tenant = _engine(request), _tenant(request)
+    reader = gated.Reader(request, action="ngsild.temporal")
+    spec = _gated_spec(reader, spec)
     page, total = service.query_entities(
         engine=engine, tenant=tenant, spec=spec, limit=limit, offset=offset, count=count
     )
-    attrs = [terms.expand(a) for a in _split(params.get("attrs")) or []] or None
+    shown = reader.many(page)
+    total -= len(page) - len(shown)
+    page = shown
+    attrs = _gated_attrs(reader, page, sorted(projection.attrs) if projection.attrs else None)
+    reader.finish()
     series = temporal.history(
         engine=engine, tenant=tenant, entity_ids=[e["id"] for e in page], attributes=attrs, tq=tq
     )
-    payload = [
+    rendered = (
         _temporal_payload(e, series.get(e["id"], {}), terms, mode=mode, tq=tq, sys_attrs=sys_attrs)
         for e in page
-    ]
+    )
+    payload = [p for p in (projection.apply(r) for r in rendered) if p]
     headers = {"NGSILD-Results-Count": str(total)} if count else None
     return _respond(request, payload, terms, headers=headers)
 
@@ -1004,19 +1134,23 @@ async def temporal_retrieve(request: Request, entity_id: str) -> Response:
     mode, sys_attrs = _temporal_mode(request)
     tq = temporal.parse_query(dict(request.query_params), aggregated=mode == "aggregatedValues")
     engine, tenant = _engine(request), _tenant(request)
+    projection = _projection(terms, request.query_params)
     entity = service.get_entity(engine=engine, tenant=tenant, entity_id=entity_id)
-    attrs = [terms.expand(a) for a in _split(request.query_params.get("attrs")) or []] or None
+    reader = gated.Reader(request, action="ngsild.temporal")
+    entity = reader.one(entity)
+    attrs = _gated_attrs(reader, [entity], sorted(projection.attrs) if projection.attrs else None)
+    reader.finish()
     if mode == "aggregatedValues":
         aggregated = _aggregate_in_sql(engine, tenant, entity, attrs, terms, tq)
         if aggregated is not None:
-            return _respond(request, aggregated, terms)
+            return _respond(request, projection.apply(aggregated), terms)
     series = temporal.history(
         engine=engine, tenant=tenant, entity_ids=[entity_id], attributes=attrs, tq=tq
     )
     payload = _temporal_payload(
         entity, series.get(entity_id, {}), terms, mode=mode, tq=tq, sys_attrs=sys_attrs
     )
-    return _respond(request, payload, terms)
+    return _respond(request, projection.apply(payload), terms)
 
 
 def _aggregate_in_sql(
