@@ -111,7 +111,7 @@ DEFAULT_ORGS: tuple[tuple[str, str, str, OrgKind], ...] = (
         OrgKind.department,
     ),
     (
-        "human_resources_social_security",
+        "human_resources",
         "人力资源和社会保障局",
         "Human Resources and Social Security Bureau",
         OrgKind.department,
@@ -119,7 +119,7 @@ DEFAULT_ORGS: tuple[tuple[str, str, str, OrgKind], ...] = (
     ("medical_security", "医疗保障局", "Medical Security Bureau", OrgKind.department),
     ("civil_affairs", "民政局", "Civil Affairs Bureau", OrgKind.department),
     ("health", "卫生健康委员会", "Health Commission", OrgKind.department),
-    ("urban_management", "城市管理局", "Urban Management Bureau", OrgKind.department),
+    ("city_management", "城市管理局", "City Management Bureau", OrgKind.department),
     ("transport", "交通运输局", "Transport Bureau", OrgKind.department),
     ("ecology_environment", "生态环境局", "Ecology and Environment Bureau", OrgKind.department),
     ("emergency_management", "应急管理局", "Emergency Management Bureau", OrgKind.department),

@@ -73,7 +73,7 @@ def verify_token(*, data_dir: Path, issuer: str, token: str) -> Principal:
     except jwt.PyJWTError:
         raise Unauthorized("the token is not valid (bad signature or format)") from None
     try:
-        role = Role(claims.get("role"))
+        role = Role(str(claims.get("role")))
     except ValueError:
         raise Unauthorized("the token carries an unknown role") from None
     org = claims.get("org")
