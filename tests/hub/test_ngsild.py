@@ -734,3 +734,38 @@ def test_pick_and_omit_project_entity_members(client: TestClient) -> None:
         query_body = {"type": "Query", "entities": [{"type": "Device"}], **bad}
         r = client.post(f"{BASE}/entityOperations/query", json=query_body)
         assert r.status_code == 400, bad
+
+
+def test_temporal_representation_operations(client: TestClient) -> None:
+    """Clauses 5.6.12-5.6.16: add, delete attribute, modify and delete instance, delete all."""
+    eid = "urn:ngsi-ld:Vehicle:temporal-ops"
+    url = f"{BASE}/temporal/entities/{eid}"
+    when = {"timerel": "before", "timeAt": "2030-01-01T00:00:00Z"}
+    speed = [
+        {"type": "Property", "value": v, "observedAt": f"2020-08-01T12:0{i}:00Z"}
+        for i, v in enumerate((10, 20))
+    ]
+    body = {"id": eid, "type": "Vehicle", "speed": speed}
+    assert client.post(f"{BASE}/temporal/entities", json=body).status_code == 201
+    got = client.get(url, params=when).json()["speed"]
+    first, second = (i["instanceId"] for i in got)
+    assert first.startswith("urn:") and first != second
+    fuel = {"fuel": [{"type": "Property", "value": 5, "observedAt": "2020-08-01T12:00:00Z"}]}
+    assert client.post(f"{url}/attrs", json=fuel).status_code == 204
+    modify = {"type": "Property", "value": 11, "observedAt": "2020-08-01T12:00:00Z"}
+    assert client.patch(f"{url}/attrs/speed/{first}", json=modify).status_code == 204
+    assert client.delete(f"{url}/attrs/speed/{second}").status_code == 204
+    got = client.get(url, params=when).json()
+    assert [(i["value"], i["instanceId"]) for i in got["speed"]] == [(11, first)]
+    assert client.delete(f"{url}/attrs/fuel").status_code == 204
+    assert "fuel" not in client.get(url, params=when).json()
+    for bad in ("invalidId", "urn:ngsi-ld:01234567890123456789"):
+        r = client.delete(f"{url}/attrs/speed/{bad}")
+        assert r.status_code == (400 if bad == "invalidId" else 404)
+    assert client.delete(f"{url}/attrs/speed2").status_code == 404
+    assert client.post(f"{BASE}/temporal/entities/urn:x:none/attrs", json=fuel).status_code == 404
+    assert client.delete(f"{BASE}/temporal/entities/invalidId").status_code == 400
+    assert client.delete(url).status_code == 204
+    assert client.delete(url).status_code == 404
+    # deleted with its history: the same id can be created again
+    assert client.post(f"{BASE}/temporal/entities", json=body).status_code == 201

@@ -33,6 +33,7 @@ from citybrain.hub.ngsild.jsonld import (
     TermMap,
     context_from_request,
     link_header_for,
+    validate_attribute_name,
     validate_entity_id,
 )
 
@@ -1196,6 +1197,93 @@ async def temporal_upsert(request: Request) -> Response:
             status_code=201,
             headers={"Location": f"{PREFIX}/temporal/entities/{_iri_path(entity['id'])}"},
         )
+    return Response(status_code=204)
+
+
+@router.delete("/temporal/entities/{entity_id}", status_code=204)
+async def temporal_delete(request: Request, entity_id: str) -> Response:
+    """Delete the temporal representation of an entity (clause 5.6.16)."""
+    validate_entity_id(entity_id)
+    service.delete_temporal(engine=_engine(request), tenant=_tenant(request), entity_id=entity_id)
+    return Response(status_code=204)
+
+
+@router.post("/temporal/entities/{entity_id}/attrs", status_code=204)
+async def temporal_add_attributes(request: Request, entity_id: str) -> Response:
+    """Add attribute instances to a temporal representation (clause 5.6.12)."""
+    validate_entity_id(entity_id)
+    body, terms = await _read(request)
+    fragment = _fragment(body, entity_id)
+    entity = {"id": entity_id, **expand_attributes(fragment, terms, temporal=True)}
+    service.upsert_temporal(
+        engine=_engine(request), tenant=_tenant(request), entity=entity, must_exist=True
+    )
+    return Response(status_code=204)
+
+
+@router.delete("/temporal/entities/{entity_id}/attrs/{attr}", status_code=204)
+async def temporal_delete_attribute(request: Request, entity_id: str, attr: str) -> Response:
+    """Delete an attribute from a temporal representation (clause 5.6.13)."""
+    validate_entity_id(entity_id)
+    validate_attribute_name(attr)
+    terms = _terms_for_read(request)
+    service.delete_temporal_attribute(
+        engine=_engine(request),
+        tenant=_tenant(request),
+        entity_id=entity_id,
+        name=terms.expand(attr),
+        dataset_id=request.query_params.get("datasetId"),
+        delete_all=request.query_params.get("deleteAll", "false").lower() == "true",
+    )
+    return Response(status_code=204)
+
+
+@router.patch("/temporal/entities/{entity_id}/attrs/{attr}/{instance_id:path}", status_code=204)
+async def temporal_modify_instance(
+    request: Request, entity_id: str, attr: str, instance_id: str
+) -> Response:
+    """Modify one attribute instance of a temporal representation (clause 5.6.14)."""
+    validate_entity_id(entity_id)
+    validate_attribute_name(attr)
+    seq = temporal.instance_seq(instance_id)
+    body, terms = await _read(request)
+    if not isinstance(body, dict):
+        raise BadInput("the body must be an attribute instance")
+    raw = body.get(attr, {k: v for k, v in body.items() if k != "@context"})
+    if isinstance(raw, list) and len(raw) == 1:
+        raw = raw[0]
+    if not isinstance(raw, dict):
+        raise BadInput("the body must be one attribute instance")
+    expanded = expand_attributes({attr: raw}, terms, temporal=True)
+    name = terms.expand(attr)
+    service.change_instance(
+        engine=_engine(request),
+        tenant=_tenant(request),
+        entity_id=entity_id,
+        name=name,
+        seq=seq,
+        fragment=expanded[name],
+    )
+    return Response(status_code=204)
+
+
+@router.delete("/temporal/entities/{entity_id}/attrs/{attr}/{instance_id:path}", status_code=204)
+async def temporal_delete_instance(
+    request: Request, entity_id: str, attr: str, instance_id: str
+) -> Response:
+    """Delete one attribute instance of a temporal representation (clause 5.6.15)."""
+    validate_entity_id(entity_id)
+    validate_attribute_name(attr)
+    seq = temporal.instance_seq(instance_id)
+    terms = _terms_for_read(request)
+    service.change_instance(
+        engine=_engine(request),
+        tenant=_tenant(request),
+        entity_id=entity_id,
+        name=terms.expand(attr),
+        seq=seq,
+        fragment=None,
+    )
     return Response(status_code=204)
 
 

@@ -380,9 +380,7 @@ def _candidates(
         # correlated on the type table's key: no materialised list of every id of the type
         t = ngsild_entity_types.c
         stmt = stmt.where(
-            select(t.id)
-            .where(t.tenant == e.tenant, t.id == e.id, t.type.in_(spec.types))
-            .exists()
+            select(t.id).where(t.tenant == e.tenant, t.id == e.id, t.type.in_(spec.types)).exists()
         )
     if spec.ids:
         stmt = stmt.where(e.id.in_(spec.ids))
@@ -541,8 +539,13 @@ def count_entities(*, engine: Engine, tenant: str) -> int:
         )
 
 
-def upsert_temporal(*, engine: Engine, tenant: str, entity: dict[str, Any]) -> bool:
-    """Record every given instance in the history; keep the latest as the current value."""
+def upsert_temporal(
+    *, engine: Engine, tenant: str, entity: dict[str, Any], must_exist: bool = False
+) -> bool:
+    """Record every given instance in the history; keep the latest as the current value.
+
+    must_exist: adding attributes to a temporal representation (clause 5.6.12) needs it.
+    """
     series: dict[str, list[dict[str, Any]]] = {}
     latest: dict[str, Any] = {k: v for k, v in entity.items() if k in ENTITY_MEMBERS}
     for name, attr in entity.items():
@@ -559,6 +562,8 @@ def upsert_temporal(*, engine: Engine, tenant: str, entity: dict[str, Any]) -> b
     with engine.begin() as conn:
         _ensure_tenant(conn, tenant)
         current = _load(conn, tenant, entity["id"])
+        if current is None and must_exist:
+            raise NotFound(f"entity {entity['id']} not found")
         if current is None:
             merged = stamp(clone(latest))
             _save(conn, tenant, merged, new=True, history=False)
@@ -577,6 +582,99 @@ def upsert_temporal(*, engine: Engine, tenant: str, entity: dict[str, Any]) -> b
         if rows:
             conn.execute(insert(ngsild_history), rows)
     return current is None
+
+
+def _history_of(tenant: str, entity_id: str) -> Any:
+    h = ngsild_history.c
+    return delete(ngsild_history).where(h.tenant == tenant, h.entity_id == entity_id)
+
+
+def delete_temporal(*, engine: Engine, tenant: str, entity_id: str) -> None:
+    """Delete the temporal representation of an entity (clause 5.6.16): history and entity."""
+    require_tenant(engine, tenant)
+    with engine.begin() as conn:
+        removed = conn.execute(_history_of(tenant, entity_id)).rowcount
+        for table in (ngsild_entities, ngsild_entity_types):
+            removed += conn.execute(
+                delete(table).where(table.c.tenant == tenant, table.c.id == entity_id)
+            ).rowcount
+    if not removed:
+        raise NotFound(f"entity {entity_id} not found")
+
+
+def _require_entity(conn: Connection, tenant: str, entity_id: str) -> None:
+    found = conn.execute(
+        select(ngsild_entities.c.id).where(
+            ngsild_entities.c.tenant == tenant, ngsild_entities.c.id == entity_id
+        )
+    ).first()
+    if found is None:
+        raise NotFound(f"entity {entity_id} not found")
+
+
+def delete_temporal_attribute(
+    *,
+    engine: Engine,
+    tenant: str,
+    entity_id: str,
+    name: str,
+    dataset_id: str | None,
+    delete_all: bool,
+) -> None:
+    """Delete an attribute's history (clause 5.6.13): one datasetId, or every instance."""
+    require_tenant(engine, tenant)
+    h = ngsild_history.c
+    stmt = _history_of(tenant, entity_id).where(h.attribute == name)
+    if not delete_all:
+        stmt = stmt.where(
+            h.dataset_id.is_(None) if dataset_id is None else h.dataset_id == dataset_id
+        )
+    with engine.begin() as conn:
+        _require_entity(conn, tenant, entity_id)
+        if not conn.execute(stmt).rowcount:
+            raise NotFound(f"entity {entity_id} has no history of attribute {name}")
+
+
+def change_instance(
+    *,
+    engine: Engine,
+    tenant: str,
+    entity_id: str,
+    name: str,
+    seq: int | None,
+    fragment: dict[str, Any] | None,
+) -> None:
+    """Modify (clauses 5.6.14) or, without a fragment, delete (5.6.15) one history instance."""
+    require_tenant(engine, tenant)
+    h = ngsild_history.c
+    where = (h.tenant == tenant, h.entity_id == entity_id, h.attribute == name, h.seq == seq)
+    with engine.begin() as conn:
+        _require_entity(conn, tenant, entity_id)
+        row = (
+            conn.execute(select(h.instance, h.at).where(*where)).first()
+            if seq is not None
+            else None
+        )
+        if row is None:
+            raise NotFound(f"attribute {name} of {entity_id} has no such instance")
+        if fragment is None:
+            conn.execute(delete(ngsild_history).where(*where))
+            return
+        instance = {**row.instance, **fragment, "modifiedAt": now_iso()}
+        instance.pop("instanceId", None)
+        values = history_row(tenant, entity_id, name, instance)
+        if "observedAt" not in instance:
+            values["at"] = row.at  # the time axis stays where the instance was
+        conn.execute(
+            update(ngsild_history)
+            .where(*where)
+            .values(
+                at=values["at"],
+                number=values["number"],
+                instance=instance,
+                dataset_id=values["dataset_id"],
+            )
+        )
 
 
 def upsert_many(

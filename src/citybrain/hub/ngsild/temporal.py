@@ -12,6 +12,7 @@ from sqlalchemy import Engine, Integer, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from citybrain.core.errors import BadInput
+from citybrain.hub.ngsild.jsonld import is_iri
 from citybrain.hub.ngsild.models import ngsild_history
 
 AGGREGATIONS = ("totalCount", "distinctCount", "sum", "avg", "min", "max", "stddev", "sumsq")
@@ -89,6 +90,22 @@ def parse_query(params: dict[str, str], *, aggregated: bool) -> TemporalQuery:
     return TemporalQuery(timerel, time_at, end, last_n, methods, period)
 
 
+INSTANCE_PREFIX = "urn:ngsi-ld:citybrain:instance:"
+
+
+def instance_id(seq: int) -> str:
+    """The instanceId (clause 4.5.7) of a history row: a URI naming the row."""
+    return f"{INSTANCE_PREFIX}{seq}"
+
+
+def instance_seq(value: str) -> int | None:
+    """The history row an instanceId names, or None when it names none of ours."""
+    if not is_iri(value):
+        raise BadInput(f"the instanceId {value!r} is not a URI")
+    tail = value.removeprefix(INSTANCE_PREFIX)
+    return int(tail) if tail != value and tail.isdigit() else None
+
+
 def history(
     *,
     engine: Engine,
@@ -101,6 +118,7 @@ def history(
     if not entity_ids:
         return {}
     stmt = select(
+        ngsild_history.c.seq,
         ngsild_history.c.entity_id,
         ngsild_history.c.attribute,
         ngsild_history.c.at,
@@ -124,9 +142,8 @@ def history(
     with engine.connect() as conn:
         for row in conn.execute(stmt):
             at = row.at if row.at.tzinfo else row.at.replace(tzinfo=UTC)
-            out.setdefault(row.entity_id, {}).setdefault(row.attribute, []).append(
-                (at, dict(row.instance))
-            )
+            instance = {**row.instance, "instanceId": instance_id(row.seq)}
+            out.setdefault(row.entity_id, {}).setdefault(row.attribute, []).append((at, instance))
     if tq.last_n:
         for attrs in out.values():
             for name in attrs:
