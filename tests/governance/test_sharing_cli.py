@@ -79,18 +79,18 @@ REQUEST = (
 
 
 def test_cli_flow(data: Path) -> None:
-    made = run(data, *REQUEST, org="education")[0]
+    made = run(data, *REQUEST, org="education")
     assert made["status"] == "pending_owner"
     assert made["row_scope"] == {"hukou_county": ["370102", "370103"]}
     assert made["requested_by"] == "education/steward/cli:alice"
     rid = made["id"]
     with pytest.raises(Forbidden):
         run(data, "approve", rid, org="education")
-    owner = run(data, "approve", rid, "--reason", "lawful", org="public_security", user="bob")[0]
+    owner = run(data, "approve", rid, "--reason", "lawful", org="public_security", user="bob")
     assert owner["status"] == "pending_bureau"
     todo = run(data, "list", "--view", "to_decide", org="bureau", role="bureau_admin")
     assert [r["id"] for r in todo] == [rid]
-    done = run(data, "approve", rid, org="bureau", role="bureau_admin")[0]
+    done = run(data, "approve", rid, org="bureau", role="bureau_admin")
     assert done["status"] == "approved"
     with pytest.raises(Conflict):
         run(data, "approve", rid, org="bureau", role="bureau_admin")
@@ -101,16 +101,16 @@ def test_cli_flow(data: Path) -> None:
     with pytest.raises(BadInput):
         run(data, "revoke", done["grant_id"], "--reason", " ", org="public_security")
     revoked = run(data, "revoke", done["grant_id"], "--reason", "over", org="public_security")
-    assert revoked[0]["status"] == "revoked"
+    assert revoked["status"] == "revoked"
     assert run(data, "grants", "--active", org="education") == []
 
-    second = run(data, *REQUEST, org="education")[0]["id"]
+    second = run(data, *REQUEST, org="education")["id"]
     with pytest.raises(BadInput):
         run(data, "reject", second, org="public_security")
-    rejected = run(data, "reject", second, "--reason", "too wide", org="public_security")[0]
+    rejected = run(data, "reject", second, "--reason", "too wide", org="public_security")
     assert rejected["status"] == "rejected"
-    third = run(data, *REQUEST, org="education")[0]["id"]
-    assert run(data, "withdraw", third, org="education")[0]["status"] == "withdrawn"
+    third = run(data, *REQUEST, org="education")["id"]
+    assert run(data, "withdraw", third, org="education")["status"] == "withdrawn"
 
     log = (data / "audit" / "log.jsonl").read_bytes().splitlines()
     records = [orjson.loads(line) for line in log]
@@ -159,7 +159,7 @@ def test_cli_bad_input(data: Path, tmp_path: Path) -> None:
 
 
 def test_cli_errors_are_one_sentence_and_exit_2(data: Path) -> None:
-    made = run(data, *REQUEST, org="education")[0]
+    made = run(data, *REQUEST, org="education")
     result = subprocess.run(
         [sys.executable, "-m", "citybrain.cli", "sharing", "reject", made["id"]]
         + ["--data", str(data), "--org", "public_security", "--role", "steward"],

@@ -110,9 +110,10 @@ def _table(*headers: str) -> Table:
     return out
 
 
-def _print_requests(items: list[AccessRequestRead], fmt: Format) -> None:
+def _print_requests(items: list[AccessRequestRead], fmt: Format, *, one: bool = False) -> None:
     if fmt is Format.json:
-        _print_json(items)
+        # one request made or decided prints as an object, a listing as an array
+        _print_json(items[0] if one else items)
         return
     out = _table("id", "kind", "dataset", "requester", "owner", "status", "grant", "created")
     for r in items:
@@ -129,9 +130,9 @@ def _print_requests(items: list[AccessRequestRead], fmt: Format) -> None:
     Console().print(out)
 
 
-def _print_grants(items: list[GrantRead], fmt: Format) -> None:
+def _print_grants(items: list[GrantRead], fmt: Format, *, one: bool = False) -> None:
     if fmt is Format.json:
-        _print_json(items)
+        _print_json(items[0] if one else items)
         return
     out = _table("id", "kind", "dataset", "grantee", "status", "fields", "expires")
     for g in items:
@@ -186,7 +187,7 @@ def request(
     made = service.create_request(
         engine=ctx.engine, data_dir=ctx.data_dir, principal=ctx.principal, body=body
     )
-    _print_requests([made], fmt)
+    _print_requests([made], fmt, one=True)
 
 
 def _decision(
@@ -213,7 +214,7 @@ def _decision(
         request_id=request_id,
         reason=reason,
     )
-    _print_requests([done], fmt)
+    _print_requests([done], fmt, one=True)
 
 
 REQUEST_ID = typer.Argument(..., help="id of the access request")
@@ -325,7 +326,7 @@ def revoke(
         grant_id=grant_id,
         reason=reason,
     )
-    _print_grants([done], fmt)
+    _print_grants([done], fmt, one=True)
 
 
 def register(root: typer.Typer) -> None:
