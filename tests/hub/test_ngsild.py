@@ -769,3 +769,32 @@ def test_temporal_representation_operations(client: TestClient) -> None:
     assert client.delete(url).status_code == 404
     # deleted with its history: the same id can be created again
     assert client.post(f"{BASE}/temporal/entities", json=body).status_code == 201
+
+
+def test_self_crossing_polygon_is_accepted_and_queried(client: TestClient) -> None:
+    """RFC 7946 asks rings to be closed, not simple: a ring crossing itself is still GeoJSON."""
+    ring = [[13.2866, 52.5649], [13.2880, 52.5649], [13.2797, 52.4989], [13.4775, 52.4713]]
+    ring += [[13.5049, 52.5373], [13.2866, 52.5649]]
+    area = {
+        "id": "urn:ngsi-ld:Building:crossing",
+        "type": "Building",
+        "location": {"type": "GeoProperty", "value": {"type": "Polygon", "coordinates": [ring]}},
+    }
+    assert client.post(f"{BASE}/entities", json=area).status_code == 201
+    r = client.get(
+        f"{BASE}/entities",
+        params={
+            "type": "Building",
+            "georel": "intersects",
+            "geometry": "Point",
+            "coordinates": "[13.45,52.50]",
+        },
+    )
+    assert [e["id"] for e in r.json()] == ["urn:ngsi-ld:Building:crossing"]
+    open_ring = {**area, "id": "urn:ngsi-ld:Building:open"}
+    open_ring["location"] = {
+        "type": "GeoProperty",
+        "value": {"type": "Polygon", "coordinates": [ring[:-1]]},
+    }
+    r = client.post(f"{BASE}/entities", json=open_ring)
+    assert r.status_code == 400 and r.json()["type"] == ERR + "BadRequestData"

@@ -49,8 +49,16 @@ def parse_geojson(kind: str, coordinates: Any) -> BaseGeometry:
     xs, ys = zip(*shapely.get_coordinates(geom).tolist(), strict=True)
     if min(xs) < -180 or max(xs) > 180 or min(ys) < -90 or max(ys) > 90:
         raise BadInput("coordinates must be longitude in [-180, 180] and latitude in [-90, 90]")
-    if kind in ("Polygon", "MultiPolygon") and not geom.is_valid:
-        raise BadInput(f"the {kind} is not valid (rings must close and not cross)")
+    if kind in ("Polygon", "MultiPolygon"):
+        polygons = [coordinates] if kind == "Polygon" else coordinates
+        for ring in (r for polygon in polygons for r in polygon):
+            # RFC 7946 section 3.1.6: a linear ring is closed and has four or more positions
+            if len(ring) < 4 or list(ring[0]) != list(ring[-1]):
+                raise BadInput(f"every ring of the {kind} must be closed, with 4 or more positions")
+        if not geom.is_valid:
+            # GeoJSON does not require simple rings (a ring may cross itself): compare with
+            # the valid geometry covering the same area
+            geom = shapely.make_valid(geom)
     return geom
 
 
