@@ -69,9 +69,14 @@ class FolderWatch:
 
     def _candidates(self) -> list[Path]:
         found = []
+        root = self.folder.resolve()
         for path in sorted(self.folder.rglob("*")):
             name = path.name
             if not path.is_file() or name.startswith(".") or name.endswith(IGNORED_SUFFIXES):
+                continue
+            # a link dropped into the folder must not make the connector read files elsewhere
+            if path.is_symlink() or not path.resolve().is_relative_to(root):
+                log.warning("file skipped: it leaves the watched folder", extra={"file": name})
                 continue
             if name.lower().endswith(SUFFIXES):
                 found.append(path)

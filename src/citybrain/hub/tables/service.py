@@ -29,6 +29,8 @@ from sqlalchemy import Engine, insert, select
 from citybrain.core.errors import BadInput, Conflict, Forbidden, NotFound, Unprocessable
 from citybrain.governance import gate
 from citybrain.governance.audit import service as audit
+from citybrain.governance.catalog import service as catalog
+from citybrain.governance.lineage import service as lineage
 from citybrain.governance.principal import Principal, Role
 from citybrain.hub.tables.files import FileFormat, read_source
 from citybrain.hub.tables.models import (
@@ -161,6 +163,8 @@ def register_table(
         resource=f"{spec.department}/{spec.name}",
         result="ok",
     )
+    # a new table is governed at once: its built-in (or default) catalog entry is made now
+    catalog.ensure_builtin_entries(engine=engine, data_dir=data_dir)
     return describe_table(
         engine=engine, data_dir=data_dir, department=spec.department, name=spec.name
     )
@@ -369,6 +373,16 @@ def load_file(
                 created_at=stamp,
             )
         )
+    if version is not None:
+        catalog.mark_updated(engine=engine, dataset_id=f"{department}/{name}", at=stamp)
+        lineage.record_lineage(
+            engine=engine,
+            output=f"{department}/{name}",
+            inputs=[f"file:{''.join(ch for ch in source if ch.isprintable())[:250] or 'upload'}"],
+            activity="table.load",
+            detail={"version": version, "rows": accepted.num_rows},
+            at=stamp,
+        )
     audit.append(
         data_dir=data_dir,
         principal=principal,
@@ -500,9 +514,11 @@ def read_records(
     for raw in filters or []:
         match = _FILTER.match(raw)
         if not match or match.group(1) not in columns:
+            # the value is not echoed: filters often carry personal data
+            named = match.group(1) if match else raw.split("=", 1)[0][:64]
             raise BadInput(
-                f"bad filter {raw!r}: use column==value (or != < <= > >=, =^ for a prefix) "
-                "on a column you may read"
+                f"bad filter on {named!r}: use column==value (or != < <= > >=, =^ for a "
+                "prefix) on a column you may read"
             )
         column, op, value = match.groups()
         spec = columns[column]
