@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -798,3 +799,63 @@ def test_self_crossing_polygon_is_accepted_and_queried(client: TestClient) -> No
     }
     r = client.post(f"{BASE}/entities", json=open_ring)
     assert r.status_code == 400 and r.json()["type"] == ERR + "BadRequestData"
+
+
+def test_notification_triggers_for_deletions(client: TestClient) -> None:
+    """Clause 5.2.12 notificationTrigger: entityDeleted and attributeDeleted, showChanges."""
+    received: list[dict[str, Any]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = {"uri": f"http://127.0.0.1:{server.server_address[1]}/notify"}
+    try:
+        for sid, triggers, extra in (
+            ("urn:ngsi-ld:Subscription:gone", ["entityDeleted"], {}),
+            ("urn:ngsi-ld:Subscription:attr", ["attributeDeleted"], {"showChanges": True}),
+        ):
+            sub = {
+                "id": sid,
+                "type": "Subscription",
+                "entities": [{"type": "AirQualityObserved"}],
+                "notificationTrigger": triggers,
+                "notification": {"endpoint": endpoint, **extra},
+            }
+            assert client.post(f"{BASE}/subscriptions", json=sub).status_code == 201
+        bad = {**sub, "id": "urn:ngsi-ld:Subscription:bad", "notificationTrigger": ["x"]}
+        assert client.post(f"{BASE}/subscriptions", json=bad).status_code == 400
+        url = f"{BASE}/entities/urn:ngsi-ld:AirQualityObserved:001"
+        assert client.post(f"{BASE}/entities", json=sensor(1, 35)).status_code == 201
+        patch = {"pm25": {"type": "Property", "value": 40}}
+        assert client.patch(f"{url}/attrs", json=patch).status_code == 204
+        assert client.delete(f"{url}/attrs/name").status_code == 204
+        assert client.delete(url).status_code == 204
+        deadline = time.monotonic() + 10
+        while len(received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # nothing else comes: creation and update fire neither trigger
+        by_sub = {n["subscriptionId"]: n["data"] for n in received}
+        assert len(received) == 2, received
+        (attr_note,) = by_sub["urn:ngsi-ld:Subscription:attr"]
+        assert attr_note["name"] == {
+            "type": "Property",
+            "value": "urn:ngsi-ld:null",
+            "previousValue": "station 1",
+        }
+        (gone,) = by_sub["urn:ngsi-ld:Subscription:gone"]
+        assert set(gone) == {"id", "type", "deletedAt"}
+    finally:
+        server.shutdown()
+        server.server_close()
+    # previousValue is written by the broker only
+    echo: dict[str, Any] = {"id": "urn:ngsi-ld:Device:echo", "type": "Device"}
+    echo["a"] = {"type": "Property", "value": 1, "previousValue": 0}
+    assert client.post(f"{BASE}/entities", json=echo).status_code == 400

@@ -37,7 +37,17 @@ ATTRIBUTE_MEMBERS = {
     "modifiedAt",
     "instanceId",
     "lang",
+}
+# members only a broker writes (clause 4.5.x): refused on input, rendered on output
+OUTPUT_MEMBERS = {
     "previousValue",
+    "previousObject",
+    "previousObjectList",
+    "previousLanguageMap",
+    "previousValueList",
+    "previousVocab",
+    "previousJson",
+    "deletedAt",
 }
 SYSTEM = ("createdAt", "modifiedAt")
 # clause 4.5.0: the NGSI-LD Null; in an update it deletes, anywhere else it is refused
@@ -151,6 +161,8 @@ def _attribute(
             continue
         if key in ATTRIBUTE_MEMBERS:
             out[key] = value
+        elif key in OUTPUT_MEMBERS:
+            raise BadInput(f"{key} of {name!r} is written by the broker, not by a client")
         else:
             validate_attribute_name(key)
             subs = value if isinstance(value, list) else [value]
@@ -336,7 +348,7 @@ def _render_attribute(instance: dict[str, Any], terms: TermMap, fmt: str, sys_at
                 if isinstance(value, list)
                 else terms.compact(value)
             )
-        elif key in ATTRIBUTE_MEMBERS:
+        elif key in ATTRIBUTE_MEMBERS or key in OUTPUT_MEMBERS:
             out[key] = value
         else:
             subs = [_render_attribute(s, terms, fmt, sys_attrs) for s in instances(value)]
@@ -372,6 +384,8 @@ def render(
         for member in SYSTEM:
             if member in entity:
                 out[member] = entity[member]
+    if "deletedAt" in entity:  # a deleted entity as a notification shows it
+        out["deletedAt"] = entity["deletedAt"]
     for name, attr in entity.items():
         if name in ENTITY_MEMBERS:
             continue

@@ -15,7 +15,7 @@ import paho.mqtt.publish as mqtt_publish
 from sqlalchemy import Engine, select
 
 from citybrain.hub.ngsild import service, subscriptions
-from citybrain.hub.ngsild.entities import render
+from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, instances, render
 from citybrain.hub.ngsild.jsonld import CORE_URL, ContextStore, link_header_for
 from citybrain.hub.ngsild.models import ngsild_subscriptions
 
@@ -30,6 +30,8 @@ def build_notification(
     notification = sub.get("notification", {})
     attrs = set(notification["attributes"]) if notification.get("attributes") else None
     fmt = notification.get("format", "normalized")
+    if not notification.get("showChanges"):
+        entities = [_without_previous(e) for e in entities]
     return {
         "id": f"urn:ngsi-ld:Notification:{uuid.uuid4()}",
         "type": "Notification",
@@ -37,6 +39,20 @@ def build_notification(
         "notifiedAt": notified_at,
         "data": [render(e, terms, fmt=fmt, attrs=attrs) for e in entities],
     }
+
+
+def _without_previous(entity: dict[str, Any]) -> dict[str, Any]:
+    """Drop the previous* members, which only a subscription with showChanges receives."""
+    out: dict[str, Any] = {}
+    for name, attr in entity.items():
+        if name in ENTITY_MEMBERS or not isinstance(attr, dict | list):
+            out[name] = attr
+            continue
+        kept = [
+            {k: v for k, v in i.items() if not k.startswith("previous")} for i in instances(attr)
+        ]
+        out[name] = kept[0] if len(kept) == 1 else kept
+    return out
 
 
 def deliver(

@@ -78,8 +78,18 @@ def _load(conn: Connection, tenant: str, entity_id: str) -> dict[str, Any] | Non
 
 
 def _save(
-    conn: Connection, tenant: str, entity: dict[str, Any], *, new: bool, history: bool = True
+    conn: Connection,
+    tenant: str,
+    entity: dict[str, Any],
+    *,
+    new: bool,
+    history: bool = True,
+    deleted: dict[str, list[dict[str, Any]]] | None = None,
 ) -> None:
+    """Write an entity, its types, its history and the notifications it triggers.
+
+    deleted: the attribute instances this change removed (notified as attributeDeleted).
+    """
     moment = datetime.now(UTC)
     geo = prefilter.geo_columns(entity)
     if new:
@@ -111,7 +121,7 @@ def _save(
     if history:
         record_history(conn, tenant, entity)
     # notifications are queued in the same transaction as the change: never lost, never early
-    subscriptions.enqueue(conn, tenant, entity)
+    subscriptions.enqueue(conn, tenant, entity, new=new, deleted=deleted)
 
 
 def record_history(conn: Connection, tenant: str, entity: dict[str, Any]) -> None:
@@ -164,18 +174,20 @@ def delete_entity(*, engine: Engine, tenant: str, entity_id: str) -> None:
     """Delete an entity."""
     require_tenant(engine, tenant)
     with engine.begin() as conn:
-        removed = conn.execute(
+        current = _load(conn, tenant, entity_id)
+        if current is None:
+            raise NotFound(f"entity {entity_id} not found")
+        conn.execute(
             delete(ngsild_entities).where(
                 ngsild_entities.c.tenant == tenant, ngsild_entities.c.id == entity_id
             )
-        ).rowcount
+        )
         conn.execute(
             delete(ngsild_entity_types).where(
                 ngsild_entity_types.c.tenant == tenant, ngsild_entity_types.c.id == entity_id
             )
         )
-    if not removed:
-        raise NotFound(f"entity {entity_id} not found")
+        subscriptions.enqueue_deleted(conn, tenant, current)
 
 
 def replace_entity(*, engine: Engine, tenant: str, entity: dict[str, Any]) -> None:
@@ -223,6 +235,7 @@ def change_attributes(
     """Apply attributes: 'append' (add or overwrite), 'append-keep' (noOverwrite),
     'update' (existing only), 'merge' (deep merge of sub-attributes and values)."""
     result = UpdateResult()
+    removed: dict[str, list[dict[str, Any]]] = {}
     with engine.begin() as conn:
         entity = _load(conn, tenant, entity_id)
         if entity is None:
@@ -240,6 +253,7 @@ def change_attributes(
                     continue
                 gone = {i.get("datasetId") for i in deletes}
                 kept = [i for i in instances(entity[name]) if i.get("datasetId") not in gone]
+                removed[name] = [i for i in instances(entity[name]) if i.get("datasetId") in gone]
                 if kept:
                     entity[name] = kept[0] if len(kept) == 1 else kept
                 else:
@@ -272,7 +286,7 @@ def change_attributes(
         if new_scope is not None:
             entity["scope"] = list(dict.fromkeys(entity.get("scope", []) + new_scope))
         if result.updated or new_types or new_scope is not None:
-            _save(conn, tenant, stamp(entity), new=False)
+            _save(conn, tenant, stamp(entity), new=False, deleted=removed)
     return result
 
 
@@ -329,17 +343,20 @@ def delete_attribute(
             raise NotFound(f"entity {entity_id} not found")
         if name not in entity or name in ENTITY_MEMBERS:
             raise NotFound(f"entity {entity_id} has no attribute {name}")
+        before = instances(entity[name])
         if delete_all:
             del entity[name]
+            gone = before
         else:
-            remaining = [i for i in instances(entity[name]) if i.get("datasetId") != dataset_id]
-            if len(remaining) == len(instances(entity[name])):
+            remaining = [i for i in before if i.get("datasetId") != dataset_id]
+            gone = [i for i in before if i.get("datasetId") == dataset_id]
+            if not gone:
                 raise NotFound(f"attribute {name} has no instance with datasetId {dataset_id}")
             if remaining:
                 entity[name] = remaining[0] if len(remaining) == 1 else remaining
             else:
                 del entity[name]
-        _save(conn, tenant, stamp(entity), new=False)
+        _save(conn, tenant, stamp(entity), new=False, deleted={name: gone})
 
 
 @dataclass(frozen=True)
@@ -759,8 +776,9 @@ def upsert_many_in(
     bulk_insert(conn, ngsild_history, history_rows)
     subs = subscriptions.active_rows(conn, tenant)
     if subs:
+        fresh = set(created)
         for entity in changed:
-            subscriptions.enqueue(conn, tenant, entity, subs)
+            subscriptions.enqueue(conn, tenant, entity, subs, new=entity["id"] in fresh)
     return created, updated, refused
 
 

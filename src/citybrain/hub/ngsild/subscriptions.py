@@ -16,11 +16,30 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from citybrain.core.errors import BadInput, Conflict, NotFound
 from citybrain.hub.ngsild import geoquery, query
-from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, instances
+from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, NGSI_NULL, instances
 from citybrain.hub.ngsild.jsonld import TermMap, is_iri
 from citybrain.hub.ngsild.models import ngsild_outbox, ngsild_subscriptions
 
 FORMATS = ("normalized", "keyValues", "concise")
+# clause 5.2.12: notificationTrigger; without one a subscription hears creations and updates
+TRIGGERS = (
+    "entityCreated",
+    "entityUpdated",
+    "entityDeleted",
+    "attributeCreated",
+    "attributeUpdated",
+    "attributeDeleted",
+)
+DEFAULT_TRIGGERS = ("entityCreated", "entityUpdated", "attributeCreated", "attributeUpdated")
+# how a deleted attribute is notified (clause 5.8.7): its NGSI-LD Null, the old content after
+NULL_FORMS = {
+    "Relationship": ("object", NGSI_NULL, "previousObject"),
+    "ListRelationship": ("objectList", [NGSI_NULL], "previousObjectList"),
+    "LanguageProperty": ("languageMap", {"@none": NGSI_NULL}, "previousLanguageMap"),
+    "ListProperty": ("valueList", [NGSI_NULL], "previousValueList"),
+    "VocabProperty": ("vocab", NGSI_NULL, "previousVocab"),
+    "JsonProperty": ("json", NGSI_NULL, "previousJson"),
+}
 SCHEMES = ("http", "https", "mqtt", "mqtts")
 
 
@@ -127,6 +146,15 @@ def validate(body: Any, terms: TermMap, *, partial: bool = False) -> dict[str, A
         if (expires if expires.tzinfo else expires.replace(tzinfo=UTC)) <= _now():
             raise BadInput("expiresAt must be in the future")
         out["expiresAt"] = body["expiresAt"]
+    if "notificationTrigger" in body:
+        triggers = body["notificationTrigger"]
+        if (
+            not isinstance(triggers, list)
+            or not triggers
+            or not all(t in TRIGGERS for t in triggers)
+        ):
+            raise BadInput(f"notificationTrigger must be a non-empty list of {', '.join(TRIGGERS)}")
+        out["notificationTrigger"] = list(dict.fromkeys(triggers))
     if "isActive" in body:
         if not isinstance(body["isActive"], bool):
             raise BadInput("isActive must be true or false")
@@ -160,6 +188,10 @@ def _notification(raw: Any, terms: TermMap) -> dict[str, Any]:
         "endpoint": {"uri": uri, "accept": raw["endpoint"].get("accept", "application/json")},
         "format": fmt,
     }
+    if "showChanges" in raw:
+        if not isinstance(raw["showChanges"], bool):
+            raise BadInput("notification.showChanges must be true or false")
+        out["showChanges"] = raw["showChanges"]
     if "attributes" in raw:
         attrs = raw["attributes"]
         if not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):
@@ -336,26 +368,86 @@ def active_rows(conn: Connection, tenant: str) -> list[Any]:
     )
 
 
+def deleted_form(instance: dict[str, Any]) -> dict[str, Any]:
+    """A deleted attribute instance as a notification shows it: its Null, the old content."""
+    kind = str(instance.get("type", "Property"))
+    member, null, previous = NULL_FORMS.get(kind, ("value", NGSI_NULL, "previousValue"))
+    out: dict[str, Any] = {"type": kind, member: null}
+    if member in instance:
+        out[previous] = instance[member]
+    if "datasetId" in instance:
+        out["datasetId"] = instance["datasetId"]
+    return out
+
+
 def enqueue(
-    conn: Connection, tenant: str, entity: dict[str, Any], rows: list[Any] | None = None
+    conn: Connection,
+    tenant: str,
+    entity: dict[str, Any],
+    rows: list[Any] | None = None,
+    *,
+    new: bool = False,
+    deleted: dict[str, list[dict[str, Any]]] | None = None,
 ) -> int:
-    """Queue a notification for every subscription this write concerns (same transaction)."""
+    """Queue a notification for every subscription this write concerns (same transaction).
+
+    new: the write created the entity; deleted: the attribute instances it removed.
+    """
     moment = entity.get("modifiedAt")
-    changed = {
-        name
-        for name, attr in entity.items()
-        if name not in ENTITY_MEMBERS
-        and any(i.get("modifiedAt") == moment for i in instances(attr))
-    }
-    if not changed:
+    fired: set[str] = set()
+    changed: set[str] = set()
+    for name, attr in entity.items():
+        if name in ENTITY_MEMBERS:
+            continue
+        written = [i for i in instances(attr) if i.get("modifiedAt") == moment]
+        if written:
+            changed.add(name)
+            created = any(i.get("createdAt") == moment for i in written)
+            fired.add("attributeCreated" if created else "attributeUpdated")
+    deleted = {k: v for k, v in (deleted or {}).items() if v}
+    if deleted:
+        fired.add("attributeDeleted")
+        changed |= set(deleted)
+    if not changed and not new:
         return 0
+    fired = {"entityCreated"} if new else fired | {"entityUpdated"}
+    shown = dict(entity)
+    for name, removed in deleted.items():
+        kept = instances(entity.get(name))
+        forms = kept + [deleted_form(i) for i in removed]
+        shown[name] = forms[0] if len(forms) == 1 else forms
+    return _queue_matching(conn, tenant, entity, shown, changed, fired, rows)
+
+
+def enqueue_deleted(conn: Connection, tenant: str, entity: dict[str, Any]) -> int:
+    """Queue the notifications of an entity's deletion (trigger entityDeleted)."""
+    moment = _now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    shown = {"id": entity["id"], "type": entity.get("type", []), "deletedAt": moment}
+    changed = {n for n in entity if n not in ENTITY_MEMBERS}
+    return _queue_matching(conn, tenant, entity, shown, changed, {"entityDeleted"}, None)
+
+
+def _queue_matching(
+    conn: Connection,
+    tenant: str,
+    entity: dict[str, Any],
+    shown: dict[str, Any],
+    changed: set[str],
+    fired: set[str],
+    rows: list[Any] | None,
+) -> int:
+    """Queue `shown` to every subscription a change of `entity` fires (see enqueue)."""
     if rows is None:
         rows = active_rows(conn, tenant)
     now = _now()
     queued = 0
     for row in rows:
         sub = row.subscription
-        if "timeInterval" in sub or not matches(sub, entity, changed):
+        triggers = set(sub.get("notificationTrigger") or DEFAULT_TRIGGERS)
+        if "timeInterval" in sub or not fired & triggers:
+            continue
+        check = sub if "entityDeleted" not in fired else {**sub, "watchedAttributes": None}
+        if not matches(check, entity, changed):
             continue
         throttle = sub.get("throttling")
         last = _aware(row.last_notification)
@@ -367,9 +459,9 @@ def enqueue(
                 subscription_id=row.id,
                 endpoint=sub["notification"]["endpoint"],
                 payload={
-                    "entity": entity,
+                    "entity": shown,
                     "notifiedAt": now.isoformat().replace("+00:00", "Z"),
-                    "trigger": "attributeUpdated",
+                    "trigger": sorted(fired & triggers)[0],
                 },
                 attempts=0,
                 next_attempt_at=now,
