@@ -859,3 +859,38 @@ def test_notification_triggers_for_deletions(client: TestClient) -> None:
     echo: dict[str, Any] = {"id": "urn:ngsi-ld:Device:echo", "type": "Device"}
     echo["a"] = {"type": "Property", "value": 1, "previousValue": 0}
     assert client.post(f"{BASE}/entities", json=echo).status_code == 400
+
+
+def test_type_selector_gates_reads_and_writes(client: TestClient) -> None:
+    """?type on an operation addressing one entity: a type it does not have is a 404."""
+    assert client.post(f"{BASE}/entities", json=sensor(1, 35)).status_code == 201
+    url = f"{BASE}/entities/urn:ngsi-ld:AirQualityObserved:001"
+    wrong, right = {"type": "Vehicle"}, {"type": "AirQualityObserved"}
+    value = {"type": "Property", "value": 7}
+    calls = (
+        ("GET", url, None),
+        ("PATCH", f"{url}/attrs", {"pm25": value}),
+        ("POST", f"{url}/attrs", {"extra": value}),
+        ("PATCH", f"{url}/attrs/pm25", value),
+        ("PUT", f"{url}/attrs/pm25", value),
+        ("PATCH", url, {"pm25": value}),
+        ("DELETE", f"{url}/attrs/extra", None),
+        ("DELETE", url, None),
+    )
+    for method, path, body in calls:
+        r = client.request(method, path, params=wrong, json=body)
+        assert r.status_code == 404 and r.json()["type"] == ERR + "ResourceNotFound", (method, path)
+        assert client.get(url).json()["pm25"]["value"] == 35  # nothing was written
+    for method, path, body in calls:
+        r = client.request(method, path, params=right, json=body)
+        assert r.status_code in (200, 204), (method, path, r.text)
+
+
+def test_bad_options_and_format_are_invalid_requests(client: TestClient) -> None:
+    """An unknown options or format value makes the request invalid (InvalidRequest)."""
+    assert client.post(f"{BASE}/entities", json=sensor(1, 35)).status_code == 201
+    url = f"{BASE}/entities/urn:ngsi-ld:AirQualityObserved:001"
+    for path in (url, f"{BASE}/entities", f"{BASE}/temporal/entities/{url.rsplit('/', 1)[1]}"):
+        for params in ({"format": "invalid"}, {"options": "keyValues,invalid"}):
+            r = client.get(path, params={"type": "AirQualityObserved", **params})
+            assert r.status_code == 400 and r.json()["type"] == ERR + "InvalidRequest", path

@@ -212,12 +212,12 @@ def _options(request: Request) -> tuple[str, bool]:
     opts = {o.strip() for o in raw.split(",") if o.strip()}
     unknown = opts - {"keyValues", "concise", "normalized", "sysAttrs", "noOverwrite"}
     if unknown:
-        raise BadInput(f"unknown options {sorted(unknown)}")
+        raise _invalid(f"unknown options {sorted(unknown)}")
     chosen = fmt or (
         "keyValues" if "keyValues" in opts else "concise" if "concise" in opts else "normalized"
     )
     if chosen not in ("keyValues", "concise", "normalized", "simplified"):
-        raise BadInput(f"unknown format {chosen!r}")
+        raise _invalid(f"unknown format {chosen!r}")
     return ("keyValues" if chosen == "simplified" else chosen), "sysAttrs" in opts
 
 
@@ -306,6 +306,22 @@ def _projection(terms: TermMap, params: Mapping[str, str]) -> _Projection:
     if picked is not None and picked & omitted:
         raise BadInput(f"{sorted(picked & omitted)} cannot be both picked and omitted")
     return _Projection(pick=picked, omit=omitted)
+
+
+def _type_selector(request: Request, terms: TermMap, entity_id: str) -> None:
+    """Refuse an operation on an entity that is not of the ?type the request names.
+
+    Clauses 5.6.2-5.6.6, 5.7.1: a type selector that the target entity does not match is
+    ResourceNotFound (and nothing is written).
+    """
+    wanted = _split(request.query_params.get("type"))
+    if not wanted:
+        return
+    entity = service.get_entity(
+        engine=_engine(request), tenant=_tenant(request), entity_id=entity_id
+    )
+    if not {terms.expand(t) for t in wanted} & set(entity.get("type", [])):
+        raise NotFound(f"entity {entity_id} is not of type {', '.join(wanted)}")
 
 
 @router.post("/entities", status_code=201)
@@ -443,6 +459,9 @@ async def retrieve_entity(request: Request, entity_id: str) -> Response:
     entity = service.get_entity(
         engine=_engine(request), tenant=_tenant(request), entity_id=entity_id
     )
+    wanted = _split(request.query_params.get("type"))
+    if wanted and not {terms.expand(t) for t in wanted} & set(entity.get("type", [])):
+        raise NotFound(f"entity {entity_id} is not of type {', '.join(wanted)}")
     reader = gated.Reader(request)
     entity = reader.one(entity)
     reader.finish()
@@ -494,6 +513,7 @@ async def purge_entities(request: Request) -> Response:
 async def delete_entity(request: Request, entity_id: str) -> Response:
     """Delete an entity."""
     validate_entity_id(entity_id)
+    _type_selector(request, _terms_for_read(request), entity_id)
     service.delete_entity(engine=_engine(request), tenant=_tenant(request), entity_id=entity_id)
     return Response(status_code=204)
 
@@ -538,6 +558,7 @@ async def merge_entity(request: Request, entity_id: str) -> Response:
     """Merge a fragment into an entity (PATCH merge)."""
     validate_entity_id(entity_id)
     body, terms = await _read(request)
+    _type_selector(request, terms, entity_id)
     fragment = _fragment(body, entity_id)
     attrs = expand_attributes(fragment, terms, nulls=True, nested_nulls=True)
     types = (
@@ -566,6 +587,7 @@ async def append_attributes(request: Request, entity_id: str) -> Response:
     """Append attributes (overwriting unless options=noOverwrite)."""
     validate_entity_id(entity_id)
     body, terms = await _read(request)
+    _type_selector(request, terms, entity_id)
     fragment = _fragment(body, entity_id)
     keep = "noOverwrite" in request.query_params.get("options", "")
     result = service.change_attributes(
@@ -583,6 +605,7 @@ async def update_attributes(request: Request, entity_id: str) -> Response:
     """Update existing attributes."""
     validate_entity_id(entity_id)
     body, terms = await _read(request)
+    _type_selector(request, terms, entity_id)
     result = service.change_attributes(
         engine=_engine(request),
         tenant=_tenant(request),
@@ -598,6 +621,7 @@ async def partial_update_attribute(request: Request, entity_id: str, attr: str) 
     """Partially update one attribute."""
     validate_entity_id(entity_id)
     body, terms = await _read(request)
+    _type_selector(request, terms, entity_id)
     if not isinstance(body, dict):
         raise BadInput("the body must be an attribute fragment")
     if body.get("datasetId") == NGSI_NULL:
@@ -638,6 +662,7 @@ async def replace_attribute(request: Request, entity_id: str, attr: str) -> Resp
     """Replace one existing attribute (clause 5.6.19)."""
     validate_entity_id(entity_id)
     body, terms = await _read(request)
+    _type_selector(request, terms, entity_id)
     if not isinstance(body, dict):
         raise BadInput("the body must be an attribute fragment")
     name = terms.expand(attr)
@@ -663,6 +688,7 @@ async def delete_attribute(request: Request, entity_id: str, attr: str) -> Respo
     """Delete one attribute (a datasetId instance, or all with deleteAll=true)."""
     validate_entity_id(entity_id)
     terms = _terms_for_read(request)
+    _type_selector(request, terms, entity_id)
     service.delete_attribute(
         engine=_engine(request),
         tenant=_tenant(request),
@@ -1081,7 +1107,7 @@ def _temporal_mode(request: Request) -> tuple[str, bool]:
     fmt = request.query_params.get("format")
     unknown = opts - {"temporalValues", "aggregatedValues", "sysAttrs", "normalized"}
     if unknown:
-        raise BadInput(f"unknown options {sorted(unknown)}")
+        raise _invalid(f"unknown options {sorted(unknown)}")
     mode = fmt or (
         "aggregatedValues"
         if "aggregatedValues" in opts
@@ -1090,7 +1116,7 @@ def _temporal_mode(request: Request) -> tuple[str, bool]:
         else "normalized"
     )
     if mode not in ("aggregatedValues", "temporalValues", "normalized"):
-        raise BadInput(f"unknown temporal format {mode!r}")
+        raise _invalid(f"unknown temporal format {mode!r}")
     return mode, "sysAttrs" in opts
 
 
