@@ -192,7 +192,7 @@ def test_query_language_and_geo(client: TestClient) -> None:
         ({"idPattern": "(("}, 400, "BadRequestData"),
         ({"limit": "abc"}, 400, "BadRequestData"),
         ({"limit": "5000"}, 403, "TooManyResults"),
-        ({"options": "fancy"}, 400, "BadRequestData"),
+        ({"options": "fancy"}, 400, "InvalidRequest"),
     ],
 )
 def test_bad_queries(client: TestClient, params: dict[str, str], status: int, kind: str) -> None:
