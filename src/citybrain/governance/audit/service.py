@@ -29,7 +29,9 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -364,12 +366,12 @@ class _Break:
 
 
 # checkpoint hashes by seq, set in each verifying worker by its initializer
-_cp_hashes: dict[int, str] = {}
+_cp_hashes: dict[int, bytes] = {}
 
 
 def _init_worker(hashes: dict[int, str]) -> None:
     global _cp_hashes
-    _cp_hashes = hashes
+    _cp_hashes = {seq: digest.encode() for seq, digest in hashes.items()}
 
 
 class _RangeResult(NamedTuple):
@@ -388,7 +390,10 @@ class _RangeResult(NamedTuple):
 def _scan_range(args: tuple[str, int, int, bool]) -> _RangeResult:
     """Check the hashes and links of the records in one byte range of the log.
 
-    The first record's seq and prev are linked by the caller to the range before.
+    The first record's seq and prev are linked by the caller to the range before. The fast
+    path reads `hash`, `prev` and `seq` at their places in the canonical line and hashes the
+    line without its `hash` member: when that digest matches, the bytes are exactly the bytes
+    that were hashed and chained. Anything else goes the slow way (parse, canonicalise, hash).
     """
     name, start, end, at_eof = args
     with open(name, "rb") as handle:
@@ -404,34 +409,57 @@ def _scan_range(args: tuple[str, int, int, bool]) -> _RangeResult:
             lines.append(last)
     loads = orjson.loads
     sha = hashlib.sha256
-    key = _HASH_KEY
+    hash_key, prev_key, seq_key = _HASH_KEY, b',"prev":"', b',"seq":'
     cps = _cp_hashes
     first_seq = last_seq = 0
-    first_prev = last_hash = ""
+    first_prev = last_hash = b""
 
     def stop(index: int, seq: int, reason: str) -> _RangeResult:
         return _RangeResult(
-            index, first_seq, first_prev, last_seq, last_hash, (seq, index, reason), torn, len(data)
+            index,
+            first_seq,
+            first_prev.decode(),
+            last_seq,
+            last_hash.decode(),
+            (seq, index, reason),
+            torn,
+            len(data),
         )
 
     for index, line in enumerate(lines, 1):
         expected = last_seq + 1 if index > 1 else 0
-        try:
-            record = loads(line)
-            seq = record["seq"]
-            prev = record["prev"]
-            digest = record["hash"]
-            if type(seq) is not int or type(prev) is not str or type(digest) is not str:
-                raise TypeError
-        except orjson.JSONDecodeError:
-            return stop(index, expected, "the line is not valid JSON (cut or damaged)")
-        except (KeyError, TypeError):
-            return stop(index, expected, "the line is not an audit record (seq, prev, hash)")
-        # fast path: a stored line is canonical, so its body is the line without its hash
-        cut = line.rfind(key)
-        if cut < 0 or sha(line[:cut] + line[cut + 74 :]).hexdigest() != digest:
-            if record_hash(record) != digest:
+        cut = line.rfind(hash_key)
+        at_prev = line.rfind(prev_key)
+        at_seq = line.rfind(seq_key)
+        digest = line[cut + 9 : cut + 73]
+        seq_text = line[at_seq + 7 : -1]
+        if (
+            0 < cut < at_prev < at_seq
+            and line[cut + 73 : cut + 74] == b'"'
+            and line[at_prev + 73 : at_prev + 74] == b'"'
+            and line[-1:] == b"}"
+            and seq_text.isdigit()
+            and sha(line[:cut] + line[cut + 74 :]).hexdigest().encode() == digest
+        ):
+            seq = int(seq_text)
+            prev = line[at_prev + 9 : at_prev + 73]
+        else:
+            try:
+                record = loads(line)
+                seq = record["seq"]
+                prev_text = record["prev"]
+                digest_text = record["hash"]
+                if type(seq) is not int or type(prev_text) is not str:
+                    raise TypeError
+                if type(digest_text) is not str:
+                    raise TypeError
+            except orjson.JSONDecodeError:
+                return stop(index, expected, "the line is not valid JSON (cut or damaged)")
+            except (KeyError, TypeError):
+                return stop(index, expected, "the line is not an audit record (seq, prev, hash)")
+            if record_hash(record) != digest_text:
                 return stop(index, seq, f"record {seq} does not match its hash: it was edited")
+            prev, digest = prev_text.encode(), digest_text.encode()
         if index == 1:
             first_seq, first_prev = seq, prev
         else:
@@ -461,12 +489,19 @@ def _scan_range(args: tuple[str, int, int, bool]) -> _RangeResult:
             return stop(
                 index,
                 seq,
-                f"record {seq} has hash {digest[:12]}... but its signed checkpoint says "
-                f"{signed[:12]}...: the record was rewritten",
+                f"record {seq} has hash {digest[:12].decode()}... but its signed checkpoint "
+                f"says {signed[:12].decode()}...: the record was rewritten",
             )
         last_seq, last_hash = seq, digest
     return _RangeResult(
-        len(lines), first_seq, first_prev, last_seq, last_hash, None, torn, len(data)
+        len(lines),
+        first_seq,
+        first_prev.decode(),
+        last_seq,
+        last_hash.decode(),
+        None,
+        torn,
+        len(data),
     )
 
 
@@ -492,6 +527,35 @@ def _ranges(handle: IO[bytes], size: int, step: int) -> list[tuple[int, int]]:
         position = cut + step
     bounds.append(size)
     return list(zip(bounds, bounds[1:], strict=False))
+
+
+def _scan_all(
+    args: list[tuple[str, int, int, bool]], hashes: dict[int, str], processes: int
+) -> Generator[_RangeResult, None, None]:
+    """Yield the ranges' results in log order, from worker processes when there are several."""
+    if len(args) < 2 or processes < 2:
+        _init_worker(hashes)
+        yield from map(_scan_range, args)
+        return
+    # spawn, not fork: the caller may be a threaded server
+    executor = ProcessPoolExecutor(
+        processes,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(hashes,),
+    )
+    done = 0
+    try:
+        for result in executor.map(_scan_range, args):
+            done += 1
+            yield result
+    except BrokenProcessPool:
+        # workers could not start (say, a caller script without a __main__ guard): go serial
+        _log.warning("audit verify workers failed; checking the rest in this process")
+        _init_worker(hashes)
+        yield from map(_scan_range, args[done:])
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _node_public_key(data_dir: Path) -> Ed25519PublicKey | None:
@@ -582,16 +646,7 @@ def verify(
 
     args = [(str(path), lo, hi, hi == size) for lo, hi in ranges]
     processes = workers if workers is not None else min(os.cpu_count() or 1, 8)
-    results: Iterator[_RangeResult]
-    pool = None
-    if len(args) > 1 and processes > 1:
-        # spawn, not fork: the caller may be a threaded server
-        context = multiprocessing.get_context("spawn")
-        pool = context.Pool(processes, initializer=_init_worker, initargs=(hashes,))
-        results = pool.imap(_scan_range, args)
-    else:
-        _init_worker(hashes)
-        results = map(_scan_range, args)
+    results = _scan_all(args, hashes, processes)
 
     lines_before = 0
     last_seq, last_hash = 0, GENESIS
@@ -632,9 +687,7 @@ def verify(
                 last_seq, last_hash = part.last_seq, part.last_hash
             torn = part.torn
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        results.close()
 
     if chain_break is None and signed:
         top = max(signed)
