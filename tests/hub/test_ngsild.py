@@ -894,3 +894,30 @@ def test_bad_options_and_format_are_invalid_requests(client: TestClient) -> None
         for params in ({"format": "invalid"}, {"options": "keyValues,invalid"}):
             r = client.get(path, params={"type": "AirQualityObserved", **params})
             assert r.status_code == 400 and r.json()["type"] == ERR + "InvalidRequest", path
+
+
+def test_lang_turns_language_properties_into_properties(client: TestClient) -> None:
+    """Clause 4.15: ?lang picks one language of a LanguageProperty, reported in lang."""
+    street = {"type": "LanguageProperty", "languageMap": {"fr": "Grand Place", "nl": "Grote Markt"}}
+    regional = {"type": "LanguageProperty", "languageMap": {"en-US": "Main Square"}}
+    for n, attr in ((1, street), (2, regional)):
+        body = {"id": f"urn:ngsi-ld:Building:lang{n}", "type": "Building", "street": attr}
+        assert client.post(f"{BASE}/entities", json=body).status_code == 201
+    url = f"{BASE}/entities/urn:ngsi-ld:Building:lang"
+    for n, lang, tag, value in (
+        (1, "fr", "fr", "Grand Place"),
+        (1, "fr-CH,fr;q=0.9,en;q=0.8,*;q=0.5", "fr", "Grand Place"),
+        (1, "fr;q=0.2,nl;q=0.9", "nl", "Grote Markt"),
+        (1, "FR", "fr", "Grand Place"),
+        (1, "nl-BE", "nl", "Grote Markt"),
+        (1, "*", "fr", "Grand Place"),
+        (2, "en", "en-US", "Main Square"),
+    ):
+        got = client.get(f"{url}{n}", params={"lang": lang}).json()["street"]
+        assert got == {"type": "Property", "value": value, "lang": tag}, lang
+    fallback = client.get(f"{url}1", params={"lang": "pt"}).json()["street"]
+    assert fallback["type"] == "Property" and fallback["lang"] in ("fr", "nl")
+    kv = client.get(f"{url}1", params={"lang": "nl", "options": "keyValues"}).json()
+    assert kv["street"] == "Grote Markt"
+    queried = client.get(f"{BASE}/entities", params={"type": "Building", "lang": "nl"}).json()
+    assert queried[0]["street"]["value"] == "Grote Markt"

@@ -20,6 +20,7 @@ from citybrain.core.errors import BadInput, CityBrainError, Conflict, NotFound
 from citybrain.hub.ngsild import gated, geoquery, query, service, subscriptions, temporal
 from citybrain.hub.ngsild.entities import (
     NGSI_NULL,
+    apply_lang,
     expand_attributes,
     expand_entity,
     now_iso,
@@ -441,8 +442,11 @@ async def query_entities(request: Request) -> Response:
     total -= len(page) - len(shown)
     reader.finish()
     projection = _projection(terms, request.query_params)
+    lang = request.query_params.get("lang")
     rendered = (
-        projection.apply(render(e, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=projection.attrs))
+        projection.apply(
+            render(apply_lang(e, lang), terms, fmt=fmt, sys_attrs=sys_attrs, attrs=projection.attrs)
+        )
         for e in shown
     )
     payload = [e for e in rendered if e]  # an entity the projection empties is left out
@@ -466,8 +470,11 @@ async def retrieve_entity(request: Request, entity_id: str) -> Response:
     entity = reader.one(entity)
     reader.finish()
     projection = _projection(terms, request.query_params)
+    lang = request.query_params.get("lang")
     rendered = projection.apply(
-        render(entity, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=projection.attrs)
+        render(
+            apply_lang(entity, lang), terms, fmt=fmt, sys_attrs=sys_attrs, attrs=projection.attrs
+        )
     )
     if not rendered:
         # clause 5.7.1.4: nothing of the entity is left to return

@@ -399,3 +399,77 @@ def render(
 def clone(entity: dict[str, Any]) -> dict[str, Any]:
     """Deep-copy an entity so an update never edits a stored object in place."""
     return copy.deepcopy(entity)
+
+
+def _language_ranges(header: str) -> list[str]:
+    """The ranges of a lang value (clause 4.15, RFC 7231 syntax) in order of preference."""
+    ranked: list[tuple[float, int, str]] = []
+    for position, part in enumerate(header.split(",")):
+        tag, *params = (p.strip() for p in part.split(";"))
+        if not tag:
+            continue
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    raise BadInput(f"the lang quality {value!r} is not a number") from None
+        if quality > 0:
+            ranked.append((-quality, position, tag.lower()))
+    return [tag for _, _, tag in sorted(ranked)]
+
+
+def _pick_language(language_map: dict[str, Any], ranges: list[str]) -> str | None:
+    """The key of a languageMap a lang value selects: best range first, RFC 4647 style."""
+    tags = [t for t in language_map if t != "@none"]
+    lowered = {t.lower(): t for t in tags}
+    for wanted in ranges:
+        if wanted == "*":
+            return tags[0] if tags else None
+        if wanted in lowered:
+            return lowered[wanted]
+        longer = [t for t in tags if t.lower().startswith(wanted + "-")]
+        if longer:
+            return longer[0]
+        parts = wanted.split("-")
+        while len(parts) > 1:  # a longer range falls back onto a shorter tag
+            parts.pop()
+            if "-".join(parts) in lowered:
+                return lowered["-".join(parts)]
+    return None
+
+
+def apply_lang(entity: dict[str, Any], lang: str | None) -> dict[str, Any]:
+    """Turn each LanguageProperty into a Property in the language lang asks for (4.15).
+
+    The value is the string of the best matching language, reported in a lang member; with
+    no match, any supported language (the @none entry first) stands in.
+    """
+    if not lang:
+        return entity
+    ranges = _language_ranges(lang)
+    out = dict(entity)
+    for name, attr in entity.items():
+        if name in ENTITY_MEMBERS or not any(
+            i.get("type") == "LanguageProperty" for i in instances(attr)
+        ):
+            continue
+        converted = []
+        for inst in instances(attr):
+            language_map = inst.get("languageMap")
+            if inst.get("type") != "LanguageProperty" or not isinstance(language_map, dict):
+                converted.append(inst)
+                continue
+            key = _pick_language(language_map, ranges)
+            if key is None:
+                key = "@none" if "@none" in language_map else next(iter(language_map), None)
+            new = {k: v for k, v in inst.items() if k != "languageMap"}
+            new["type"] = "Property"
+            new["value"] = language_map.get(key) if key is not None else None
+            if key not in (None, "@none"):
+                new["lang"] = key
+            converted.append(new)
+        out[name] = converted[0] if len(converted) == 1 else converted
+    return out
