@@ -59,6 +59,18 @@ def bench_append(root: Path) -> dict[str, float]:
     _append_some(alone, APPENDS)
     one = APPENDS / (time.perf_counter() - start)
 
+    threaded = root / "threaded"
+    threaded.mkdir()
+    _append_some(threaded, 20)
+    per_thread = APPENDS // 4
+    writers = [threading.Thread(target=_append_some, args=(threaded, per_thread)) for _ in range(4)]
+    start = time.perf_counter()
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    four_alone = per_thread * 4 / (time.perf_counter() - start)
+
     busy = root / "busy"
     busy.mkdir()
     _append_some(busy, 1000)
@@ -70,7 +82,6 @@ def bench_append(root: Path) -> dict[str, float]:
             service.query(data_dir=busy, action="tables.*", org="education", limit=100)
             reads[0] += 1
 
-    per_thread = APPENDS // 4
     readers = [threading.Thread(target=reader) for _ in range(2)]
     writers = [threading.Thread(target=_append_some, args=(busy, per_thread)) for _ in range(4)]
     for t in readers:
@@ -95,7 +106,7 @@ def bench_append(root: Path) -> dict[str, float]:
             raw.flush()
             os.fsync(raw.fileno())
         reference = len(lines) / (time.perf_counter() - start)
-    return {"one": one, "four": four, "reads": reads[0], "raw": reference}
+    return {"one": one, "four_alone": four_alone, "four": four, "reads": reads[0], "raw": reference}
 
 
 def generate(data: Path, n: int) -> float:
@@ -196,6 +207,7 @@ def main() -> None:
         {
             "appends_per_measurement": APPENDS,
             "append_per_s_1_thread": round(appends["one"]),
+            "append_per_s_4_threads": round(appends["four_alone"]),
             "append_per_s_4_threads_beside_2_readers": round(appends["four"]),
             "reader_queries_during_appends": appends["reads"],
             "append_1_thread_vs_raw_fsync": round(appends["one"] / appends["raw"], 3),
