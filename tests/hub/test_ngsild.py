@@ -921,3 +921,50 @@ def test_lang_turns_language_properties_into_properties(client: TestClient) -> N
     assert kv["street"] == "Grote Markt"
     queried = client.get(f"{BASE}/entities", params={"type": "Building", "lang": "nl"}).json()
     assert queried[0]["street"]["value"] == "Grote Markt"
+
+
+def test_accept_is_negotiated_by_weight_then_by_the_listed_order(client: TestClient) -> None:
+    """RFC 9110 weights (q=0 excludes, the most specific range decides), then 6.3.4 order."""
+    assert client.post(f"{BASE}/entities", json=sensor(1, 35)).status_code == 201
+    url = f"{BASE}/entities/urn:ngsi-ld:AirQualityObserved:001"
+    for accept, media in (
+        ("application/ld+json, application/json", "application/json"),
+        ("application/geo+json, application/json", "application/json"),
+        ("application/json;q=0.1, application/ld+json;q=0.9", "application/ld+json"),
+        ("application/json;q=0, application/ld+json", "application/ld+json"),
+        ("application/json;q=0, */*", "application/ld+json"),
+        ("*/*;q=0.9, application/ld+json;q=0.8", "application/json"),
+        ("application/ld+json", "application/ld+json"),
+        ("application/geo+json", "application/geo+json"),
+        ("*/*", "application/json"),
+    ):
+        r = client.get(url, headers={"Accept": accept})
+        assert r.headers["content-type"].startswith(media), (accept, r.headers["content-type"])
+
+
+def test_a_fetched_document_that_is_no_context_is_bad_request_data(client: TestClient) -> None:
+    """A remote @context that answers with non-JSON or JSON without @context is a 400."""
+    bodies = {"/plain.jsonld": b"not json", "/empty.jsonld": b'{"a": 1}'}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(bodies[self.path])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for path in bodies:
+            ctx = f"http://127.0.0.1:{server.server_address[1]}{path}"
+            body = {**sensor(1, 35), "@context": ctx}
+            r = client.post(
+                f"{BASE}/entities", json=body, headers={"Content-Type": "application/ld+json"}
+            )
+            assert r.status_code == 400 and r.json()["type"] == ERR + "BadRequestData", path
+    finally:
+        server.shutdown()
+        server.server_close()

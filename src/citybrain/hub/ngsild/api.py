@@ -147,14 +147,48 @@ def _terms_for_read(request: Request) -> TermMap:
     return contexts(request).term_map(ctx)
 
 
+# what a read can answer in, in the order of clause 6.3.4 (which settles ties)
+_OFFERED = ("application/json", "application/ld+json", "application/geo+json")
+
+
+def _negotiate(request: Request) -> str:
+    """The representation an Accept header asks for (RFC 9110 5.3.2 weights, 6.3.4 ties)."""
+    accept = request.headers.get("accept")
+    if not accept:
+        return "application/json"
+    weights: dict[str, tuple[int, float]] = {}  # media range: (specificity, weight)
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        media = media.lower()
+        weight = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        if media:
+            specificity = 2 if media in _OFFERED else 1 if media == "application/*" else 0
+            if media in _OFFERED or media in ("*/*", "application/*"):
+                weights[media] = (specificity, weight)
+    best, best_weight = "application/json", -1.0
+    for media in _OFFERED:
+        ranges = [weights[r] for r in (media, "application/*", "*/*") if r in weights]
+        if not ranges:
+            continue
+        weight = max(ranges)[1]  # the most specific range that names it decides
+        if weight > best_weight and weight > 0:
+            best, best_weight = media, weight
+    return best
+
+
 def _wants_ld(request: Request) -> bool:
-    accept = request.headers.get("accept") or ""
-    return "application/ld+json" in accept and "application/json" not in accept.split(",")[0]
+    return _negotiate(request) == "application/ld+json"
 
 
 def _wants_geojson(request: Request) -> bool:
-    accept = (request.headers.get("accept") or "").split(",")[0].split(";")[0].strip()
-    return accept == "application/geo+json"
+    return _negotiate(request) == "application/geo+json"
 
 
 def _feature(entity: dict[str, Any], geometry_property: str) -> dict[str, Any]:

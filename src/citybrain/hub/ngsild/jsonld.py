@@ -147,12 +147,14 @@ class ContextStore:
             raise LdContextNotAvailable(
                 f"the @context {url} cannot be fetched: HTTP {response.status_code}"
             )
+        # clause 5.5.4: a document that was had but is no JSON-LD context is bad input, while
+        # one that cannot be had is LdContextNotAvailable
         try:
             document = response.json()
         except ValueError:
-            raise LdContextNotAvailable(f"the @context {url} is not JSON") from None
+            raise BadInput(f"the @context {url} is not JSON") from None
         if not isinstance(document, dict) or "@context" not in document:
-            raise LdContextNotAvailable(f"the document at {url} has no @context")
+            raise BadInput(f"the document at {url} has no @context member")
         return document
 
     def refresh(self, url: str) -> None:
