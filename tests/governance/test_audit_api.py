@@ -91,9 +91,12 @@ def test_verify_route_reports_a_break(tmp_path: Path) -> None:
 
 def test_routes_on_a_postgresql_node(tmp_path: Path, postgres_url: str) -> None:
     """The log stays in the data folder whatever the operational store is."""
-    settings = load_settings(data_dir=tmp_path, database_url=postgres_url)
+    # the session database belongs to node 370100 (see the other PostgreSQL tests)
+    settings = load_settings(
+        data_dir=tmp_path, database_url=postgres_url, code="370100", level="city"
+    )
     with TestClient(create_app(settings)) as client:
-        auditor = bearer(tmp_path, role="auditor", subject="pg-auditor")
+        auditor = bearer(tmp_path, role="auditor", subject="pg-auditor", issuer="370100")
         assert client.get("/api/audit", headers=auditor).status_code == 200
         body = client.get("/api/audit/verify", headers=auditor).json()
     assert body["ok"] is True and body["records"] == 1

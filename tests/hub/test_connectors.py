@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, func, select, text
 
 from citybrain.core.db import create_engine_for, upgrade
 from citybrain.core.errors import BadInput, NotFound
+from citybrain.governance.principal import Principal, Role
 from citybrain.hub.connectors import db_pull as db_pull_module
 from citybrain.hub.connectors.db_pull import DbPull, source_engine
 from citybrain.hub.connectors.folder_watch import FolderWatch
@@ -57,6 +58,7 @@ def _rows(node: tuple[Engine, Path]) -> dict[str, dict[str, Any]]:
     page = tables.read_records(
         engine=engine,
         data_dir=data_dir,
+        principal=Principal(subject="test", org="housing", role=Role.steward, issuer="370000"),
         department="housing",
         name="properties",
         limit=10_000,
@@ -274,6 +276,7 @@ def test_db_pull_crash_before_checkpoint_leaves_no_duplicates(
     engine_rows = tables.run_sql(
         engine=engine,
         data_dir=data_dir,
+        principal=Principal(subject="test", org="housing", role=Role.steward, issuer="370000"),
         job=SqlJob(sql="SELECT count(*) AS n FROM housing.properties"),
     )
     assert engine_rows.rows == [[7]]
