@@ -24,7 +24,6 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import report  # noqa: E402
-
 from citybrain.core.db import create_engine_for, upgrade  # noqa: E402
 from citybrain.governance import gate  # noqa: E402
 from citybrain.governance.principal import Principal, Role  # noqa: E402
