@@ -968,3 +968,37 @@ def test_a_fetched_document_that_is_no_context_is_bad_request_data(client: TestC
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_temporal_query_by_post(client: TestClient) -> None:
+    """Clause 5.7.5: POST /temporal/entityOperations/query with a temporalQ member."""
+    speed = [
+        {"type": "Property", "value": v, "observedAt": f"2020-08-01T12:0{i}:00Z"}
+        for i, v in ((3, 10), (5, 20), (7, 30))
+    ]
+    body = {"id": "urn:ngsi-ld:Vehicle:post-q", "type": "Vehicle", "speed": speed}
+    assert client.post(f"{BASE}/temporal/entities", json=body).status_code == 201
+    url = f"{BASE}/temporal/entityOperations/query"
+    window = {"timerel": "after", "timeAt": "2020-08-01T12:00:00Z"}
+
+    def query(temporal_q: dict[str, Any]) -> httpx.Response:
+        q = {"type": "Query", "entities": [{"type": "Vehicle"}], "temporalQ": temporal_q}
+        return client.post(url, json=q)
+
+    r = query({**window, "lastN": 1})
+    assert r.status_code == 200, r.text
+    assert [i["value"] for i in r.json()[0]["speed"]] == [30]
+    for methods in (["avg"], "avg,max"):
+        r = query({**window, "aggrMethods": methods, "aggrPeriodDuration": "P1D"})
+        assert r.status_code == 200 and "avg" in r.json()[0]["speed"], r.text
+        assert "instanceId" not in r.text
+    for bad in (
+        {**window, "lastN": 0},
+        {**window, "lastN": 1.5},
+        {"timerel": "during", "timeAt": "2020-08-01T12:00:00Z"},
+        {"timerel": "between", "timeAt": "2020-08-01T12:00:00Z"},
+        {**window, "timeproperty": "expiresAt"},
+        {**window, "aggrMethods": ["avg"], "aggrPeriodDuration": "1 day"},
+    ):
+        r = query(bad)
+        assert r.status_code == 400 and r.json()["type"] == ERR + "BadRequestData", bad

@@ -889,8 +889,8 @@ def _text(value: Any, name: str) -> str:
     return value
 
 
-async def _batch_query(request: Request) -> Response:
-    body, terms = await _read(request)
+def _query_body(body: Any, *, temporal: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """The query parameters a Query body stands for (table 5.2.23-1), and its pick/omit."""
     if not isinstance(body, dict) or body.get("type") != "Query":
         raise BadInput('the body of a batch query is an object with "type": "Query"')
     params: dict[str, Any] = {}
@@ -900,8 +900,10 @@ async def _batch_query(request: Request) -> Response:
     # table 5.2.23-1: no empty arrays, temporalQ only in a temporal query, joinLevel >= 1
     if "entities" in body and not entities:
         raise BadInput("entities of a batch query cannot be an empty array")
-    if "temporalQ" in body:
+    if "temporalQ" in body and not temporal:
         raise BadInput("temporalQ belongs to the temporal batch query only")
+    if temporal:
+        params.update(_temporal_q(body.get("temporalQ", {})))
     level = body.get("joinLevel")
     if "joinLevel" in body and (type(level) is not int or level < 1):
         raise BadInput("joinLevel must be a positive integer")
@@ -943,6 +945,32 @@ async def _batch_query(request: Request) -> Response:
                 "geoproperty": _text(geo.get("geoproperty", "location"), "geoQ.geoproperty"),
             }
         )
+    return params, members
+
+
+def _temporal_q(temporal_q: Any) -> dict[str, str]:
+    """The temporal query parameters of a temporalQ member (clause 5.2.21)."""
+    if not isinstance(temporal_q, dict):
+        raise BadInput("temporalQ must be an object")
+    out: dict[str, str] = {}
+    for key in ("timerel", "timeAt", "endTimeAt", "timeproperty", "aggrPeriodDuration"):
+        if key in temporal_q:
+            out[key] = _text(temporal_q[key], f"temporalQ.{key}")
+    if "lastN" in temporal_q:
+        last_n = temporal_q["lastN"]
+        if type(last_n) is not int:
+            raise BadInput("temporalQ.lastN must be a positive integer")
+        out["lastN"] = str(last_n)
+    if "aggrMethods" in temporal_q:
+        methods = temporal_q["aggrMethods"]
+        items = methods if isinstance(methods, list) else [methods]
+        out["aggrMethods"] = ",".join(_text(m, "temporalQ.aggrMethods[]") for m in items)
+    return out
+
+
+async def _batch_query(request: Request) -> Response:
+    body, terms = await _read(request)
+    params, members = _query_body(body, temporal=False)
     limit, offset, count = _page_params(request)
     spec = _spec_from(params, terms)
     fmt, sys_attrs = _options(request)
@@ -1167,8 +1195,26 @@ async def temporal_query(request: Request) -> Response:
     terms = _terms_for_read(request)
     params = dict(request.query_params)
     mode, sys_attrs = _temporal_mode(request)
+    return _temporal_entities(request, terms, params, mode, sys_attrs)
+
+
+@router.post("/temporal/entityOperations/query")
+async def temporal_batch_query(request: Request) -> Response:
+    """Query the temporal history of entities with a Query body (clause 5.7.5)."""
+    body, terms = await _read(request)
+    params, members = _query_body(body, temporal=True)
+    mode, sys_attrs = _temporal_mode(request)
+    if "aggrMethods" in params and mode == "normalized":
+        mode = "aggregatedValues"  # the methods ask for an aggregated representation
+    return _temporal_entities(request, terms, params | members, mode, sys_attrs)
+
+
+def _temporal_entities(
+    request: Request, terms: TermMap, params: dict[str, str], mode: str, sys_attrs: bool
+) -> Response:
+    """Run a temporal query given as parameters (GET) or built from a Query body (POST)."""
     tq = temporal.parse_query(params, aggregated=mode == "aggregatedValues")
-    projection = _projection(terms, request.query_params)
+    projection = _projection(terms, params)
     limit, offset, count = _page_params(request)
     spec = _spec_from(params, terms)
     engine, tenant = _engine(request), _tenant(request)

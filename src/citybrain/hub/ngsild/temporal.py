@@ -15,6 +15,7 @@ from citybrain.core.errors import BadInput
 from citybrain.hub.ngsild.jsonld import is_iri
 from citybrain.hub.ngsild.models import ngsild_history
 
+TIME_PROPERTIES = ("observedAt", "createdAt", "modifiedAt", "deletedAt")
 AGGREGATIONS = ("totalCount", "distinctCount", "sum", "avg", "min", "max", "stddev", "sumsq")
 _DURATION = re.compile(
     r"^P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$"
@@ -67,6 +68,9 @@ def parse_query(params: dict[str, str], *, aggregated: bool) -> TemporalQuery:
             raise BadInput("timerel needs timeAt")
         if timerel == "between" and (end is None or end <= time_at):
             raise BadInput("timerel=between needs an endTimeAt after timeAt")
+    timeproperty = params.get("timeproperty")
+    if timeproperty is not None and timeproperty not in TIME_PROPERTIES:
+        raise BadInput(f"timeproperty must be one of {', '.join(TIME_PROPERTIES)}")
     last_n = None
     if "lastN" in params:
         try:
