@@ -1002,3 +1002,27 @@ def test_temporal_query_by_post(client: TestClient) -> None:
     ):
         r = query(bad)
         assert r.status_code == 400 and r.json()["type"] == ERR + "BadRequestData", bad
+
+
+def test_dataset_id_selects_attribute_instances(client: TestClient) -> None:
+    """?datasetId keeps the instances of the datasetIds named (@none: the default instance)."""
+    names = [
+        {"type": "Property", "value": "Eiffel Tower"},
+        {"type": "Property", "value": "Tour Eiffel", "datasetId": "urn:ngsi-ld:Dataset:fr"},
+        {"type": "Property", "value": "Eiffelturm", "datasetId": "urn:ngsi-ld:Dataset:de"},
+    ]
+    body = {"id": "urn:ngsi-ld:Building:ds", "type": "Building", "name": names}
+    assert client.post(f"{BASE}/entities", json=body).status_code == 201
+    url = f"{BASE}/entities/urn:ngsi-ld:Building:ds"
+    assert (
+        client.get(url, params={"datasetId": "urn:ngsi-ld:Dataset:fr"}).json()["name"] == names[1]
+    )
+    assert client.get(url, params={"datasetId": "@none"}).json()["name"] == names[0]
+    both = client.get(url, params={"datasetId": "@none,urn:ngsi-ld:Dataset:de"}).json()
+    assert both["name"] == [names[0], names[2]]
+    none = client.get(url, params={"datasetId": "urn:ngsi-ld:Dataset:es"}).json()
+    assert none == {"id": "urn:ngsi-ld:Building:ds", "type": "Building"}
+    queried = client.get(
+        f"{BASE}/entities", params={"type": "Building", "datasetId": "urn:ngsi-ld:Dataset:de"}
+    ).json()
+    assert queried[0]["name"] == names[2]

@@ -26,6 +26,7 @@ from citybrain.hub.ngsild.entities import (
     now_iso,
     render,
     render_instance,
+    select_datasets,
 )
 from citybrain.hub.ngsild.errors import LengthRequired, NotAcceptable, OperationNotSupported
 from citybrain.hub.ngsild.jsonld import (
@@ -477,9 +478,16 @@ async def query_entities(request: Request) -> Response:
     reader.finish()
     projection = _projection(terms, request.query_params)
     lang = request.query_params.get("lang")
+    datasets = _split(request.query_params.get("datasetId"))
     rendered = (
         projection.apply(
-            render(apply_lang(e, lang), terms, fmt=fmt, sys_attrs=sys_attrs, attrs=projection.attrs)
+            render(
+                apply_lang(select_datasets(e, datasets), lang),
+                terms,
+                fmt=fmt,
+                sys_attrs=sys_attrs,
+                attrs=projection.attrs,
+            )
         )
         for e in shown
     )
@@ -505,6 +513,7 @@ async def retrieve_entity(request: Request, entity_id: str) -> Response:
     reader.finish()
     projection = _projection(terms, request.query_params)
     lang = request.query_params.get("lang")
+    entity = select_datasets(entity, _split(request.query_params.get("datasetId")))
     rendered = projection.apply(
         render(
             apply_lang(entity, lang), terms, fmt=fmt, sys_attrs=sys_attrs, attrs=projection.attrs

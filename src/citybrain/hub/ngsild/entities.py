@@ -473,3 +473,22 @@ def apply_lang(entity: dict[str, Any], lang: str | None) -> dict[str, Any]:
             converted.append(new)
         out[name] = converted[0] if len(converted) == 1 else converted
     return out
+
+
+def select_datasets(entity: dict[str, Any], dataset_ids: list[str] | None) -> dict[str, Any]:
+    """Keep the attribute instances of the datasetIds asked for (clause 4.5.5; @none: default).
+
+    Attributes left without an instance are dropped; the entity itself stays.
+    """
+    if not dataset_ids:
+        return entity
+    wanted = set(dataset_ids)
+    out: dict[str, Any] = {}
+    for name, attr in entity.items():
+        if name in ENTITY_MEMBERS:
+            out[name] = attr
+            continue
+        kept = [i for i in instances(attr) if i.get("datasetId", "@none") in wanted]
+        if kept:
+            out[name] = kept[0] if len(kept) == 1 else kept
+    return out
