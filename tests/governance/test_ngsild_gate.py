@@ -59,15 +59,16 @@ def node(tmp_path: Path) -> Iterator[Node]:
         owner = n.h("civil_affairs")
         assert client.post("/api/catalog", json=ENTRY, headers=owner).status_code == 201
         batch = [_visit(i, "370102" if i % 2 else "370103") for i in range(6)]
-        batch.append(
-            {
-                "id": "urn:ngsi-ld:AirQualityObserved:1",
-                "type": "AirQualityObserved",
-                "pm25": {"type": "Property", "value": 12},
-            }
-        )
         response = client.post(f"{B}/entityOperations/upsert", json=batch, headers=owner)
         assert response.status_code in (200, 201, 204), response.text
+        air = {
+            "id": "urn:ngsi-ld:AirQualityObserved:1",
+            "type": "AirQualityObserved",
+            "pm25": {"type": "Property", "value": 12},
+        }
+        # the sensors' types are catalogued as city management's open data
+        sensors = n.h("city_management", "service")
+        assert client.post(f"{B}/entities", json=air, headers=sensors).status_code == 201
         yield n
 
 
@@ -155,3 +156,29 @@ def test_citizens_and_auditors(node: Node) -> None:
     auditor = node.h("bureau", "auditor")
     air = node.client.get(f"{B}/entities", params={"type": "AirQualityObserved"}, headers=auditor)
     assert air.json() == []
+
+
+def test_only_the_owner_changes_governed_entity_types(node: Node) -> None:
+    health = node.h("health")
+    visit = _visit(9, "370102")
+    assert node.client.post(f"{B}/entities", json=visit, headers=health).status_code == 403
+    patch = {"minutes": {"type": "Property", "value": 1}}
+    url = f"{B}/entities/urn:ngsi-ld:CareVisit:1/attrs"
+    assert node.client.patch(url, json=patch, headers=health).status_code == 403
+    gone = node.client.delete(f"{B}/entities/urn:ngsi-ld:CareVisit:1", headers=health)
+    assert gone.status_code == 403
+    batch = node.client.post(f"{B}/entityOperations/upsert", json=[visit], headers=health)
+    assert batch.status_code == 207 and "belong to civil_affairs" in batch.text
+    # the owner may; a type the catalog does not describe is open to every department
+    assert node.client.patch(url, json=patch, headers=node.h("civil_affairs")).status_code == 204
+    air = {"id": "urn:ngsi-ld:AirQualityObserved:2", "type": "AirQualityObserved"}
+    assert node.client.post(f"{B}/entities", json=air, headers=health).status_code == 403
+    bench = {"id": "urn:ngsi-ld:Bench:1", "type": "Bench"}
+    assert node.client.post(f"{B}/entities", json=bench, headers=health).status_code == 201
+    citizen = node.h("citizens", "citizen", phone="13812340001")
+    bench2 = {**bench, "id": "urn:ngsi-ld:Bench:2"}
+    assert node.client.post(f"{B}/entities", json=bench2, headers=citizen).status_code == 403
+    owner_view = node.client.get(
+        f"{B}/entities/urn:ngsi-ld:CareVisit:1", headers=node.h("civil_affairs")
+    )
+    assert owner_view.json()["minutes"]["value"] == 1

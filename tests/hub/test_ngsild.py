@@ -1026,3 +1026,46 @@ def test_dataset_id_selects_attribute_instances(client: TestClient) -> None:
         f"{BASE}/entities", params={"type": "Building", "datasetId": "urn:ngsi-ld:Dataset:de"}
     ).json()
     assert queried[0]["name"] == names[2]
+
+
+def test_attribute_members_must_fit_the_attribute_type(client: TestClient) -> None:
+    """Clause 4.5: each attribute type carries its own members; core terms name no attribute."""
+    n = 0
+    for attr in (
+        {"type": "Property", "value": 1, "object": "urn:ngsi-ld:Road:1"},
+        {"type": "Property", "languageMap": {"en": "x"}},
+        {"type": "Property", "value": 1, "valueList": [1]},
+        {"type": "Relationship", "object": "urn:ngsi-ld:Road:1", "unitCode": "MTR"},
+        {"type": "Relationship", "object": "urn:ngsi-ld:Road:1", "value": 1},
+        {"type": "JsonProperty", "json": {"a": 1}, "unitCode": "MTR"},
+        {"type": "JsonProperty", "json": 5},
+        {"type": "ListProperty", "valueList": [1], "value": 1},
+        {"type": "ListRelationship", "objectList": ["not a uri"]},
+    ):
+        n += 1
+        body = {"id": f"urn:ngsi-ld:Road:m{n}", "type": "Road", "a": attr}
+        r = client.post(f"{BASE}/entities", json=body)
+        assert r.status_code == 400 and r.json()["type"] == ERR + "BadRequestData", attr
+    for core in ("datasetId", "observedAt", "instanceId"):
+        body = {
+            "id": "urn:ngsi-ld:Road:core",
+            "type": "Road",
+            core: {"type": "Property", "value": 1},
+        }
+        assert client.post(f"{BASE}/entities", json=body).status_code == 400, core
+    roads = {
+        "type": "ListRelationship",
+        "objectList": ["urn:ngsi-ld:Road:1", {"object": "urn:x:2"}],
+    }
+    body = {"id": "urn:ngsi-ld:Road:list", "type": "Road", "next": roads}
+    assert client.post(f"{BASE}/entities", json=body).status_code == 201
+    got = client.get(f"{BASE}/entities/urn:ngsi-ld:Road:list").json()["next"]
+    assert got["objectList"] == [{"object": "urn:ngsi-ld:Road:1"}, {"object": "urn:x:2"}]
+
+
+def test_entity_ids_with_invisible_characters_are_refused(client: TestClient) -> None:
+    """Variation selectors, noncharacters and blank-looking letters make look-alike ids."""
+    for ch in ("\ufe0f", "\U000e0100", "\ufdd0", "\U0001fffe", "\u115f", "\u3164", "\u2800"):
+        body = {"id": f"urn:ngsi-ld:Road:a{ch}b", "type": "Road"}
+        r = client.post(f"{BASE}/entities", json=body)
+        assert r.status_code == 400 and r.json()["type"] == ERR + "BadRequestData", repr(ch)

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from citybrain.core.errors import BadInput, CityBrainError, Conflict, NotFound
+from citybrain.governance.principal import Principal
 from citybrain.hub.ngsild import gated, geoquery, query, service, subscriptions, temporal
 from citybrain.hub.ngsild.entities import (
     NGSI_NULL,
@@ -81,7 +82,21 @@ def check_headers(request: Request) -> None:
         raise LengthRequired("send the body with a Content-Length header")
 
 
-router = APIRouter(prefix=PREFIX, tags=["ngsi-ld"], dependencies=[Depends(check_headers)])
+async def bind_writer(request: Request) -> None:
+    """Name the principal whose changes the store checks against entity-type ownership.
+
+    Async, so the context variable is set in the request's own task, where the route runs.
+    """
+    principal = getattr(request.state, "principal", None)
+    if isinstance(principal, Principal):
+        gated.writer.set((principal, request.app.state.engine))
+
+
+router = APIRouter(
+    prefix=PREFIX,
+    tags=["ngsi-ld"],
+    dependencies=[Depends(check_headers), Depends(bind_writer)],
+)
 MAX_LIMIT = 1000
 JSON_TYPES = ("application/json", "application/ld+json", "application/merge-patch+json")
 

@@ -71,6 +71,44 @@ def _type_list(value: Any) -> list[str]:
     return types
 
 
+# clause 4.5: the content members each attribute type has (the others are refused)
+_KIND_CONTENT = {
+    "Property": {"value"},
+    "GeoProperty": {"value"},
+    "Relationship": {"object", "objectType"},
+    "ListRelationship": {"objectList", "objectType"},
+    "LanguageProperty": {"languageMap"},
+    "ListProperty": {"valueList"},
+    "VocabProperty": {"vocab"},
+    "JsonProperty": {"json"},
+}
+_ALL_CONTENT = set().union(*_KIND_CONTENT.values())
+
+
+def _check_members(name: str, kind: str, out: dict[str, Any]) -> None:
+    """Refuse members another attribute type carries; normalise a Relationship list."""
+    foreign = sorted((set(out) & _ALL_CONTENT) - _KIND_CONTENT.get(kind, set()))
+    if foreign:
+        raise BadInput(f"a {kind} ({name!r}) cannot carry {', '.join(foreign)}")
+    if "unitCode" in out and kind not in ("Property", "ListProperty"):
+        raise BadInput(f"a {kind} ({name!r}) cannot carry unitCode")
+    if kind == "JsonProperty" and not isinstance(out.get("json"), dict | list):
+        raise BadInput(f"the json of {name!r} must be a JSON object or array")
+    if kind == "ListProperty" and not isinstance(out.get("valueList"), list):
+        raise BadInput(f"the valueList of {name!r} must be an array")
+    if kind == "ListRelationship":
+        entries = out.get("objectList")
+        if not isinstance(entries, list):
+            raise BadInput(f"the objectList of {name!r} must be an array")
+        normal = []
+        for entry in entries:
+            target = entry.get("object") if isinstance(entry, dict) else entry
+            if not isinstance(target, str) or not is_iri(target):
+                raise BadInput(f"every objectList entry of {name!r} must name a URI")
+            normal.append({"object": target})
+        out["objectList"] = normal
+
+
 def _has_null(value: Any) -> bool:
     """Whether the NGSI-LD Null occurs anywhere in a JSON value."""
     if isinstance(value, str):
@@ -180,6 +218,7 @@ def _attribute(
         if "datasetId" in out:
             mark["datasetId"] = out["datasetId"]
         return mark
+    _check_members(name, str(kind), out)
     for member in _CONTENT:
         if member in out and _has_null(out[member]):
             if not (nested_nulls and member in ("value", "json") and isinstance(out[member], dict)):
@@ -262,6 +301,9 @@ def expand_attributes(
         if name in ENTITY_MEMBERS:
             continue
         validate_attribute_name(name)
+        if name in ATTRIBUTE_MEMBERS or name in OUTPUT_MEMBERS:
+            # core terms that are not reified (datasetId, observedAt...) name no attribute
+            raise BadInput(f"{name!r} is an NGSI-LD core member, not an attribute name")
         instances = (
             raw
             if isinstance(raw, list) and raw and all(isinstance(r, dict) for r in raw)

@@ -8,16 +8,20 @@ record per type with the number of entities returned.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Iterable
+from contextvars import ContextVar
 from typing import Any
 
 from fastapi import Request
+from sqlalchemy import Engine
 
 from citybrain.core.errors import Forbidden, Unauthorized
 from citybrain.governance import gate
 from citybrain.governance.gate import FieldView, ReadDecision
 from citybrain.governance.masking import MaskKind
-from citybrain.governance.principal import Principal
+from citybrain.governance.principal import Principal, Role
 from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, instances
 
 
@@ -183,3 +187,54 @@ def _apply(decision: ReadDecision, entity: dict[str, Any]) -> dict[str, Any] | N
             masked.append(copy)
         out[name] = masked[0] if len(masked) == 1 else masked
     return out
+
+
+# --- writes --------------------------------------------------------------------------------
+
+# who writes in this request: set by the NGSI-LD router; None for local processes (connectors)
+writer: ContextVar[tuple[Principal, Engine] | None] = ContextVar("ngsild_writer", default=None)
+_OWNERS_TTL = 5.0
+_owners: dict[tuple[str, str], tuple[float, str | None]] = {}
+
+
+def _owner_of(engine: Engine, dataset_id: str) -> str | None:
+    """Return the owner department of a catalogued entity type (cached briefly), or None."""
+    from citybrain.governance.catalog import service as catalog
+
+    key = (str(engine.url), dataset_id)
+    now = time.monotonic()
+    cached = _owners.get(key)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    entry = catalog.find_entry(engine=engine, dataset_id=dataset_id)
+    owner = str(entry.owner_department) if entry is not None else None
+    if len(_owners) > 10_000:
+        _owners.clear()
+    _owners[key] = (now + _OWNERS_TTL, owner)
+    return owner
+
+
+def write_refusal(types: Iterable[str]) -> str | None:
+    """Return why the request's principal may not write entities of these types, or None."""
+    bound = writer.get()
+    if bound is None:
+        return None
+    principal, engine = bound
+    if principal.role in (Role.citizen, Role.auditor):
+        return f"the role {principal.role.value} may not change context data"
+    for type_iri in types:
+        owner = _owner_of(engine, dataset_of(type_iri))
+        if owner is None or principal.role is Role.bureau_admin or principal.org == owner:
+            continue
+        return (
+            f"entities of type {short_name(type_iri)} belong to {owner}; "
+            f"{principal.org} may not change them"
+        )
+    return None
+
+
+def check_write(types: Iterable[str]) -> None:
+    """Refuse (403) a change to entities of types the request's principal may not write."""
+    reason = write_refusal(types)
+    if reason is not None:
+        raise Forbidden(reason)

@@ -93,7 +93,25 @@ def validate_entity_id(value: Any) -> str:
     # invisible and control characters make ids that look alike but differ (RFC 3987 excludes them)
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Zs") for ch in value):
         raise BadInput(f"the entity id {value!r} holds control, format or space characters")
+    if any(_invisible(ch) for ch in value):
+        raise BadInput(f"the entity id {value!r} holds invisible or non-characters")
     return value
+
+
+# characters that render as nothing: Hangul fillers and the blank Braille pattern
+_BLANKS = {"\u115f", "\u1160", "\u3164", "\uffa0", "\u2800"}
+
+
+def _invisible(ch: str) -> bool:
+    """Variation selectors, Unicode noncharacters and blank-looking letters (RFC 3987 2.2)."""
+    code = ord(ch)
+    return (
+        ch in _BLANKS
+        or 0xFE00 <= code <= 0xFE0F  # variation selectors
+        or 0xE0100 <= code <= 0xE01EF  # variation selectors supplement
+        or 0xFDD0 <= code <= 0xFDEF  # noncharacters
+        or (code & 0xFFFE) == 0xFFFE  # U+FFFE and U+FFFF of every plane
+    )
 
 
 def validate_attribute_name(name: str) -> str:

@@ -12,7 +12,7 @@ from sqlalchemy import JSON, Connection, Engine, Table, delete, func, insert, se
 
 from citybrain.core.db import json_dumps
 from citybrain.core.errors import BadInput, Conflict, NotFound
-from citybrain.hub.ngsild import geoquery, prefilter, query, subscriptions
+from citybrain.hub.ngsild import gated, geoquery, prefilter, query, subscriptions
 from citybrain.hub.ngsild.entities import (
     ATTRIBUTE_MEMBERS,
     ENTITY_MEMBERS,
@@ -90,6 +90,7 @@ def _save(
 
     deleted: the attribute instances this change removed (notified as attributeDeleted).
     """
+    gated.check_write(entity.get("type") or [])
     moment = datetime.now(UTC)
     geo = prefilter.geo_columns(entity)
     if new:
@@ -177,6 +178,7 @@ def delete_entity(*, engine: Engine, tenant: str, entity_id: str) -> None:
         current = _load(conn, tenant, entity_id)
         if current is None:
             raise NotFound(f"entity {entity_id} not found")
+        gated.check_write(current.get("type") or [])
         conn.execute(
             delete(ngsild_entities).where(
                 ngsild_entities.c.tenant == tenant, ngsild_entities.c.id == entity_id
@@ -717,6 +719,10 @@ def upsert_many_in(
     for entity in entities:
         if entity["id"] in seen:
             refused[entity["id"]] = "the id appears twice in this batch"
+            continue
+        not_allowed = gated.write_refusal(entity.get("type") or [])
+        if not_allowed is not None:
+            refused[entity["id"]] = not_allowed
             continue
         seen.add(entity["id"])
         unique.append(entity)
