@@ -18,6 +18,7 @@ from citybrain.core.db import check_connection, create_engine_for, upgrade
 from citybrain.core.problems import BodyLimitMiddleware, install_problem_handlers
 from citybrain.geo.api import router as geo_router
 from citybrain.governance.audit.api import router as audit_router
+from citybrain.governance.audit.middleware import WriteAuditMiddleware
 from citybrain.governance.catalog import service as catalog_service
 from citybrain.governance.catalog.api import router as catalog_router
 from citybrain.governance.identity import service as identity_service
@@ -148,7 +149,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_problem_handlers(app)
-    # innermost first: authentication sees the body limit's and the access log's rewrites
+    # innermost first: write auditing sees the principal authentication found, and
+    # authentication sees the body limit's and the access log's rewrites
+    app.add_middleware(WriteAuditMiddleware, data_dir=settings.data_dir)
     app.add_middleware(
         AuthMiddleware,
         data_dir=settings.data_dir,

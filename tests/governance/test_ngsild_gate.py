@@ -182,3 +182,19 @@ def test_only_the_owner_changes_governed_entity_types(node: Node) -> None:
         f"{B}/entities/urn:ngsi-ld:CareVisit:1", headers=node.h("civil_affairs")
     )
     assert owner_view.json()["minutes"]["value"] == 1
+
+
+def test_every_write_request_leaves_evidence(node: Node) -> None:
+    before = len((node.data / "audit" / "log.jsonl").read_text().splitlines())
+    owner = node.h("civil_affairs")
+    url = f"{B}/entities/urn:ngsi-ld:CareVisit:1/attrs"
+    patch = {"minutes": {"type": "Property", "value": 2}}
+    assert node.client.patch(url, json=patch, headers=owner).status_code == 204
+    assert node.client.patch(url, json=patch, headers=node.h("health")).status_code == 403
+    lines = (node.data / "audit" / "log.jsonl").read_text().splitlines()[before:]
+    writes = [json.loads(x) for x in lines if '"ngsild.write"' in x]
+    assert [(w["org"], w["result"], w["detail"]["status"]) for w in writes] == [
+        ("civil_affairs", "ok", 204),
+        ("health", "refused", 403),
+    ]
+    assert writes[0]["resource"] == f"PATCH {url}"
