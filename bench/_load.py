@@ -4,7 +4,7 @@ A Python HTTP client costs more CPU per request than the server under test, so t
 here writes prepared request bytes on raw asyncio streams and reads only the status line,
 the headers and Content-Length bytes of body.
 
-    python bench/_load.py HOST PORT SECONDS CONNECTIONS ENTITIES
+    python bench/_load.py HOST PORT SECONDS CONNECTIONS ENTITIES [TOKEN]
 prints requests per second and the count of non-204 answers.
 """
 
@@ -15,13 +15,16 @@ import json
 import sys
 import time
 
+AUTH = {"header": ""}
+
 
 def _request(host: str, port: int, i: int, entities: int) -> bytes:
     path = f"/ngsi-ld/v1/entities/urn:ngsi-ld:AirQualityObserved:{i % entities:08d}/attrs/pm25"
     body = json.dumps({"value": i % 500}).encode()
     head = (
         f"PATCH {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"{AUTH['header']}\r\n"
     )
     return head.encode() + body
 
@@ -69,4 +72,6 @@ async def run(host: str, port: int, seconds: float, connections: int, entities: 
 
 if __name__ == "__main__":
     h, p, s, c, n = sys.argv[1:6]
+    if len(sys.argv) > 6:
+        AUTH["header"] = f"Authorization: Bearer {sys.argv[6]}\r\n"
     asyncio.run(run(h, int(p), float(s), int(c), int(n)))

@@ -61,6 +61,9 @@ _log = logging.getLogger("citybrain.audit")
 
 # one writer at a time per process; the file lock orders the processes
 _write_lock = threading.Lock()
+FSYNC_INTERVAL = 0.2
+# when each log was last fsync'd (monotonic seconds)
+_synced: dict[Path, float] = {}
 # last (size, seq, hash) seen per log file, so an append need not re-read the tail
 _heads: dict[Path, tuple[int, int, str]] = {}
 
@@ -70,6 +73,7 @@ class _Pending:
     """One record waiting for the group commit, and what became of it."""
 
     record: dict[str, Any]
+    durable: bool = True
     done: bool = False
     error: BaseException | None = None
 
@@ -236,7 +240,15 @@ def _commit(data_dir: Path, path: Path, batch: list[_Pending]) -> None:
             handle.seek(0, os.SEEK_END)
             handle.write(b"".join(lines))
             handle.flush()
-            os.fsync(handle.fileno())
+            # written lines outlive a killed process (the kernel holds them); fsync makes them
+            # outlive a power cut too: always for durable records, at least every
+            # FSYNC_INTERVAL for the high-rate ones
+            moment = time.monotonic()
+            if any(item.durable for item in batch) or moment - _synced.get(path, 0.0) > (
+                FSYNC_INTERVAL
+            ):
+                os.fsync(handle.fileno())
+                _synced[path] = moment
             _heads[path] = (offset, seq, prev)
             if due:
                 try:
@@ -266,8 +278,13 @@ def append(
     purpose: str | None = None,
     rows: int | None = None,
     detail: dict[str, Any] | None = None,
+    durable: bool = True,
 ) -> dict[str, Any]:
-    """Append one record (who, what, which grant, purpose, rows, result) and return it."""
+    """Append one record (who, what, which grant, purpose, rows, result) and return it.
+
+    durable=False (for records at sensor rates) returns once the line is written, fsync'd
+    with the next durable record or within FSYNC_INTERVAL seconds.
+    """
     path = log_path(data_dir).resolve()
     record: dict[str, Any] = {
         "at": _now(),
@@ -282,7 +299,7 @@ def append(
         "result": result,
         "detail": detail or {},
     }
-    mine = _Pending(record)
+    mine = _Pending(record, durable=durable)
     queue = _queue(path)
     with queue.cond:
         queue.pending.append(mine)
