@@ -1069,3 +1069,28 @@ def test_entity_ids_with_invisible_characters_are_refused(client: TestClient) ->
         body = {"id": f"urn:ngsi-ld:Road:a{ch}b", "type": "Road"}
         r = client.post(f"{BASE}/entities", json=body)
         assert r.status_code == 400 and r.json()["type"] == ERR + "BadRequestData", repr(ch)
+
+
+def test_purge_by_query_with_keep_and_drop(client: TestClient) -> None:
+    """Clause 5.6.21: purge by q or local=true; drop or keep only some attributes."""
+    for n in (1, 2, 3):
+        assert client.post(f"{BASE}/entities", json=sensor(n, 10 * n)).status_code == 201
+    url = f"{BASE}/entities/urn:ngsi-ld:AirQualityObserved:00"
+    for params in ({"id": sensor(1, 0)["id"]}, {"attrs": "createdAt"}, {"q": "modifiedAt>1"}):
+        assert client.delete(f"{BASE}/entities", params=params).status_code == 400, params
+    r = client.delete(
+        f"{BASE}/entities", params={"type": "AirQualityObserved", "keep": "a", "drop": "b"}
+    )
+    assert r.status_code == 400 and r.json()["type"] == ERR + "BadRequestData"
+    assert (
+        client.delete(f"{BASE}/entities", params={"q": "pm25==10", "drop": "name"}).status_code
+        == 204
+    )
+    assert "name" not in client.get(f"{url}1").json() and "pm25" in client.get(f"{url}1").json()
+    r = client.delete(f"{BASE}/entities", params={"q": "pm25==20", "keep": "pm25"})
+    assert r.status_code == 204
+    assert set(client.get(f"{url}2").json()) == {"id", "type", "pm25"}
+    assert client.delete(f"{BASE}/entities", params={"q": "pm25==30"}).status_code == 204
+    assert client.get(f"{url}3").status_code == 404
+    assert client.delete(f"{BASE}/entities", params={"local": "true"}).status_code == 204
+    assert client.get(f"{url}1").status_code == 404

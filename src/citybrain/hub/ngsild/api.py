@@ -20,6 +20,7 @@ from citybrain.core.errors import BadInput, CityBrainError, Conflict, NotFound
 from citybrain.governance.principal import Principal
 from citybrain.hub.ngsild import gated, geoquery, query, service, subscriptions, temporal
 from citybrain.hub.ngsild.entities import (
+    ENTITY_MEMBERS,
     NGSI_NULL,
     apply_lang,
     expand_attributes,
@@ -58,7 +59,7 @@ KNOWN_PARAMETERS = frozenset(
     geometryProperty options format count limit offset lang csf datasetId deleteAll timerel
     timeAt endTimeAt timeproperty lastN aggrMethods aggrPeriodDuration local via join
     joinLevel containedBy entityMap details expandValues collect observedAt doNotCompact
-    kind jsonldContext contextSourceAlias""".split()
+    kind jsonldContext contextSourceAlias keep drop""".split()
 )
 
 
@@ -559,18 +560,50 @@ async def source_identity(request: Request) -> Response:
 
 @router.delete("/entities")
 async def purge_entities(request: Request) -> Response:
-    """Delete every entity matching type (and optionally id, idPattern, q); type is required."""
+    """Purge the entities a query selects, or only some of their attributes (clause 5.6.21).
+
+    The query must be narrow enough (5.6.21.4): a type, attrs or q naming a non-system
+    attribute, a geo-query, or local=true. drop removes the attributes named, keep all the
+    others; without either the entities are deleted.
+    """
     terms = _terms_for_read(request)
     params = dict(request.query_params)
-    if "type" not in params:
-        raise BadInput("purging entities needs at least a type")
+    system = {"createdAt", "modifiedAt", "deletedAt", "observedAt"}
+    attrs = _split(params.get("attrs")) or []
+    q_names = query.names(query.parse(params["q"])) if params.get("q") else []
+    if not (
+        "type" in params
+        or any(a not in system for a in attrs)
+        or any(n.split(".")[0] not in system for n in q_names)
+        or "georel" in params
+        or params.get("local", "").lower() == "true"
+    ):
+        raise BadInput("purge needs a type, a non-system attribute in attrs or q, georel or local")
+    keep, drop = _split(params.get("keep")), _split(params.get("drop"))
+    if keep and drop:
+        raise BadInput("keep and drop cannot be used together")
     spec = _spec_from(params, terms)
     engine, tenant = _engine(request), _tenant(request)
     page, _ = service.query_entities(
         engine=engine, tenant=tenant, spec=spec, limit=1_000_000, offset=0, count=False
     )
+    kept = {terms.expand(k) for k in keep or []}
+    dropped = {terms.expand(d) for d in drop or []}
     for entity in page:
-        service.delete_entity(engine=engine, tenant=tenant, entity_id=entity["id"])
+        if not keep and not drop:
+            service.delete_entity(engine=engine, tenant=tenant, entity_id=entity["id"])
+            continue
+        for name in entity:
+            if name in ENTITY_MEMBERS or (name in kept if keep else name not in dropped):
+                continue
+            service.delete_attribute(
+                engine=engine,
+                tenant=tenant,
+                entity_id=entity["id"],
+                name=name,
+                dataset_id=None,
+                delete_all=True,
+            )
     return Response(status_code=204)
 
 
