@@ -123,7 +123,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         app.state.ngsild_contexts = ContextStore()
         tasks.append(
             asyncio.create_task(
-                notifier.run(engine=app.state.engine, store=app.state.ngsild_contexts)
+                notifier.run(
+                    engine=app.state.engine,
+                    store=app.state.ngsild_contexts,
+                    data_dir=settings.data_dir,
+                )
             )
         )
         if settings.parent_url:

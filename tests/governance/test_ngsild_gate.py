@@ -198,3 +198,50 @@ def test_every_write_request_leaves_evidence(node: Node) -> None:
         ("health", "refused", 403),
     ]
     assert writes[0]["resource"] == f"PATCH {url}"
+
+
+def test_notifications_carry_only_what_the_subscriber_may_read(node: Node) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from citybrain.hub.ngsild import notifier
+
+    received: list[dict[str, Any]] = []
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}/notify"
+    try:
+        for org in ("health", "civil_affairs"):
+            sub = {
+                "id": f"urn:ngsi-ld:Subscription:{org}",
+                "type": "Subscription",
+                "entities": [{"type": "CareVisit"}],
+                "notification": {"endpoint": {"uri": endpoint}},
+            }
+            made = node.client.post(f"{B}/subscriptions", json=sub, headers=node.h(org))
+            assert made.status_code == 201, made.text
+        patch = {"minutes": {"type": "Property", "value": 5}}
+        url = f"{B}/entities/urn:ngsi-ld:CareVisit:1/attrs"
+        assert (
+            node.client.patch(url, json=patch, headers=node.h("civil_affairs")).status_code == 204
+        )
+        engine = node.client.app.state.engine
+        store = node.client.app.state.ngsild_contexts
+        for _ in range(3):
+            notifier.dispatch_once(engine=engine, store=store, data_dir=node.data)
+    finally:
+        server.shutdown()
+    ids = sorted(n["subscriptionId"] for n in received)
+    assert ids == ["urn:ngsi-ld:Subscription:civil_affairs"], ids
+    assert received[0]["data"][0]["visitor"]["value"] == "张小明"

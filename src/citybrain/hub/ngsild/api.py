@@ -1478,6 +1478,8 @@ async def create_subscription(request: Request) -> Response:
     """Create a subscription."""
     body, terms = await _read(request)
     sub = subscriptions.validate(body, terms)
+    # notifications carry data: they are gated as reads of whoever made the subscription
+    sub["_reader"] = gated.reader_claims(request)
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     context = context_from_request(link=request.headers.get("link"), content_type=media, body=body)
     sub_id = subscriptions.create(
@@ -1513,6 +1515,8 @@ async def update_subscription(request: Request, sub_id: str) -> Response:
     validate_entity_id(sub_id)
     body, terms = await _read(request)
     fragment = subscriptions.validate(body, terms, partial=True)
+    # whoever changes a subscription (its endpoint, say) is who it reads as from now on
+    fragment["_reader"] = gated.reader_claims(request)
     subscriptions.patch(
         engine=_engine(request), tenant=_tenant(request), sub_id=sub_id, fragment=fragment
     )

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -41,16 +42,31 @@ def dataset_of(type_iri: str) -> str:
 class Reader:
     """The gate's decisions for one request, one per entity type, and what was returned."""
 
-    def __init__(self, request: Request, action: str = "ngsild.read") -> None:
+    def __init__(self, request: Request | None, action: str = "ngsild.read") -> None:
+        if request is None:
+            return  # see for_principal
         principal = getattr(request.state, "principal", None)
         if not isinstance(principal, Principal):
             raise Unauthorized("this endpoint needs a bearer token")
-        self.principal = principal
-        self.engine = request.app.state.engine
-        self.data_dir = request.app.state.settings.data_dir
+        self._start(principal, request.app.state.engine, request.app.state.settings.data_dir)
         self.action = action
+
+    def _start(self, principal: Principal, engine: Engine, data_dir: Path) -> None:
+        self.principal = principal
+        self.engine = engine
+        self.data_dir = data_dir
         self.decisions: dict[str, ReadDecision | Forbidden] = {}
         self.returned: Counter[str] = Counter()
+
+    @classmethod
+    def for_principal(
+        cls, principal: Principal, *, engine: Engine, data_dir: Path, action: str
+    ) -> Reader:
+        """Build a reader outside a request (notifications of a subscription)."""
+        reader = cls(None, action)
+        reader._start(principal, engine, data_dir)
+        reader.action = action
+        return reader
 
     def decide(self, type_iri: str) -> ReadDecision | Forbidden:
         """Return the decision for an entity type (cached for the request)."""
@@ -98,8 +114,10 @@ class Reader:
         shown = self.entity(entity)
         if shown is None:
             refusals = [d for d in self.decisions.values() if isinstance(d, Forbidden)]
-            raise refusals[0] if refusals else Forbidden(
-                f"entity {entity.get('id')} is outside what you may read"
+            raise (
+                refusals[0]
+                if refusals
+                else Forbidden(f"entity {entity.get('id')} is outside what you may read")
             )
         return shown
 
@@ -238,3 +256,48 @@ def check_write(types: Iterable[str]) -> None:
     reason = write_refusal(types)
     if reason is not None:
         raise Forbidden(reason)
+
+
+# --- subscriptions --------------------------------------------------------------------------
+
+
+def reader_claims(request: Request) -> dict[str, Any] | None:
+    """Return who a subscription reads as: its creator (or last editor), stored with it."""
+    principal = getattr(request.state, "principal", None)
+    if not isinstance(principal, Principal):
+        return None
+    return {
+        "subject": principal.subject,
+        "org": principal.org,
+        "role": principal.role.value,
+        "issuer": principal.issuer,
+        "phone": principal.phone,
+    }
+
+
+def notified_entities(
+    sub: dict[str, Any], entities: list[dict[str, Any]], *, engine: Engine, data_dir: Path | None
+) -> list[dict[str, Any]]:
+    """Return the entities a subscription's reader may receive, as it may see them.
+
+    Subscriptions made by local processes (no reader) receive everything, as before.
+    """
+    claims = sub.get("_reader")
+    if not isinstance(claims, dict) or data_dir is None:
+        return entities
+    try:
+        principal = Principal(
+            subject=str(claims["subject"]),
+            org=str(claims["org"]),
+            role=Role(str(claims["role"])),
+            issuer=str(claims.get("issuer") or ""),
+            phone=claims.get("phone"),
+        )
+    except (KeyError, ValueError):
+        return []  # a reader the node cannot understand receives nothing
+    reader = Reader.for_principal(
+        principal, engine=engine, data_dir=data_dir, action="ngsild.notify"
+    )
+    shown = reader.many(entities)
+    reader.finish()
+    return shown

@@ -7,6 +7,7 @@ import json
 import logging
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -14,7 +15,7 @@ import httpx
 import paho.mqtt.publish as mqtt_publish
 from sqlalchemy import Engine, select
 
-from citybrain.hub.ngsild import service, subscriptions
+from citybrain.hub.ngsild import gated, service, subscriptions
 from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, instances, render
 from citybrain.hub.ngsild.jsonld import CORE_URL, ContextStore, link_header_for
 from citybrain.hub.ngsild.models import ngsild_subscriptions
@@ -82,7 +83,7 @@ def deliver(
     )
 
 
-def dispatch_once(*, engine: Engine, store: ContextStore) -> int:
+def dispatch_once(*, engine: Engine, store: ContextStore, data_dir: Path | None = None) -> int:
     """Deliver every due notification once; return how many were delivered."""
     delivered = 0
     cache: dict[tuple[str, str], dict[str, Any] | None] = {}
@@ -99,10 +100,15 @@ def dispatch_once(*, engine: Engine, store: ContextStore) -> int:
         if sub is None:
             subscriptions.mark(engine=engine, row=row, error=None)
             continue
+        shown = gated.notified_entities(
+            sub, [row.payload["entity"]], engine=engine, data_dir=data_dir
+        )
+        if not shown:
+            # the subscription's reader may not see this entity: nothing is sent
+            subscriptions.mark(engine=engine, row=row, error=None)
+            continue
         try:
-            body = build_notification(
-                sub, [row.payload["entity"]], store, row.payload["notifiedAt"]
-            )
+            body = build_notification(sub, shown, store, row.payload["notifiedAt"])
             context = sub.get("_context")
             context_url = context if isinstance(context, str) else CORE_URL
             deliver(row.endpoint, body, context_url)
@@ -155,12 +161,16 @@ def periodic_once(*, engine: Engine, now: datetime | None = None) -> int:
     return queued
 
 
-async def run(*, engine: Engine, store: ContextStore, interval: float = 0.2) -> None:
-    """Deliver notifications until cancelled."""
+async def run(
+    *, engine: Engine, store: ContextStore, data_dir: Path | None = None, interval: float = 0.2
+) -> None:
+    """Deliver notifications until cancelled (gated by each subscription's reader)."""
     while True:
         try:
             await asyncio.to_thread(periodic_once, engine=engine)
-            await asyncio.to_thread(dispatch_once, engine=engine, store=store)
+            await asyncio.to_thread(
+                dispatch_once, engine=engine, store=store, data_dir=data_dir
+            )
         except asyncio.CancelledError:
             raise
         except Exception:  # keep the loop alive; the rows stay queued
