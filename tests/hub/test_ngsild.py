@@ -714,6 +714,11 @@ def test_pick_and_omit_project_entity_members(client: TestClient) -> None:
         params={"pick": "id,pm25", "timerel": "before", "timeAt": "2030-01-01T00:00:00Z"},
     ).json()
     assert set(temporal) == {"id", "pm25"}
+    r = client.get(
+        f"{BASE}/temporal/entities/urn:ngsi-ld:AirQualityObserved:001",
+        params={"pick": "unknown", "timerel": "before", "timeAt": "2030-01-01T00:00:00Z"},
+    )
+    assert r.status_code == 404
     for params in (
         {"pick": "name", "omit": "name"},
         {"pick": "name", "attrs": "pm25"},

@@ -1321,7 +1321,11 @@ async def temporal_retrieve(request: Request, entity_id: str) -> Response:
     payload = _temporal_payload(
         entity, series.get(entity_id, {}), terms, mode=mode, tq=tq, sys_attrs=sys_attrs
     )
-    return _respond(request, projection.apply(payload), terms)
+    shown = projection.apply(payload)
+    if not shown:
+        # clause 5.7.3.4, as for the current entity: nothing of it is left to return
+        raise NotFound(f"entity {entity_id} has none of the members picked")
+    return _respond(request, shown, terms)
 
 
 def _aggregate_in_sql(
