@@ -942,9 +942,15 @@ def test_accept_is_negotiated_by_weight_then_by_the_listed_order(client: TestCli
         ("application/ld+json", "application/ld+json"),
         ("application/geo+json", "application/geo+json"),
         ("*/*", "application/json"),
+        ("application/ld+json;q=notanumber", "application/ld+json"),
     ):
         r = client.get(url, headers={"Accept": accept})
         assert r.headers["content-type"].startswith(media), (accept, r.headers["content-type"])
+    # where GeoJSON is not offered it does not compete, whatever its weight
+    r = client.get(
+        f"{BASE}/types", headers={"Accept": "application/geo+json;q=0.9, application/ld+json;q=0.1"}
+    )
+    assert r.headers["content-type"].startswith("application/ld+json")
 
 
 def test_a_fetched_document_that_is_no_context_is_bad_request_data(client: TestClient) -> None:

@@ -168,8 +168,11 @@ def _terms_for_read(request: Request) -> TermMap:
 _OFFERED = ("application/json", "application/ld+json", "application/geo+json")
 
 
-def _negotiate(request: Request) -> str:
-    """The representation an Accept header asks for (RFC 9110 5.3.2 weights, 6.3.4 ties)."""
+def _negotiate(request: Request, geojson: bool = True) -> str:
+    """The representation an Accept header asks for (RFC 9110 5.3.2 weights, 6.3.4 ties).
+
+    Only the representations the endpoint offers compete (GeoJSON only where `geojson`).
+    """
     accept = request.headers.get("accept")
     if not accept:
         return "application/json"
@@ -184,13 +187,13 @@ def _negotiate(request: Request) -> str:
                 try:
                     weight = float(value)
                 except ValueError:
-                    weight = 0.0
+                    weight = 1.0  # a weight that does not parse decides nothing
         if media:
             specificity = 2 if media in _OFFERED else 1 if media == "application/*" else 0
             if media in _OFFERED or media in ("*/*", "application/*"):
                 weights[media] = (specificity, weight)
     best, best_weight = "application/json", -1.0
-    for media in _OFFERED:
+    for media in _OFFERED if geojson else _OFFERED[:2]:
         ranges = [weights[r] for r in (media, "application/*", "*/*") if r in weights]
         if not ranges:
             continue
@@ -200,8 +203,8 @@ def _negotiate(request: Request) -> str:
     return best
 
 
-def _wants_ld(request: Request) -> bool:
-    return _negotiate(request) == "application/ld+json"
+def _wants_ld(request: Request, geojson: bool = False) -> bool:
+    return _negotiate(request, geojson) == "application/ld+json"
 
 
 def _wants_geojson(request: Request) -> bool:
@@ -246,7 +249,7 @@ def _respond(
         return JSONResponse(
             body, status_code=status, media_type="application/geo+json", headers=extra
         )
-    if _wants_ld(request):
+    if _wants_ld(request, geojson):
         if isinstance(payload, dict):
             payload = {**payload, "@context": list(terms.urls) or CORE_URL}
         elif isinstance(payload, list):
