@@ -16,6 +16,9 @@ from citybrain import __version__
 from citybrain.core.config import Settings
 from citybrain.core.db import check_connection, create_engine_for, upgrade
 from citybrain.core.problems import BodyLimitMiddleware, install_problem_handlers
+from citybrain.federation import outbox as federation_outbox
+from citybrain.federation import trust as federation_trust
+from citybrain.federation.api import router as federation_router
 from citybrain.geo.api import router as geo_router
 from citybrain.governance.audit.api import router as audit_router
 from citybrain.governance.audit.middleware import WriteAuditMiddleware
@@ -130,6 +133,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                 )
             )
         )
+        tasks.append(
+            asyncio.create_task(federation_outbox.run(engine=app.state.engine, settings=settings))
+        )
         if settings.parent_url:
             tasks.append(
                 asyncio.create_task(keep_registered(engine=app.state.engine, settings=settings))
@@ -164,6 +170,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         api_key_resolver=lambda key: identity_service.resolve_api_key(
             engine=app.state.engine, issuer=settings.code, key=key
         ),
+        peer_resolver=lambda token: federation_trust.resolve_peer_token(
+            engine=app.state.engine, code=settings.code, token=token
+        ),
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
 
@@ -181,6 +190,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         audit_router,
         quality_router,
         lineage_router,
+        federation_router,
     ):
         app.include_router(router)
     get_plugin_manager().hook.citybrain_routes(app=app)

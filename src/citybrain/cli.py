@@ -39,13 +39,14 @@ def _register() -> None:
     app.add_typer(datamodels_app, name="datamodels", help="Smart Data Models, offline.")
     register_synth(app)
     register_node(app)
+    from citybrain.federation import cli as federation_cli
     from citybrain.governance.audit import cli as audit_cli
     from citybrain.governance.catalog import cli as catalog_cli
     from citybrain.governance.identity import cli as identity_cli
     from citybrain.governance.quality import cli as quality_cli
     from citybrain.governance.sharing import cli as sharing_cli
 
-    for part in (identity_cli, catalog_cli, sharing_cli, audit_cli, quality_cli):
+    for part in (identity_cli, catalog_cli, sharing_cli, audit_cli, quality_cli, federation_cli):
         part.register(app)
 
 

@@ -54,7 +54,7 @@ def test_migrations_reads_writes_and_conflicts(db_url: str) -> None:
     check_connection(engine)
     assert current_revision(engine) is None
     upgrade(engine)
-    assert current_revision(engine) == "0011"
+    assert current_revision(engine) == "0012"
     upgrade(engine)  # idempotent
     with engine.begin() as conn:
         conn.execute(insert(datasets).values(**_row("residents")))

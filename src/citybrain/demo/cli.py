@@ -40,6 +40,7 @@ def up(
         synth_dir = service.ensure_synthetic(root=root, scale=scale, seed=seed, progress=tick)
     specs = service.plan_nodes(root=root, synth_dir=synth_dir, port=port, counties_of=counties_of)
     service.check_ports_free(specs)
+    service.exchange_keys(specs)
     procs = service.start_nodes(specs=specs, log_dir=root / "logs")
     stop = threading.Event()
 

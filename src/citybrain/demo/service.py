@@ -86,6 +86,51 @@ def plan_nodes(
     return specs
 
 
+def exchange_keys(specs: list[NodeSpec]) -> None:
+    """Trust every child with its parent and the parent with the child, before any node starts.
+
+    The demo holds every data folder, so it plays each administrator: it reads each node's
+    public key and records it in the peer table of the node on the other end.
+    """
+    from citybrain.core.config import load_settings
+    from citybrain.core.db import create_engine_for, upgrade
+    from citybrain.federation import trust
+    from citybrain.federation.models import Relation
+
+    by_url = {s.url: s for s in specs}
+    engines = {}
+    try:
+        for spec in specs:
+            spec.data_dir.mkdir(parents=True, exist_ok=True)
+            settings = load_settings(data_dir=spec.data_dir, code=spec.code, level=spec.level)
+            engine = create_engine_for(settings.effective_database_url)
+            upgrade(engine)
+            engines[spec.code] = engine
+        for spec in specs:
+            if spec.parent_url is None:
+                continue
+            parent = by_url[spec.parent_url]
+            trust.add_peer(
+                engine=engines[parent.code],
+                own_code=parent.code,
+                code=spec.code,
+                relation=Relation.child,
+                url=spec.url,
+                public_key=trust.own_public_key(spec.data_dir),
+            )
+            trust.add_peer(
+                engine=engines[spec.code],
+                own_code=spec.code,
+                code=parent.code,
+                relation=Relation.parent,
+                url=parent.url,
+                public_key=trust.own_public_key(parent.data_dir),
+            )
+    finally:
+        for engine in engines.values():
+            engine.dispose()
+
+
 def check_ports_free(specs: list[NodeSpec]) -> None:
     """Refuse to start when any planned port is already taken."""
     for spec in specs:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request, Response
 from sqlalchemy import Engine
 
 from citybrain import __version__
 from citybrain.core.config import Settings
 from citybrain.core.db import check_connection
-from citybrain.core.errors import CityBrainError
+from citybrain.core.errors import CityBrainError, Forbidden
+from citybrain.federation import outbox, trust
+from citybrain.federation.models import Relation
+from citybrain.governance.identity.deps import current_principal
+from citybrain.governance.principal import Principal
 from citybrain.node import service
 from citybrain.node.models import (
     ChildRead,
@@ -69,9 +73,30 @@ def children(request: Request) -> list[ChildRead]:
 
 
 @router.post("/api/nodes/register")
-def register(request: Request, child: ChildRegistration) -> ChildRead:
-    """Register (or refresh) a child node."""
-    return service.register_child(engine=_engine(request), settings=_settings(request), child=child)
+def register(
+    request: Request,
+    response: Response,
+    child: ChildRegistration,
+    principal: Principal = Depends(current_principal),
+) -> ChildRead:
+    """Register (or refresh) a child node; the call must carry that child's peer token."""
+    engine, settings = _engine(request), _settings(request)
+    peer = trust.require_peer_relation(
+        engine=engine, own_code=settings.code, principal=principal, relation=Relation.child
+    )
+    if child.code != peer["code"]:
+        raise Forbidden(f"node {peer['code']} cannot register as {child.code}")
+    if (
+        child.public_key is not None
+        and trust.parse_public_key(child.public_key) != (peer["public_key"])
+    ):
+        raise Forbidden(f"node {child.code} sent a public key other than the one registered for it")
+    registered = service.register_child(engine=engine, settings=settings, child=child)
+    trust.touch_peer(engine=engine, code=child.code, version=child.version, url=child.url)
+    # the child is back: what waits for it goes out on the next round, not after its backoff
+    outbox.nudge(engine=engine, peer_code=child.code)
+    response.headers["CityBrain-Version"] = __version__
+    return registered
 
 
 @router.get("/api/datasets")

@@ -107,6 +107,10 @@ class ChildRegistration(BaseModel):
     url: str = Field(pattern=r"^https?://[^\s]+$", max_length=512)
     version: str = Field(max_length=32)
     datasets: list[DatasetBrief] = Field(default_factory=list, max_length=1000)
+    public_key: str | None = Field(
+        None, max_length=4096, description="the child's Ed25519 public key (PEM), checked"
+    )
+    capabilities: list[str] = Field(default_factory=list, max_length=100)
 
 
 class ChildRead(BaseModel):

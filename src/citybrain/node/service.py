@@ -182,7 +182,10 @@ def register_child(*, engine: Engine, settings: Settings, child: ChildRegistrati
             f"not to this node {settings.code}"
         )
     stamp = now()
-    summary = {"datasets": [d.model_dump() for d in child.datasets]}
+    summary = {
+        "datasets": [d.model_dump() for d in child.datasets],
+        "capabilities": child.capabilities,
+    }
     values = {
         "level": child.level,
         "url": child.url,

@@ -32,13 +32,14 @@ PUBLIC_EXACT = frozenset(
         "/api/node",
         "/api/nodes",
         "/favicon.ico",
-        # child registration is trusted by its key once federation lands; until then open
-        "/api/nodes/register",
     }
 )
 PUBLIC_PREFIXES = ("/static/", "/geo/", "/open311/v2/services", "/m/")
 
 ApiKeyResolver = Callable[[str], Principal]
+# returns the principal of a token another node signed for this one, None for a token this
+# node issued itself (verified as before), or raises Unauthorized
+PeerResolver = Callable[[str], Principal | None]
 
 
 def is_public(path: str) -> bool:
@@ -68,6 +69,7 @@ class AuthMiddleware:
         issuer: str,
         anonymous_role: str | None = None,
         api_key_resolver: ApiKeyResolver | None = None,
+        peer_resolver: PeerResolver | None = None,
     ) -> None:
         self.app = app
         self.data_dir = data_dir
@@ -84,6 +86,7 @@ class AuthMiddleware:
             else None
         )
         self.api_key_resolver = api_key_resolver
+        self.peer_resolver = peer_resolver
 
     def _principal(self, scope: Scope) -> Principal | None:
         authorization = api_key = None
@@ -95,6 +98,10 @@ class AuthMiddleware:
         if authorization:
             scheme, _, credential = authorization.partition(" ")
             if scheme.lower() == "bearer" and credential.strip():
+                if self.peer_resolver is not None:
+                    peer = self.peer_resolver(credential.strip())
+                    if peer is not None:
+                        return peer
                 return verify_token(
                     data_dir=self.data_dir, issuer=self.issuer, token=credential.strip()
                 )

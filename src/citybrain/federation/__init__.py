@@ -1,0 +1,1 @@
+"""Federation: trust between nodes, tasks sent down, escalations sent up, through an outbox."""
