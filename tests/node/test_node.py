@@ -17,12 +17,36 @@ from fastapi.testclient import TestClient
 
 from citybrain.app import create_app
 from citybrain.core.config import load_settings
+from citybrain.core.db import create_engine_for, upgrade
+from citybrain.federation import trust
+from citybrain.federation.models import Relation
 from conftest import bearer, free_port
 
 
 def _client(data: Path, **kw: object) -> TestClient:
     settings = load_settings(data_dir=data, **kw)
     return TestClient(create_app(settings), headers=bearer(data, issuer=settings.code))
+
+
+def _trust(data: Path, own: str, peer_dir: Path, peer: str, relation: Relation, url: str) -> None:
+    """Record a peer's key in a node's store, as `citybrain nodes add-child/set-parent` does."""
+    data.mkdir(parents=True, exist_ok=True)
+    engine = create_engine_for(load_settings(data_dir=data).effective_database_url)
+    upgrade(engine)
+    trust.add_peer(
+        engine=engine,
+        own_code=own,
+        code=peer,
+        relation=relation,
+        url=url,
+        public_key=trust.own_public_key(peer_dir),
+    )
+    engine.dispose()
+
+
+def _city_headers(tmp_path: Path, code: str = "370100") -> dict[str, str]:
+    token = trust.peer_token(data_dir=tmp_path / "city", caller=code, audience="370000")
+    return {"Authorization": f"Bearer {token}"}
 
 
 def _write_table(data: Path) -> None:
@@ -48,8 +72,13 @@ def test_node_api(tmp_path: Path) -> None:
         }
         assert client.get("/scenes/overview").json()["departments"]["public_security"]["rows"] == 3
         child = {"code": "370100", "level": "city", "url": "http://127.0.0.1:9", "version": "0.1.0"}
-        assert client.post("/api/nodes/register", json=child).status_code == 200
-        assert client.post("/api/nodes/register", json=child).status_code == 200  # idempotent
+        # only a child whose key the province registered, with its own signed token
+        assert client.post("/api/nodes/register", json=child).status_code == 403
+        _trust(tmp_path, "370000", tmp_path / "city", "370100", Relation.child, child["url"])
+        city = _city_headers(tmp_path)
+        assert client.post("/api/nodes/register", json=child, headers=city).status_code == 200
+        # idempotent
+        assert client.post("/api/nodes/register", json=child, headers=city).status_code == 200
         assert [c["code"] for c in client.get("/api/nodes").json()] == ["370100"]
         page = client.get("/")
         assert page.status_code == 200 and "CityBrain" in page.text
@@ -58,22 +87,23 @@ def test_node_api(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "status"),
     [
-        ({"code": "370102", "level": "county", "url": "http://x:1", "version": "1"}, 422),
+        # the token is 370100's: registering as anyone else is refused
+        ({"code": "370102", "level": "county", "url": "http://x:1", "version": "1"}, 403),
+        ({"code": "999999", "level": "city", "url": "http://x:1", "version": "1"}, 403),
         ({"code": "370100", "level": "county", "url": "http://x:1", "version": "1"}, 422),
-        ({"code": "999999", "level": "city", "url": "http://x:1", "version": "1"}, 404),
         ({"code": "3701", "level": "city", "url": "http://x:1", "version": "1"}, 400),
         ({"code": "370100", "level": "city", "url": "not a url", "version": "1"}, 400),
         ("{not json", 400),
     ],
 )
 def test_registration_refusals(tmp_path: Path, body: object, status: int) -> None:
+    _trust(tmp_path, "370000", tmp_path / "city", "370100", Relation.child, "http://x:1")
+    city = {**_city_headers(tmp_path), "content-type": "application/json"}
     with _client(tmp_path, code="370000", level="province") as client:
         if isinstance(body, str):
-            response = client.post(
-                "/api/nodes/register", content=body, headers={"content-type": "application/json"}
-            )
+            response = client.post("/api/nodes/register", content=body, headers=city)
         else:
-            response = client.post("/api/nodes/register", json=body)
+            response = client.post("/api/nodes/register", json=body, headers=city)
         assert response.status_code == status
         assert response.json()["type"].startswith("https://uri.etsi.org/ngsi-ld/errors/")
         assert client.get("/api/nodes").json() == []
@@ -155,6 +185,9 @@ def _wait_for(url: str, timeout: float = 30) -> httpx.Response:
 
 def test_serve_registers_child_and_stops_cleanly(tmp_path: Path) -> None:
     p_port, c_port = free_port(), free_port()
+    p_url, c_url = f"http://127.0.0.1:{p_port}", f"http://127.0.0.1:{c_port}"
+    _trust(tmp_path / "p", "370000", tmp_path / "c", "370100", Relation.child, c_url)
+    _trust(tmp_path / "c", "370100", tmp_path / "p", "370000", Relation.parent, p_url)
     parent = subprocess.Popen(
         [
             sys.executable,
