@@ -1,0 +1,1 @@
+"""Decisions: indicators computed per administrative unit (and, later, alerts and events)."""

@@ -1,0 +1,1 @@
+"""Indicator trees: YAML definitions, SQL formulas per administrative unit, scores and stars."""
