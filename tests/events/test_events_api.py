@@ -29,15 +29,16 @@ def _settings(data: Path) -> object:
 def node(tmp_path: Path) -> Iterator[TestClient]:
     """A Jinan city node; the default headers are a grid worker of civil affairs."""
     app = create_app(_settings(tmp_path))  # type: ignore[arg-type]
-    headers = bearer(tmp_path, org="civil_affairs", role="operator", issuer=JINAN,
-                     subject="grid-worker-1")
+    headers = bearer(
+        tmp_path, org="civil_affairs", role="operator", issuer=JINAN, subject="grid-worker-1"
+    )
     with TestClient(app, headers=headers) as client:
         yield client
 
 
-def _as(data: Path, org: str, role: str, subject: str = "u", phone: str | None = None) -> dict[
-    str, str
-]:
+def _as(
+    data: Path, org: str, role: str, subject: str = "u", phone: str | None = None
+) -> dict[str, str]:
     return bearer(data, org=org, role=role, issuer=JINAN, subject=subject, phone=phone)
 
 
@@ -46,8 +47,13 @@ def _data(client: TestClient) -> Path:
 
 
 def _report(client: TestClient, **over: object) -> dict[str, object]:
-    body = {"event_type": "manhole_cover", "description": "井盖丢了，很危险",
-            "lon": LIXIA[0], "lat": LIXIA[1], "address": "历下区泉城路"} | over
+    body = {
+        "event_type": "manhole_cover",
+        "description": "井盖丢了，很危险",
+        "lon": LIXIA[0],
+        "lat": LIXIA[1],
+        "address": "历下区泉城路",
+    } | over
     response = client.post("/api/events/cases", json=body)
     assert response.status_code == 201, response.text
     return response.json()  # type: ignore[no-any-return]
@@ -57,7 +63,9 @@ def test_grid_report_routes_by_type_and_area(node: TestClient) -> None:
     case = _report(node)
     # the matrix: manhole covers in 历下区 (370102) go to city management, else housing
     assert (case["state"], case["area_code"], case["department"]) == (
-        "captured", "370102", "city_management"
+        "captured",
+        "370102",
+        "city_management",
     )
     assert case["allowed_transitions"] == ["discard", "escalate", "verify"]
     other = _report(node, lon=117.0, lat=36.65)
@@ -80,8 +88,12 @@ def test_grid_report_routes_by_type_and_area(node: TestClient) -> None:
 def test_intake_validation(
     node: TestClient, over: dict[str, object], status: int, words: str
 ) -> None:
-    body = {"event_type": "street_lamp", "description": "路灯不亮",
-            "lon": LIXIA[0], "lat": LIXIA[1]} | over
+    body = {
+        "event_type": "street_lamp",
+        "description": "路灯不亮",
+        "lon": LIXIA[0],
+        "lat": LIXIA[1],
+    } | over
     response = node.post("/api/events/cases", json=body)
     assert response.status_code == status, response.text
     assert words in response.json()["title"]
@@ -128,20 +140,38 @@ def test_ngsi_ld_alarms_become_cases_once(node: TestClient) -> None:
         "subscriptionId": "urn:ngsi-ld:Subscription:bins",
         "notifiedAt": "2025-03-03T08:00:00Z",
         "data": [
-            {"id": "urn:ngsi-ld:WasteContainer:jn-1", "type": "WasteContainer",
-             "fillingLevel": {"type": "Property", "value": 0.96},
-             "location": {"type": "GeoProperty",
-                          "value": {"type": "Point", "coordinates": list(LIXIA)}}},
-            {"id": "urn:ngsi-ld:WasteContainer:jn-2", "type": "WasteContainer",
-             "fillingLevel": {"type": "Property", "value": 0.3}},
-            {"id": "urn:ngsi-ld:CameraAlarm:cam-9", "type": "CameraAlarm",
-             "alarmType": {"type": "Property", "value": "illegalParking"},
-             "location": {"type": "GeoProperty",
-                          "value": {"type": "Point", "coordinates": [117.0, 36.65]}}},
-            {"id": "urn:ngsi-ld:CameraAlarm:qd-1", "type": "CameraAlarm",
-             "alarmType": {"type": "Property", "value": "illegal_parking"},
-             "location": {"type": "GeoProperty",
-                          "value": {"type": "Point", "coordinates": list(QINGDAO)}}},
+            {
+                "id": "urn:ngsi-ld:WasteContainer:jn-1",
+                "type": "WasteContainer",
+                "fillingLevel": {"type": "Property", "value": 0.96},
+                "location": {
+                    "type": "GeoProperty",
+                    "value": {"type": "Point", "coordinates": list(LIXIA)},
+                },
+            },
+            {
+                "id": "urn:ngsi-ld:WasteContainer:jn-2",
+                "type": "WasteContainer",
+                "fillingLevel": {"type": "Property", "value": 0.3},
+            },
+            {
+                "id": "urn:ngsi-ld:CameraAlarm:cam-9",
+                "type": "CameraAlarm",
+                "alarmType": {"type": "Property", "value": "illegalParking"},
+                "location": {
+                    "type": "GeoProperty",
+                    "value": {"type": "Point", "coordinates": [117.0, 36.65]},
+                },
+            },
+            {
+                "id": "urn:ngsi-ld:CameraAlarm:qd-1",
+                "type": "CameraAlarm",
+                "alarmType": {"type": "Property", "value": "illegal_parking"},
+                "location": {
+                    "type": "GeoProperty",
+                    "value": {"type": "Point", "coordinates": list(QINGDAO)},
+                },
+            },
         ],
     }
     first = node.post("/api/events/intake/ngsi-ld", json=notification, headers=service_headers)
@@ -155,15 +185,24 @@ def test_ngsi_ld_alarms_become_cases_once(node: TestClient) -> None:
     bad = node.post("/api/events/intake/ngsi-ld", json={"data": "x"}, headers=service_headers)
     assert bad.status_code == 400
     citizen = _as(_data(node), "citizens", "citizen", "citizen:1")
-    assert node.post("/api/events/intake/ngsi-ld", json=notification,
-                     headers=citizen).status_code == 403
+    assert (
+        node.post("/api/events/intake/ngsi-ld", json=notification, headers=citizen).status_code
+        == 403
+    )
 
 
 def test_task_of_the_parent_node_is_idempotent(node: TestClient) -> None:
     engine = node.app.state.engine  # type: ignore[attr-defined]
-    kwargs = {"engine": engine, "data_dir": _data(node), "node_code": JINAN,
-              "task_id": "T-42", "event_type": "fallen_tree",
-              "description": "省里转办：经十路大树倒伏", "lon": LIXIA[0], "lat": LIXIA[1]}
+    kwargs = {
+        "engine": engine,
+        "data_dir": _data(node),
+        "node_code": JINAN,
+        "task_id": "T-42",
+        "event_type": "fallen_tree",
+        "description": "省里转办：经十路大树倒伏",
+        "lon": LIXIA[0],
+        "lat": LIXIA[1],
+    }
     case = service.create_case_from_task(**kwargs)  # type: ignore[arg-type]
     assert case.state == "registered" and case.source == "task"
     assert service.create_case_from_task(**kwargs).id == case.id  # type: ignore[arg-type]
@@ -183,10 +222,12 @@ def _lifecycle(node: TestClient) -> tuple[str, dict[str, dict[str, str]]]:
     return case_id, who
 
 
-def _fire(node: TestClient, case_id: str, name: str, headers: dict[str, str],
-          **body: object) -> tuple[int, dict[str, object]]:
-    response = node.post(f"/api/events/cases/{case_id}/transitions/{name}", json=body or None,
-                         headers=headers)
+def _fire(
+    node: TestClient, case_id: str, name: str, headers: dict[str, str], **body: object
+) -> tuple[int, dict[str, object]]:
+    response = node.post(
+        f"/api/events/cases/{case_id}/transitions/{name}", json=body or None, headers=headers
+    )
     return response.status_code, response.json()
 
 
@@ -219,13 +260,18 @@ def test_full_lifecycle_with_roles(node: TestClient) -> None:
     assert status == 200 and case["satisfaction"] == 4 and case["open"] is False
     assert _fire(node, case_id, "evaluate", who["centre"])[1]["state"] == "evaluated"
     assert _fire(node, case_id, "urge", who["centre"])[0] == 409
-    timeline = node.get(f"/api/events/cases/{case_id}/transitions",
-                        headers=who["centre"]).json()
+    timeline = node.get(f"/api/events/cases/{case_id}/transitions", headers=who["centre"]).json()
     assert [t["transition"] for t in timeline][:5] == [
-        "capture", "verify", "create_case", "dispatch", "handle"
+        "capture",
+        "verify",
+        "create_case",
+        "dispatch",
+        "handle",
     ]
     assert timeline[-1]["to_state"] == "evaluated"
-    page = audit.query(data_dir=_data(node), action="events.close", resource=f"event_case/{case_id}")
+    page = audit.query(
+        data_dir=_data(node), action="events.close", resource=f"event_case/{case_id}"
+    )
     assert len(page.records) == 1
 
 
@@ -298,8 +344,12 @@ def test_citizen_reporter_sees_and_rates_own_case(node: TestClient) -> None:
     citizen = _as(data, "citizens", "citizen", "citizen:13900001111", phone="13900001111")
     response = node.post(
         "/api/events/cases",
-        json={"event_type": "street_lamp", "description": "路灯不亮", "lon": LIXIA[0],
-              "lat": LIXIA[1]},
+        json={
+            "event_type": "street_lamp",
+            "description": "路灯不亮",
+            "lon": LIXIA[0],
+            "lat": LIXIA[1],
+        },
         headers=citizen,
     )
     case_id = response.json()["id"]

@@ -58,7 +58,10 @@ def test_unknown_transition_and_finished_states() -> None:
 def test_who_may_act() -> None:
     dept = Principal(subject="h", org="transport", role=Role.operator, issuer="370000")
     citizen = Principal(
-        subject="citizen:13800138000", org="citizens", role=Role.citizen, issuer="370000",
+        subject="citizen:13800138000",
+        org="citizens",
+        role=Role.citizen,
+        issuer="370000",
         phone="13800138000",
     )
     assert actors_of(CENTRE, department="transport", reporter="x", contact_phone=None) == {
@@ -67,8 +70,9 @@ def test_who_may_act() -> None:
     assert actors_of(dept, department="transport", reporter="x", contact_phone=None) == {
         Actor.department
     }
-    assert actors_of(citizen, department="transport", reporter="x",
-                     contact_phone="13800138000") == {Actor.reporter}
+    assert actors_of(
+        citizen, department="transport", reporter="x", contact_phone="13800138000"
+    ) == {Actor.reporter}
     for name in ("verify", "dispatch", "close"):
         with pytest.raises(Forbidden):
             check_actor(name, {Actor.department})
@@ -98,9 +102,7 @@ def _new_case(engine: Engine, data: Path) -> str:
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.lists(st.sampled_from(sorted(TRANSITIONS)), min_size=1, max_size=14))
-def test_random_paths_through_the_store(
-    store: tuple[Engine, Path], names: list[str]
-) -> None:
+def test_random_paths_through_the_store(store: tuple[Engine, Path], names: list[str]) -> None:
     engine, data = store
     case_id = _new_case(engine, data)
     state, department, extensions, escalated = State.captured, "city_management", 0, False
@@ -120,11 +122,25 @@ def test_random_paths_through_the_store(
         )
         if not legal or blocked:
             with pytest.raises(Conflict):
-                service.transition(engine=engine, data_dir=data, case_id=case_id, name=name,
-                                   principal=who, body=body, now=NOW)
+                service.transition(
+                    engine=engine,
+                    data_dir=data,
+                    case_id=case_id,
+                    name=name,
+                    principal=who,
+                    body=body,
+                    now=NOW,
+                )
             continue
-        case = service.transition(engine=engine, data_dir=data, case_id=case_id, name=name,
-                                  principal=who, body=body, now=NOW)
+        case = service.transition(
+            engine=engine,
+            data_dir=data,
+            case_id=case_id,
+            name=name,
+            principal=who,
+            body=body,
+            now=NOW,
+        )
         state = transition.target or state
         if name in {"dispatch", "reassign"}:
             department = new_department
@@ -143,8 +159,15 @@ def test_transition_rules_through_the_store(store: tuple[Engine, Path]) -> None:
     case_id = _new_case(engine, data)
 
     def fire(name: str, who: Principal = CENTRE, **kw: object) -> object:
-        return service.transition(engine=engine, data_dir=data, case_id=case_id, name=name,
-                                  principal=who, body=TransitionRequest(**kw), now=NOW)
+        return service.transition(
+            engine=engine,
+            data_dir=data,
+            case_id=case_id,
+            name=name,
+            principal=who,
+            body=TransitionRequest(**kw),
+            now=NOW,
+        )
 
     with pytest.raises(Conflict, match="allowed: discard, escalate, verify"):
         fire("close")
@@ -165,5 +188,6 @@ def test_transition_rules_through_the_store(store: tuple[Engine, Path]) -> None:
     with pytest.raises(BadInput):
         fire("reassign", department="city_management")
     with pytest.raises(NotFound):
-        service.transition(engine=engine, data_dir=data, case_id="EVNOPE", name="verify",
-                           principal=CENTRE, now=NOW)
+        service.transition(
+            engine=engine, data_dir=data, case_id="EVNOPE", name="verify", principal=CENTRE, now=NOW
+        )

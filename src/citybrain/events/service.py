@@ -1011,7 +1011,8 @@ def department_stats(
             for (department,) in conn.execute(
                 select(c.department).where(
                     and_(
-                        c.state.in_([s.value for s in OPEN_STATES]),
+                        # a case back at the centre (returned) is not the department's delay
+                        c.state.in_(["dispatched", "handling", "handled"]),
                         c.deadline.is_not(None),
                         c.deadline < moment,
                     )
