@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -15,7 +16,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from citybrain import __version__
 from citybrain.core.config import Settings
 from citybrain.core.db import check_connection, create_engine_for, upgrade
-from citybrain.core.problems import BodyLimitMiddleware, install_problem_handlers
+from citybrain.core.problems import BodyLimitMiddleware, install_problem_handlers, problem
+from citybrain.decisions.indicators import service as indicators_service
+from citybrain.decisions.indicators.api import router as indicators_router
+from citybrain.events.api import router as events_router
 from citybrain.federation import outbox as federation_outbox
 from citybrain.federation import trust as federation_trust
 from citybrain.federation.api import router as federation_router
@@ -43,6 +47,7 @@ from citybrain.plugins.manager import get_plugin_manager
 from citybrain.web.pages import router as web_router
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
+_EMPTY_OR_DOT_SEGMENT = re.compile(r"//|/\.{1,2}(/|$)")
 access_log = logging.getLogger("citybrain.access")
 
 
@@ -80,6 +85,13 @@ class AccessMiddleware:
         # NGSI-LD clients differ on trailing slashes; the API answers both forms
         if path.startswith("/ngsi-ld/") and path.endswith("/"):
             scope["path"] = path.rstrip("/")
+        # on the raw path: an id like http://x/y arrives percent-encoded and keeps its slashes
+        raw = (scope.get("raw_path") or path.encode()).decode("latin-1").rstrip("/")
+        if path.startswith("/ngsi-ld/") and _EMPTY_OR_DOT_SEGMENT.search(raw.split("?", 1)[0]):
+            # an empty or dot segment names no resource: the request is malformed (400)
+            response = problem(400, "BadRequestData", "the path has an empty or dot segment")
+            await response(scope, receive, send)
+            return
         start = time.perf_counter()
         status = 500
         # NGSI-LD answers name the tenant they were about, as the request named it
@@ -136,6 +148,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         tasks.append(
             asyncio.create_task(federation_outbox.run(engine=app.state.engine, settings=settings))
         )
+        tasks.append(
+            asyncio.create_task(
+                indicators_service.run_schedule(engine=app.state.engine, settings=settings)
+            )
+        )
         if settings.parent_url:
             tasks.append(
                 asyncio.create_task(keep_registered(engine=app.state.engine, settings=settings))
@@ -191,6 +208,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         quality_router,
         lineage_router,
         federation_router,
+        events_router,
+        indicators_router,
     ):
         app.include_router(router)
     get_plugin_manager().hook.citybrain_routes(app=app)

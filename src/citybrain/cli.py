@@ -39,6 +39,8 @@ def _register() -> None:
     app.add_typer(datamodels_app, name="datamodels", help="Smart Data Models, offline.")
     register_synth(app)
     register_node(app)
+    from citybrain.decisions.indicators import cli as indicators_cli
+    from citybrain.events import cli as events_cli
     from citybrain.federation import cli as federation_cli
     from citybrain.governance.audit import cli as audit_cli
     from citybrain.governance.catalog import cli as catalog_cli
@@ -46,7 +48,16 @@ def _register() -> None:
     from citybrain.governance.quality import cli as quality_cli
     from citybrain.governance.sharing import cli as sharing_cli
 
-    for part in (identity_cli, catalog_cli, sharing_cli, audit_cli, quality_cli, federation_cli):
+    for part in (
+        identity_cli,
+        catalog_cli,
+        sharing_cli,
+        audit_cli,
+        quality_cli,
+        federation_cli,
+        events_cli,
+        indicators_cli,
+    ):
         part.register(app)
 
 
