@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     anonymous_role: str | None = Field(
         None, description="role given to requests without a token (off by default)"
     )
+    federation_deadline_seconds: float = Field(
+        3.0,
+        gt=0,
+        le=60,
+        description="longest a distributed query waits for the context sources (child nodes)",
+    )
 
     @classmethod
     def settings_customise_sources(

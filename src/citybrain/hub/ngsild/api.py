@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from citybrain.core.errors import BadInput, CityBrainError, Conflict, NotFound
+from citybrain.federation import distributed
 from citybrain.governance.principal import Principal
 from citybrain.hub.ngsild import gated, geoquery, query, service, subscriptions, temporal
 from citybrain.hub.ngsild.entities import (
@@ -471,6 +472,47 @@ def _gated_attrs(
     return chosen or ["urn:ngsi-ld:citybrain:no-such-attribute"]
 
 
+def _sources(request: Request, spec: service.EntityQuery) -> list[distributed.Source]:
+    """Return the context sources a query concerns (a cached lookup; [] for most nodes)."""
+    return distributed.sources_for(
+        request, tenant=_tenant(request), types=spec.types, ids=spec.ids, attrs=spec.attrs
+    )
+
+
+async def _distribute(
+    request: Request,
+    sources: list[distributed.Source],
+    params: Mapping[str, str],
+    spec: service.EntityQuery,
+    terms: TermMap,
+    local: list[dict[str, Any]],
+    total: int,
+    reader: gated.Reader,
+    offset: int,
+    limit: int,
+    count: bool,
+    sys_attrs: bool,
+) -> tuple[list[dict[str, Any]], int, dict[str, str]]:
+    """Merge the answers of the context sources with the local page; cut the page after."""
+    forwarded = distributed.forwarded_params(dict(params), types=spec.types, count=count)
+    result = await distributed.fan_out(
+        request, sources, path="/entities", params=forwarded, terms=terms, want=offset + limit
+    )
+    merged, duplicates = distributed.merge(
+        local, result, reader=reader, terms=terms, sys_attrs=sys_attrs
+    )
+    if count:
+        total += sum(
+            a.count if a.count is not None else len(a.items)
+            for a in result.answers
+            if a.error is None
+        )
+        total -= duplicates
+    page = merged[offset : offset + limit]
+    distributed.record(request, result, resource="ngsi-ld:entities", rows=len(page))
+    return page, total, result.headers()
+
+
 @router.get("/entities")
 async def query_entities(request: Request) -> Response:
     """Query entities by type, id, idPattern, attrs, q, scopeQ and geo-query."""
@@ -484,12 +526,14 @@ async def query_entities(request: Request) -> Response:
     fmt, sys_attrs = _options(request)
     reader = gated.Reader(request)
     spec = _gated_spec(reader, spec)
+    sources = _sources(request, spec)
     page, total = service.query_entities(
         engine=_engine(request),
         tenant=_tenant(request),
         spec=spec,
-        limit=limit,
-        offset=offset,
+        # with context sources the page is cut after the merge
+        limit=offset + limit if sources else limit,
+        offset=0 if sources else offset,
         count=count,
     )
     shown = reader.many(page)
@@ -511,8 +555,24 @@ async def query_entities(request: Request) -> Response:
         for e in shown
     )
     payload = [e for e in rendered if e]  # an entity the projection empties is left out
-    headers = {"NGSILD-Results-Count": str(total)} if count else None
-    return _respond(request, payload, terms, headers=headers, geojson=True)
+    partial: dict[str, str] = {}
+    if sources:
+        payload, total, partial = await _distribute(
+            request,
+            sources,
+            params,
+            spec,
+            terms,
+            payload,
+            total,
+            reader,
+            offset,
+            limit,
+            count,
+            sys_attrs,
+        )
+    headers = {"NGSILD-Results-Count": str(total)} if count else {}
+    return _respond(request, payload, terms, headers=headers | partial, geojson=True)
 
 
 @router.get("/entities/{entity_id}")
@@ -1036,12 +1096,13 @@ async def _batch_query(request: Request) -> Response:
     fmt, sys_attrs = _options(request)
     reader = gated.Reader(request)
     spec = _gated_spec(reader, spec)
+    sources = _sources(request, spec)
     page, total = service.query_entities(
         engine=_engine(request),
         tenant=_tenant(request),
         spec=spec,
-        limit=limit,
-        offset=offset,
+        limit=offset + limit if sources else limit,
+        offset=0 if sources else offset,
         count=count,
     )
     shown = reader.many(page)
@@ -1053,8 +1114,25 @@ async def _batch_query(request: Request) -> Response:
         for e in shown
     )
     payload = [e for e in rendered if e]
-    headers = {"NGSILD-Results-Count": str(total)} if count else None
-    return _respond(request, payload, terms, headers=headers)
+    partial: dict[str, str] = {}
+    if sources:
+        forwarded = {**dict(request.query_params), **params, **members}
+        payload, total, partial = await _distribute(
+            request,
+            sources,
+            forwarded,
+            spec,
+            terms,
+            payload,
+            total,
+            reader,
+            offset,
+            limit,
+            count,
+            sys_attrs,
+        )
+    headers = {"NGSILD-Results-Count": str(total)} if count else {}
+    return _respond(request, payload, terms, headers=headers | partial)
 
 
 @router.get("/types")
@@ -1065,6 +1143,12 @@ async def types(request: Request) -> Response:
         terms.compact(t)
         for t in service.entity_types(engine=_engine(request), tenant=_tenant(request))
     ]
+    partial: dict[str, str] = {}
+    sources = distributed.sources_for(
+        request, tenant=_tenant(request), types=None, ids=None, attrs=None
+    )
+    if sources:
+        names, partial = await _remote_types(request, sources, terms, names)
     if request.query_params.get("details", "false").lower() == "true":
         payload: Any = [{"id": t, "type": "EntityType", "typeName": t} for t in names]
     else:
@@ -1073,7 +1157,25 @@ async def types(request: Request) -> Response:
             "type": "EntityTypeList",
             "typeList": names,
         }
-    return _respond(request, payload, terms)
+    return _respond(request, payload, terms, headers=partial)
+
+
+async def _remote_types(
+    request: Request, sources: list[distributed.Source], terms: TermMap, names: list[str]
+) -> tuple[list[str], dict[str, str]]:
+    """Add the entity types the context sources report to the local ones."""
+    result = await distributed.fan_out(
+        request, sources, path="/types", params={}, terms=terms, want=None
+    )
+    found = set(names)
+    for answer in result.answers:
+        for item in answer.items:
+            listed = item.get("typeList") if isinstance(item, dict) else None
+            if isinstance(listed, list):
+                found.update(str(t) for t in listed)
+    merged = sorted(found)
+    distributed.record(request, result, resource="ngsi-ld:types", rows=len(merged))
+    return merged, result.headers()
 
 
 @router.get("/types/{type_name}")
@@ -1536,3 +1638,9 @@ async def delete_subscription(request: Request, sub_id: str) -> Response:
     validate_entity_id(sub_id)
     subscriptions.remove(engine=_engine(request), tenant=_tenant(request), sub_id=sub_id)
     return Response(status_code=204)
+
+
+# context source registrations share this router's prefix and request checks
+from citybrain.hub.ngsild import csource  # noqa: E402
+
+router.include_router(csource.router)
