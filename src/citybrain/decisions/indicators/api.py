@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 
 from citybrain.core.config import Settings
 from citybrain.core.errors import BadInput
 from citybrain.decisions.indicators import service
 from citybrain.decisions.indicators.models import (
+    ChildResult,
     Comparison,
     ComputeRequest,
     ComputeResult,
@@ -19,10 +21,23 @@ from citybrain.decisions.indicators.models import (
     TreeSummary,
     ValueRead,
 )
+from citybrain.federation.rollup import RollupResult
+from citybrain.governance.audit import service as audit
 from citybrain.governance.identity.deps import require_role
 from citybrain.governance.principal import GOVERNMENT_ROLES, Principal, Role
 
 router = APIRouter(prefix="/api/indicators", tags=["indicators"])
+
+
+class RollupRequest(BaseModel):
+    """Which tree to roll up, and how long to wait for the children."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tree: str = Field(max_length=32)
+    deadline: float = Field(5.0, gt=0, le=60)
+
+
 government = require_role(*GOVERNMENT_ROLES)
 computer = require_role(Role.bureau_admin, Role.operator)
 
@@ -60,6 +75,44 @@ def compute(
         period=job.period,
         principal=principal,
         trigger="api",
+    )
+
+
+@router.get("/export")
+def export(
+    request: Request,
+    tree: str = Query(..., max_length=32),
+    principal: Principal = Depends(government),
+) -> list[ChildResult]:
+    """Return this node's latest values of its own unit, as its parent rolls them up."""
+    settings: Settings = request.app.state.settings
+    service.describe_tree(tree=tree)
+    out = service.export_results(engine=_engine(request), tree=tree, unit=settings.code)
+    audit.append(
+        data_dir=settings.data_dir,
+        principal=principal,
+        action="indicator.export",
+        resource=f"indicator:{tree}",
+        result="ok",
+        rows=len(out),
+    )
+    return out
+
+
+@router.post("/rollup")
+def rollup(
+    request: Request, job: RollupRequest, principal: Principal = Depends(computer)
+) -> RollupResult:
+    """Pull the children's values of a tree now and roll them up into this node's unit."""
+    from citybrain.federation import rollup as federation_rollup
+
+    settings: Settings = request.app.state.settings
+    return federation_rollup.rollup(
+        engine=_engine(request),
+        settings=settings,
+        tree=job.tree,
+        principal=principal,
+        deadline=job.deadline,
     )
 
 

@@ -84,6 +84,33 @@ def compute(
         typer.echo(f"  {failure.item}: {failure.reason}")
 
 
+@app.command("rollup")
+def rollup(
+    tree: str = typer.Argument(..., help="tree id (citybrain indicators trees)"),
+    data: Path = DATA,
+    code: str | None = CODE,
+    level: str | None = LEVEL,
+    deadline: float = typer.Option(5.0, "--deadline", help="seconds to wait for the children"),
+    as_json: bool = JSON_OUT,
+) -> None:
+    """Pull the children's values of a tree and roll them up into this node's unit."""
+    from citybrain.federation import rollup as federation_rollup
+
+    engine, settings = _open(data, code, level)
+    result = federation_rollup.rollup(
+        engine=engine, settings=settings, tree=tree, deadline=deadline
+    )
+    if as_json:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    typer.echo(
+        f"{result.tree}: {len(result.answered)} of {len(result.children)} children answered, "
+        f"{result.stored} values stored, {result.rolled_up} rolled up ({result.seconds:.2f} s)"
+    )
+    for child, why in result.missing.items():
+        typer.echo(f"  missing {child}: {why}")
+
+
 @app.command("values")
 def values(
     tree: str = typer.Argument(...),
