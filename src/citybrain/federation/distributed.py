@@ -29,7 +29,7 @@ from citybrain.governance.audit import service as audit
 from citybrain.governance.gate import ReadDecision
 from citybrain.governance.principal import Principal
 from citybrain.hub.ngsild import csource
-from citybrain.hub.ngsild.jsonld import TermMap, link_header_for
+from citybrain.hub.ngsild.jsonld import ContextStore, TermMap, link_header_for
 
 log = logging.getLogger(__name__)
 
@@ -515,7 +515,24 @@ async def _child_types(
         return None
     if not isinstance(body, list):
         return None
-    return sorted({str(t["id"]) for t in body if isinstance(t, dict) and t.get("id")})
+    # asked without a Link header, the child compacts with the core context alone
+    terms = _core_terms()
+    return sorted(
+        {
+            terms.expand(str(t["typeName"]))
+            for t in body
+            if isinstance(t, dict) and t.get("typeName")
+        }
+    )
+
+
+_core: list[TermMap] = []
+
+
+def _core_terms() -> TermMap:
+    if not _core:
+        _core.append(ContextStore().term_map(None))
+    return _core[0]
 
 
 def store_peer_types(
