@@ -391,3 +391,39 @@ def test_refresh_discovers_the_children_types(world: World) -> None:
     assert _get(world, type="AirQualityObserved").headers["X-CityBrain-Missing"] == QINGDAO
     parking = _get(world, type="ParkingSpot").json()
     assert [e["id"] for e in parking] == ["urn:ngsi-ld:ParkingSpot:jn-1"]
+
+
+def test_a_looping_request_stays_local_and_a_caller_can_shorten_the_deadline(
+    world: World,
+) -> None:
+    looped = world.province.client.get(
+        f"{B}/entities",
+        params={"type": "AirQualityObserved", "limit": 100},
+        headers={**world.province.h(), "Via": "1.1 citybrain-370100, 1.1 citybrain-370000"},
+    )
+    assert len(looped.json()) == 2 and world.net.calls == []
+    world.net.slow[HOSTS[JINAN]] = 0.3  # within the 0.5 s setting, beyond the caller's 0.1 s
+    start = time.perf_counter()
+    short = world.province.client.get(
+        f"{B}/entities",
+        params={"type": "AirQualityObserved", "limit": 100},
+        headers={**world.province.h(), "X-CityBrain-Deadline": "0.1"},
+    )
+    assert time.perf_counter() - start < 0.3
+    assert short.headers["X-CityBrain-Missing"] == JINAN
+    # what each city was told: the province's Via and 80% of the time it had
+    world.net.slow.clear()
+    seen: list[httpx.Request] = []
+    original = world.net.handle_async_request
+
+    async def spy(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return await original(request)
+
+    world.net.handle_async_request = spy  # type: ignore[method-assign]
+    _get(world, type="AirQualityObserved", limit=5, offset=2)
+    assert {r.headers["Via"] for r in seen} == {"1.1 citybrain-370000"}
+    assert {r.headers["X-CityBrain-Deadline"] for r in seen} == {"0.400"}
+    assert {r.url.params["limit"] for r in seen} == {"7"}
+    assert {r.url.params["offset"] for r in seen} == {"0"}
+    assert all(r.headers["Authorization"].startswith("Bearer ") for r in seen)
