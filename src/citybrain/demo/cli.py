@@ -60,6 +60,13 @@ def up(
         console.print(f"{registered} city nodes registered with the province.")
         console.print(f"Dashboard: [bold]{specs[0].url}/[/bold]   (Ctrl-C stops every node)")
         if not exit_when_ready:
+            with console.status("computing indicators at the cities, rolling them up"):
+                summary = service.compute_and_rollup(specs)
+            console.print(
+                f"Indicators: {summary['cities']} cities computed, the province rolled up "
+                f"{summary['stored']} values"
+                + (f" (missing: {', '.join(summary['missing'])})" if summary["missing"] else "")
+            )
             while not stop.is_set() and all(p.poll() is None for p in procs):
                 stop.wait(1.0)
             dead = [s.code for s, p in zip(specs, procs, strict=True) if p.poll() is not None]

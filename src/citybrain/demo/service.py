@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -236,3 +237,59 @@ def stop_nodes(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> Non
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def compute_and_rollup(
+    specs: list[NodeSpec], *, trees: tuple[str, ...] = ("gbt33356", "operational", "u4ssc")
+) -> dict[str, Any]:
+    """Compute every tree at each city now, then have the province roll them up.
+
+    The nodes would do it on their hourly schedule; the demo does it once at start so the
+    province shows its cities' indicators at once. The demo holds every data folder, so it
+    signs each call with the node's own key as its bureau.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from citybrain.governance.identity.tokens import issue_token
+
+    def headers(spec: NodeSpec) -> dict[str, str]:
+        token = issue_token(
+            data_dir=spec.data_dir,
+            issuer=spec.code,
+            subject="demo",
+            org="bureau",
+            role="bureau_admin",
+            ttl=600,
+        )
+        return {"Authorization": f"Bearer {token}"}
+
+    def compute(spec: NodeSpec) -> int:
+        failed = 0
+        for tree in trees:
+            response = httpx.post(
+                f"{spec.url}/api/indicators/compute",
+                json={"tree": tree},
+                headers=headers(spec),
+                timeout=300,
+            )
+            failed += response.status_code != 200
+        return failed
+
+    cities = [s for s in specs if s.level == "city"]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        failures = sum(pool.map(compute, cities))
+    province = specs[0]
+    stored = 0
+    missing: set[str] = set()
+    for tree in trees:
+        response = httpx.post(
+            f"{province.url}/api/indicators/rollup",
+            json={"tree": tree, "deadline": 30},
+            headers=headers(province),
+            timeout=120,
+        )
+        if response.status_code == 200:
+            body = response.json()
+            stored += int(body["stored"])
+            missing |= set(body["missing"])
+    return {"cities": len(cities), "failed": failures, "stored": stored, "missing": sorted(missing)}

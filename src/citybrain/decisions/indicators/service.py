@@ -802,9 +802,12 @@ def ingest_child_results(
     )
     at = clock()
     touched: dict[tuple[str, str], set[str]] = {}
+    # each tree is validated once per ingest, not once per value
+    validated: dict[str, dict[str, Node]] = {}
     for r in results:
-        t = scoring.get_tree(r.tree)
-        nodes = scoring.validate_tree(t)
+        if r.tree not in validated:
+            validated[r.tree] = scoring.validate_tree(scoring.get_tree(r.tree))
+        nodes = validated[r.tree]
         if r.item not in nodes or nodes[r.item].item is None:
             raise BadInput(f"tree {r.tree} has no item {r.item!r}")
         if r.unit not in children:
@@ -814,7 +817,7 @@ def ingest_child_results(
     stored = rolled = 0
     for (tree_id, period), units in touched.items():
         t = scoring.get_tree(tree_id)
-        nodes = scoring.validate_tree(t)
+        nodes = validated[tree_id]
         given = {(r.unit, r.item): r for r in results if r.tree == tree_id and r.period == period}
         per_unit: dict[str, list[dict[str, Any]]] = {}
         for unit in sorted(units):
@@ -844,11 +847,17 @@ def ingest_child_results(
             per_unit=per_unit,
             source=lambda u: f"child:{u}",
         )
-        # the parent's own unit: latest child value of every item, combined by its rule
-        latest: dict[tuple[str, str], float | None] = {}
-        for row in _rows(engine=engine, tree=tree_id, units=sorted(children), period=period):
-            if row.kind == "item" and str(row.source).startswith("child:"):
-                latest.setdefault((row.unit, row.item), row.value)
+        # the parent's own unit: latest child value of every item, combined by its rule; the
+        # children that answered now give theirs, the store the others' last (one query)
+        latest: dict[tuple[str, str], float | None] = {
+            (unit, item): (got.value if got.status == "ok" else None)
+            for (unit, item), got in given.items()
+        }
+        silent = sorted(children - units)
+        if silent:
+            for row in _rows(engine=engine, tree=tree_id, units=silent, period=period):
+                if row.kind == "item" and str(row.source).startswith("child:"):
+                    latest.setdefault((row.unit, row.item), row.value)
         parent_rows: dict[str, dict[str, Any]] = {}
         for node in nodes.values():
             if node.item is None:
@@ -934,6 +943,23 @@ def export_results(
 # ---------------------------------------------------------------- schedule
 
 
+async def _rollup_children(
+    *, engine: Engine, settings: Settings, trees: list[str] | None
+) -> None:
+    """Pull the trusted children's values of every tree (a node with no children skips)."""
+    # imported here: federation's roll-up calls this module's ingest function
+    from citybrain.federation import rollup, trust
+    from citybrain.federation.models import Relation
+
+    if not trust.list_peers(engine=engine, relation=Relation.child):
+        return
+    for tree in trees or sorted(scoring.shipped_trees()):
+        try:
+            await asyncio.to_thread(rollup.rollup, engine=engine, settings=settings, tree=tree)
+        except Exception:  # a failed roll-up is retried at the next run
+            log.exception("scheduled indicator roll-up failed", extra={"tree": tree})
+
+
 async def run_schedule(
     *,
     engine: Engine,
@@ -946,7 +972,8 @@ async def run_schedule(
 ) -> None:
     """Compute every tree for the current period now and then, until cancelled.
 
-    The first run waits `first_after` seconds so a starting node serves requests at once; a
+    A node with children then rolls their values up (citybrain.federation.rollup). The
+    first run waits `first_after` seconds so a starting node serves requests at once; a
     failure is logged and the loop goes on.
     """
     done = 0
@@ -966,6 +993,7 @@ async def run_schedule(
                 )
             except Exception:  # the schedule outlives one bad run
                 log.exception("scheduled indicator computation failed", extra={"tree": tree})
+        await _rollup_children(engine=engine, settings=settings, trees=trees)
         done += 1
         if iterations is not None and done >= iterations:
             break
