@@ -99,6 +99,27 @@ def test_demo_serves_17_nodes_and_page_lists_them(tmp_path: Path, chromium_path:
             page.screenshot(path=str(out / "demo-province.png"), full_page=True)
             browser.close()
         assert errors == []
+        # the province aggregates its live cities: the demo computes and rolls up at start
+        demo_log = tmp_path / "demo.log"
+        _wait(lambda: "Indicators:" in demo_log.read_text(), 240, "the indicator roll-up")
+        assert "16 cities computed" in demo_log.read_text()
+        from citybrain.governance.identity.tokens import issue_token
+
+        token = issue_token(
+            data_dir=root / "synth" / "370000",
+            issuer="370000",
+            subject="t",
+            org="bureau",
+            role="operator",
+        )
+        compared = httpx.get(
+            f"{province}/api/indicators/compare",
+            params={"tree": "u4ssc", "units": "370000,370100,371700"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        ).json()
+        total = next(r for r in compared["rows"] if r["kind"] == "tree")
+        assert all(total["values"][u]["status"] == "ok" for u in ("370000", "370100", "371700"))
     finally:
         proc.send_signal(signal.SIGINT)
         try:
