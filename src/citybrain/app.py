@@ -20,6 +20,7 @@ from citybrain.core.problems import BodyLimitMiddleware, install_problem_handler
 from citybrain.decisions.indicators import service as indicators_service
 from citybrain.decisions.indicators.api import router as indicators_router
 from citybrain.events.api import router as events_router
+from citybrain.federation import events_bridge
 from citybrain.federation import outbox as federation_outbox
 from citybrain.federation import trust as federation_trust
 from citybrain.federation.api import router as federation_router
@@ -147,6 +148,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         )
         tasks.append(
             asyncio.create_task(federation_outbox.run(engine=app.state.engine, settings=settings))
+        )
+        tasks.append(
+            asyncio.create_task(events_bridge.run(engine=app.state.engine, settings=settings))
         )
         tasks.append(
             asyncio.create_task(
