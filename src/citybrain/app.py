@@ -45,6 +45,7 @@ from citybrain.node import service as node_service
 from citybrain.node.api import router as node_router
 from citybrain.node.runtime import keep_registered
 from citybrain.plugins.manager import get_plugin_manager
+from citybrain.web.api import router as dashboard_router
 from citybrain.web.pages import router as web_router
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -214,6 +215,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         federation_router,
         events_router,
         indicators_router,
+        dashboard_router,
     ):
         app.include_router(router)
     get_plugin_manager().hook.citybrain_routes(app=app)
