@@ -90,3 +90,16 @@ def test_summary_needs_a_government_token(node: TestClient, tmp_path: Path) -> N
     assert node.get("/api/dashboard/summary", headers=citizen).status_code == 403
     steward = bearer(tmp_path, org="education", role="steward")
     assert node.get("/api/dashboard/summary", headers=steward).status_code == 200
+
+
+def test_dashboard_url_carries_an_operator_token_in_the_fragment(tmp_path: Path) -> None:
+    from citybrain.web.pages import dashboard_url
+
+    url = dashboard_url(base_url="http://127.0.0.1:8000/", data_dir=tmp_path, code="370000")
+    assert url.startswith("http://127.0.0.1:8000/#token=")
+    token = url.split("#token=", 1)[1]
+    app = create_app(load_settings(data_dir=tmp_path))
+    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as client:
+        who = client.get("/auth/whoami").json()
+        assert (who["org"], who["role"]) == ("bureau", "operator")
+        assert client.get("/api/dashboard/summary").status_code == 200

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from citybrain.core.errors import BadInput
 from citybrain.demo import service
+from citybrain.web.pages import dashboard_url
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -58,7 +59,8 @@ def up(
         registered = service.wait_registered(province=specs[0], expected=16)
         _print_nodes(console, specs)
         console.print(f"{registered} city nodes registered with the province.")
-        console.print(f"Dashboard: [bold]{specs[0].url}/[/bold]   (Ctrl-C stops every node)")
+        url = dashboard_url(base_url=specs[0].url, data_dir=specs[0].data_dir, code=specs[0].code)
+        console.print(f"Dashboard: [bold]{url}[/bold]   (Ctrl-C stops every node)", soft_wrap=True)
         if not exit_when_ready:
             with console.status("computing indicators at the cities, rolling them up"):
                 summary = service.compute_and_rollup(specs)

@@ -44,3 +44,14 @@ def static_file(path: str) -> FileResponse:
 def favicon() -> FileResponse:
     """Serve the icon so browsers do not log a missing resource."""
     return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
+
+
+def dashboard_url(*, base_url: str, data_dir: Path, code: str, ttl: int = 12 * 3600) -> str:
+    """Return the dashboard's address with an operator token of the node in its fragment."""
+    from citybrain.governance.identity.tokens import issue_token
+
+    token = issue_token(
+        data_dir=data_dir, issuer=code, subject="dashboard", org="bureau", role="operator", ttl=ttl
+    )
+    # a fragment never reaches the server or its logs; the page moves it to session storage
+    return f"{base_url.rstrip('/')}/#token={token}"

@@ -1,14 +1,50 @@
-// Node overview: this node, its children and their data; the map when ECharts is built in.
+// The one screen of a node: map with drill-down, indicators, live events, departments, nodes.
+// Plain JS, every asset served by the node itself (works offline, no CDN).
 "use strict";
 
-const state = { lang: localStorage.getItem("citybrain.lang") || "zh", node: null, children: [] };
+const TOKEN_KEY = "citybrain.token";
+const state = {
+  lang: localStorage.getItem("citybrain.lang") || "zh",
+  token: null,
+  node: null,
+  children: [],
+  peers: {},
+  tree: "u4ssc",
+  area: null, // the unit whose children the map shows
+  features: null,
+  scores: {},
+  seen: new Set(),
+  timer: null,
+};
 const LEVELS = {
-  zh: { province: "省", city: "市", county: "县区" },
-  en: { province: "province", city: "city", county: "county" },
+  zh: { province: "省", city: "市", county: "县区", street: "街道" },
+  en: { province: "province", city: "city", county: "county", street: "street" },
+};
+const CHILD_LEVEL = { province: "city", city: "county", county: "street" };
+const STATES_ZH = {
+  captured: "已上报", verified: "已核实", registered: "已立案", dispatched: "已派遣",
+  handling: "处置中", handled: "已反馈", resolved: "已核查", closed: "已结案",
+  rated: "已评价", evaluated: "已归档", discarded: "已作废",
+};
+const NODE_STATES = {
+  zh: { ok: "正常", stale: "失联", never: "未联系", absent: "无节点" },
+  en: { ok: "ok", stale: "stale", never: "never", absent: "no node" },
 };
 
-async function getJSON(url) {
-  const res = await fetch(url, { headers: { Accept: "application/json" } });
+class SignInNeeded extends Error {}
+
+function t(zh, en) {
+  return state.lang === "zh" ? zh : en;
+}
+
+async function getJSON(url, auth) {
+  const headers = { Accept: "application/json" };
+  if (auth) {
+    if (!state.token) throw new SignInNeeded("no token");
+    headers.Authorization = `Bearer ${state.token}`;
+  }
+  const res = await fetch(url, { headers });
+  if (res.status === 401 && auth) throw new SignInNeeded("token refused");
   if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`);
   return res.json();
 }
@@ -29,6 +65,17 @@ function unitName(unit) {
   return state.lang === "zh" ? unit.name_zh || unit.name : unit.name_en || unit.name;
 }
 
+function stars(n) {
+  return n ? "★".repeat(n) + "☆".repeat(Math.max(0, 5 - n)) : "";
+}
+
+function shortTime(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  const pad = (x) => String(x).padStart(2, "0");
+  return `${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
 function applyLang() {
   document.documentElement.lang = state.lang === "zh" ? "zh-CN" : "en";
   document.querySelectorAll("[data-zh]").forEach((el) => {
@@ -36,6 +83,60 @@ function applyLang() {
   });
   document.getElementById("lang").textContent = state.lang === "zh" ? "English" : "中文";
 }
+
+// ---------------------------------------------------------------- sign-in
+
+function takeToken() {
+  const hash = new URLSearchParams(window.location.hash.slice(1));
+  const fromUrl = hash.get("token");
+  if (fromUrl) {
+    sessionStorage.setItem(TOKEN_KEY, fromUrl);
+    // the token must not stay in the address bar, the history or a shared screenshot
+    history.replaceState(null, "", window.location.pathname + window.location.search);
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+function showSignIn(message) {
+  stopPolling();
+  state.token = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  document.getElementById("signin-section").hidden = false;
+  document.getElementById("signout").hidden = true;
+  document.querySelectorAll("section.live").forEach((s) => { s.hidden = true; });
+  document.getElementById("signin-error").textContent = message || "";
+  document.body.dataset.signin = "true";
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const body = new URLSearchParams({
+    grant_type: "password",
+    username: form.get("username"),
+    password: form.get("password"),
+  });
+  const res = await fetch("/auth/token", {
+    method: "POST",
+    // the token endpoint answers a wrong password with a Basic challenge; without
+    // credentials the browser hands the 401 to the page instead of opening its own dialog
+    credentials: "omit",
+    headers: { "Content-Type": "application/x-www-form-urlencoded", Accept: "application/json" },
+    body,
+  });
+  const answer = await res.json().catch(() => ({}));
+  if (!res.ok || !answer.access_token) {
+    document.getElementById("signin-error").textContent =
+      answer.error_description || answer.detail || t("登录失败", "Sign-in failed");
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, answer.access_token);
+  state.token = answer.access_token;
+  event.target.reset();
+  await startLive();
+}
+
+// ---------------------------------------------------------------- nodes
 
 function renderNodes() {
   const tbody = document.querySelector("#nodes tbody");
@@ -57,8 +158,10 @@ function renderNodes() {
     tr.append(urlCell);
     const datasets = n.self ? n.datasets : (n.last_summary || {}).datasets;
     tr.append(text("td", (datasets || []).length, "num"), text("td", sumRows(datasets).toLocaleString(), "num"));
-    const seen = n.self ? (state.lang === "zh" ? "本节点" : "this node") : n.last_seen_at || "";
-    tr.append(text("td", seen, n.stale ? "stale" : ""));
+    tr.append(text("td", n.self ? t("本节点", "this node") : shortTime(n.last_seen_at)));
+    const peer = state.peers[n.code];
+    const s = n.self ? "ok" : peer ? peer.state : "";
+    tr.append(text("td", s ? NODE_STATES[state.lang][s] || s : "", s));
     tbody.append(tr);
   }
 }
@@ -73,39 +176,231 @@ function renderDatasets() {
   }
 }
 
-async function renderMap() {
-  if (window.__noCharts || typeof echarts === "undefined") {
+// ---------------------------------------------------------------- map
+
+function chartsAvailable() {
+  return !window.__noCharts && typeof echarts !== "undefined";
+}
+
+function featureName(code) {
+  const f = state.features && state.features.features.find((x) => x.properties.code === code);
+  return f ? unitName(f.properties) : code;
+}
+
+async function showArea(area) {
+  state.area = area;
+  const level = CHILD_LEVEL[area.level];
+  document.getElementById("map-title").textContent = unitName(area);
+  document.getElementById("map-up").hidden = area.code === state.node.code;
+  state.features = await getJSON(`/geo/features?level=${level}&parent=${area.code}`);
+  document.body.dataset.mapLevel = level;
+  document.body.dataset.mapUnits = String(state.features.features.length);
+  drawMap();
+  if (state.token) await loadIndicators().catch(handleError);
+}
+
+function drawMap() {
+  if (!chartsAvailable()) {
     document.getElementById("map").hidden = true;
     document.getElementById("map-note").hidden = false;
     return;
   }
-  const node = state.node;
-  const childLevel = { province: "city", city: "county", county: "street" }[node.level];
-  const features = await getJSON(`/geo/features?level=${childLevel}&parent=${node.code}`);
-  echarts.registerMap("area", features);
-  const live = new Set(state.children.map((c) => c.code));
-  const chart = echarts.init(document.getElementById("map"));
+  const key = `area-${state.area.code}`;
+  echarts.registerMap(key, state.features);
+  const chart = window.__chart || echarts.init(document.getElementById("map"));
+  if (!window.__chart) {
+    window.__chart = chart;
+    window.addEventListener("resize", () => chart.resize());
+    chart.on("click", (p) => drill(p.name).catch(handleError));
+  }
+  const level = CHILD_LEVEL[state.area.level];
+  const scored = Object.values(state.scores).some((v) => v && v.score !== null);
   chart.setOption({
-    tooltip: { trigger: "item", formatter: (p) => p.name },
+    tooltip: {
+      trigger: "item",
+      formatter: (p) => {
+        const s = state.scores[p.name];
+        return s && s.score !== null ? `${featureName(p.name)}<br>${s.score.toFixed(1)} ${stars(s.stars)}` : featureName(p.name);
+      },
+    },
+    visualMap: scored ? {
+      min: 0, max: 100, left: 8, bottom: 8, calculable: false, textStyle: { color: "#e6edf3" },
+      inRange: { color: ["#7a2e2e", "#b08a2e", "#2e7a4f"] },
+    } : undefined,
     series: [{
-      type: "map", map: "area", nameProperty: "code", roam: true,
-      label: { show: childLevel !== "street", formatter: (p) => featureName(features, p.name), color: "#e6edf3", fontSize: 10 },
+      type: "map", map: key, nameProperty: "code", roam: true,
+      label: { show: level !== "street", formatter: (p) => featureName(p.name), color: "#e6edf3", fontSize: 10 },
       itemStyle: { areaColor: "#17406b", borderColor: "#8fb3d9" },
       emphasis: { itemStyle: { areaColor: "#1f6feb" } },
-      data: features.features.map((f) => ({
-        name: f.properties.code,
-        itemStyle: { areaColor: live.has(f.properties.code) ? "#1f6feb" : "#17406b" },
-      })),
+      data: state.features.features.map((f) => {
+        const s = state.scores[f.properties.code];
+        return s && s.score !== null ? { name: f.properties.code, value: s.score } : { name: f.properties.code };
+      }),
     }],
-  });
-  window.__chart = chart;
-  window.addEventListener("resize", () => chart.resize());
+  }, { notMerge: true });
 }
 
-function featureName(features, code) {
-  const f = features.features.find((x) => x.properties.code === code);
-  return f ? unitName(f.properties) : code;
+async function drill(code) {
+  // a province's city opens onto its counties; below that the map stays
+  if (state.area.level !== "province") return;
+  const unit = await getJSON(`/geo/units/${code}`);
+  await showArea(unit);
 }
+
+// ---------------------------------------------------------------- indicators
+
+async function loadTrees() {
+  const trees = await getJSON("/api/indicators/trees", true);
+  const select = document.getElementById("tree");
+  select.replaceChildren();
+  for (const tr of trees) {
+    const opt = text("option", state.lang === "zh" ? tr.name_zh || tr.id : tr.name_en || tr.id);
+    opt.value = tr.id;
+    opt.title = tr.name_en || tr.id;
+    select.append(opt);
+  }
+  if (!trees.some((x) => x.id === state.tree) && trees.length) state.tree = trees[0].id;
+  select.value = state.tree;
+}
+
+async function loadIndicators() {
+  const units = [state.area.code, ...state.features.features.map((f) => f.properties.code)].slice(0, 200);
+  const compared = await getJSON(
+    `/api/indicators/compare?tree=${encodeURIComponent(state.tree)}&units=${units.join(",")}`, true);
+  const total = compared.rows.find((r) => r.kind === "tree") || { values: {} };
+  state.scores = total.values;
+  document.getElementById("indicator-area").textContent = unitName(state.area);
+  document.getElementById("indicator-period").textContent = compared.period || t("未计算", "not computed");
+  const tbody = document.querySelector("#indicators tbody");
+  tbody.replaceChildren();
+  for (const code of units) {
+    const v = total.values[code] || {};
+    const tr = document.createElement("tr");
+    tr.dataset.code = code;
+    if (code === state.area.code) tr.className = "own";
+    tr.append(
+      text("td", code === state.area.code ? unitName(state.area) : featureName(code)),
+      text("td", v.score === null || v.score === undefined ? "–" : v.score.toFixed(1), "num"),
+      text("td", stars(v.stars), "stars"),
+      text("td", v.status || ""),
+    );
+    tbody.append(tr);
+  }
+  drawMap();
+}
+
+// ---------------------------------------------------------------- events
+
+function renderFeed(cases) {
+  const tbody = document.querySelector("#feed tbody");
+  const rows = cases.map((c) => {
+    const tr = document.createElement("tr");
+    tr.dataset.id = c.id;
+    const classes = [];
+    if (c.overdue) classes.push("overdue");
+    if (state.seen.size && !state.seen.has(c.id)) classes.push("new");
+    tr.className = classes.join(" ");
+    tr.title = c.description;
+    tr.append(
+      text("td", shortTime(c.created_at)),
+      text("td", state.lang === "zh" ? c.event_type_zh : c.event_type),
+      text("td", c.department),
+      text("td", state.lang === "zh" ? STATES_ZH[c.state] || c.state : c.state),
+      text("td", c.deadline ? shortTime(c.deadline) : "–"),
+    );
+    return tr;
+  });
+  tbody.replaceChildren(...rows);
+  for (const c of cases) state.seen.add(c.id);
+}
+
+function renderCounts(summary) {
+  const parts = [
+    `${t("在办", "open")} ${summary.events_open}`,
+    `${t("超期", "overdue")} ${summary.events_overdue}`,
+  ];
+  const el = document.getElementById("event-counts");
+  el.textContent = parts.join(" · ");
+  el.className = summary.events_overdue ? "overdue" : "";
+}
+
+async function loadStats() {
+  const stats = await getJSON("/api/events/stats", true);
+  const tbody = document.querySelector("#stats tbody");
+  tbody.replaceChildren();
+  for (const d of stats.departments) {
+    const tr = document.createElement("tr");
+    tr.append(
+      text("td", d.department),
+      text("td", d.received, "num"),
+      text("td", d.closed, "num"),
+      text("td", d.on_time_rate === null ? "–" : `${Math.round(d.on_time_rate * 100)}%`, "num"),
+      text("td", d.overdue, d.overdue ? "num overdue" : "num"),
+      text("td", d.satisfaction_mean === null ? "–" : d.satisfaction_mean.toFixed(1), "num"),
+    );
+    tbody.append(tr);
+  }
+}
+
+async function loadPeers() {
+  const peers = await getJSON("/api/federation/peers", true);
+  state.peers = Object.fromEntries(peers.map((p) => [p.code, p]));
+  renderNodes();
+}
+
+async function pollOnce() {
+  const cases = await getJSON("/api/events/cases?limit=20", true);
+  renderFeed(cases);
+}
+
+let ticks = 0;
+function startPolling() {
+  stopPolling();
+  state.timer = setInterval(() => {
+    ticks += 1;
+    pollOnce().catch(handleError);
+    // the aggregates move slowly: refresh them every 5 s
+    if (ticks % 5 === 0) {
+      getJSON(`/api/dashboard/summary?tree=${encodeURIComponent(state.tree)}&cases=0`, true)
+        .then(renderCounts).catch(handleError);
+      loadStats().catch(handleError);
+      loadPeers().catch(handleError);
+    }
+  }, 1000);
+}
+
+function stopPolling() {
+  if (state.timer) clearInterval(state.timer);
+  state.timer = null;
+}
+
+function handleError(err) {
+  if (err instanceof SignInNeeded) {
+    showSignIn(t("请登录", "Please sign in"));
+    return;
+  }
+  document.getElementById("node-meta").textContent = String(err);
+}
+
+async function startLive() {
+  document.getElementById("signin-section").hidden = true;
+  document.getElementById("signout").hidden = false;
+  document.querySelectorAll("section.live").forEach((s) => { s.hidden = false; });
+  delete document.body.dataset.signin;
+  try {
+    const summary = await getJSON(`/api/dashboard/summary?tree=${encodeURIComponent(state.tree)}`, true);
+    renderCounts(summary);
+    renderFeed(summary.cases);
+    await loadTrees();
+    await Promise.all([loadIndicators(), loadStats(), loadPeers()]);
+    startPolling();
+    document.body.dataset.live = "true";
+  } catch (err) {
+    handleError(err);
+  }
+}
+
+// ---------------------------------------------------------------- start
 
 async function load() {
   applyLang();
@@ -116,8 +411,12 @@ async function load() {
   document.title = `CityBrain · ${unitName(state.node)}`;
   renderNodes();
   renderDatasets();
-  await renderMap();
+  const token = takeToken();
+  await showArea(state.node);
   document.body.dataset.ready = "true";
+  state.token = token;
+  if (state.token) await startLive();
+  else showSignIn("");
 }
 
 document.getElementById("lang").addEventListener("click", () => {
@@ -125,7 +424,18 @@ document.getElementById("lang").addEventListener("click", () => {
   localStorage.setItem("citybrain.lang", state.lang);
   applyLang();
   renderNodes();
+  if (state.area) {
+    document.getElementById("map-title").textContent = unitName(state.area);
+    drawMap();
+  }
   if (state.node) document.getElementById("node-name").textContent = `CityBrain · ${unitName(state.node)}`;
+});
+document.getElementById("signin").addEventListener("submit", (e) => signIn(e).catch(handleError));
+document.getElementById("signout").addEventListener("click", () => showSignIn(""));
+document.getElementById("map-up").addEventListener("click", () => showArea(state.node).catch(handleError));
+document.getElementById("tree").addEventListener("change", (e) => {
+  state.tree = e.target.value;
+  loadIndicators().catch(handleError);
 });
 
 load().catch((err) => {
