@@ -17,8 +17,12 @@ from citybrain import __version__
 from citybrain.core.config import Settings
 from citybrain.core.db import check_connection, create_engine_for, upgrade
 from citybrain.core.problems import BodyLimitMiddleware, install_problem_handlers, problem
+from citybrain.decisions.alerts import service as alerts_service
+from citybrain.decisions.alerts.api import router as alerts_router
 from citybrain.decisions.indicators import service as indicators_service
 from citybrain.decisions.indicators.api import router as indicators_router
+from citybrain.decisions.notify import service as notify_service
+from citybrain.decisions.notify.api import router as notify_router
 from citybrain.events.api import router as events_router
 from citybrain.federation import events_bridge
 from citybrain.federation import outbox as federation_outbox
@@ -158,6 +162,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                 indicators_service.run_schedule(engine=app.state.engine, settings=settings)
             )
         )
+        tasks.append(
+            asyncio.create_task(notify_service.run(engine=app.state.engine, settings=settings))
+        )
+        tasks.append(
+            asyncio.create_task(alerts_service.run(engine=app.state.engine, settings=settings))
+        )
         if settings.parent_url:
             tasks.append(
                 asyncio.create_task(keep_registered(engine=app.state.engine, settings=settings))
@@ -216,6 +226,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         events_router,
         indicators_router,
         dashboard_router,
+        notify_router,
+        alerts_router,
     ):
         app.include_router(router)
     get_plugin_manager().hook.citybrain_routes(app=app)

@@ -40,6 +40,7 @@ def _register() -> None:
     register_synth(app)
     register_node(app)
     from citybrain.decisions.indicators import cli as indicators_cli
+    from citybrain.decisions.notify import cli as notify_cli
     from citybrain.events import cli as events_cli
     from citybrain.federation import cli as federation_cli
     from citybrain.governance.audit import cli as audit_cli
@@ -57,6 +58,7 @@ def _register() -> None:
         federation_cli,
         events_cli,
         indicators_cli,
+        notify_cli,
     ):
         part.register(app)
 

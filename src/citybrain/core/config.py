@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         le=60,
         description="longest a distributed query waits for the context sources (child nodes)",
     )
+    smtp_host: str = Field("127.0.0.1", description="SMTP server that sends e-mail notifications")
+    smtp_port: int = Field(25, ge=1, le=65535, description="port of the SMTP server")
+    smtp_from: str = Field(
+        "citybrain@localhost", description="sender address of e-mail notifications"
+    )
 
     @classmethod
     def settings_customise_sources(

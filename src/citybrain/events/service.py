@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from citybrain.core.errors import BadInput, Conflict, NotFound, Unprocessable
+from citybrain.decisions.notify import service as notify
 from citybrain.events import calendar as working
 from citybrain.events import catalogue, classifier
 from citybrain.events.models import (
@@ -830,7 +831,7 @@ def transition(
         )
         if done.rowcount != 1:
             raise Conflict(f"{case_id} changed while this {name} was decided; try again")
-        conn.execute(
+        logged = conn.execute(
             insert(event_transitions).values(
                 case_id=case_id,
                 transition=name,
@@ -845,7 +846,10 @@ def transition(
         )
     detail["department"] = log_department
     _audit(data_dir, principal, name, case_id, detail)
-    return get_case(engine=engine, case_id=case_id, now=moment)
+    case = get_case(engine=engine, case_id=case_id, now=moment)
+    seq = logged.inserted_primary_key[0] if logged.inserted_primary_key else None
+    notify.notify_transition(engine=engine, case=case, transition_name=name, seq=seq, now=moment)
+    return case
 
 
 # ---------------------------------------------------------------------------------------------
@@ -874,6 +878,7 @@ def escalate_overdue(*, engine: Engine, data_dir: Path, now: datetime | None = N
     for case in overdue_cases(engine=engine, now=now):
         if case.escalated:
             continue
+        notify.notify_transition(engine=engine, case=case, transition_name="overdue", now=now)
         try:
             transition(
                 engine=engine,

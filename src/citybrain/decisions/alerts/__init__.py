@@ -1,0 +1,1 @@
+"""Alerts: rules on indicators and sensor streams that open event-centre cases, without storms."""

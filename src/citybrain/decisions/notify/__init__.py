@@ -1,0 +1,1 @@
+"""Notifications: subscriptions to event-centre happenings, a durable outbox, delivery."""
