@@ -526,7 +526,10 @@ def test_alert_api(tmp_path: Path) -> None:
 
 
 def test_postgres_suppression(tmp_path: Path, postgres_url: str) -> None:
-    settings = load_settings(data_dir=tmp_path, database_url=postgres_url)
+    # the session database belongs to node 370100 (see the other PostgreSQL tests)
+    settings = load_settings(
+        data_dir=tmp_path, database_url=postgres_url, code="370100", level="city"
+    )
     engine = prepare_node(settings)
     try:
         entity = f"urn:bin:pg:{uuid.uuid4().hex[:8]}"

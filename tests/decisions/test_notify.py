@@ -495,7 +495,10 @@ def test_cli_lists_and_drains(node: tuple[Settings, Engine], webhook: Webhook) -
 
 
 def test_postgres_outbox_is_idempotent(tmp_path: Path, postgres_url: str) -> None:
-    settings = load_settings(data_dir=tmp_path, database_url=postgres_url)
+    # the session database belongs to node 370100 (see the other PostgreSQL tests)
+    settings = load_settings(
+        data_dir=tmp_path, database_url=postgres_url, code="370100", level="city"
+    )
     engine = prepare_node(settings)
     try:
         sub = _subscribe(engine, settings, channel="webhook", target="http://127.0.0.1:9/pg")

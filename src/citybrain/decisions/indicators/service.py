@@ -943,9 +943,7 @@ def export_results(
 # ---------------------------------------------------------------- schedule
 
 
-async def _rollup_children(
-    *, engine: Engine, settings: Settings, trees: list[str] | None
-) -> None:
+async def _rollup_children(*, engine: Engine, settings: Settings, trees: list[str] | None) -> None:
     """Pull the trusted children's values of every tree (a node with no children skips)."""
     # imported here: federation's roll-up calls this module's ingest function
     from citybrain.federation import rollup, trust
