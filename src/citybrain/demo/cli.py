@@ -27,6 +27,7 @@ def up(
     port: int = typer.Option(8000, help="port of the province node; cities take the next 16"),
     counties_of: str | None = typer.Option(None, help="also run the county nodes of this city"),
     exit_when_ready: bool = typer.Option(False, help="stop the nodes once all are healthy"),
+    life: bool = typer.Option(True, help="simulate hotline calls, device alarms and casework"),
 ) -> None:
     """Generate (or reuse) a synthetic Shandong and serve the province and its 16 cities."""
     if not 1024 <= port <= 65000:
@@ -69,12 +70,18 @@ def up(
                 f"{summary['stored']} values"
                 + (f" (missing: {', '.join(summary['missing'])})" if summary["missing"] else "")
             )
+            if life:
+                from citybrain.demo.life import run_life
+
+                threading.Thread(target=run_life, args=(specs, stop), daemon=True).start()
+                console.print("City life: hotline calls, bin alarms and casework every second.")
             while not stop.is_set() and all(p.poll() is None for p in procs):
                 stop.wait(1.0)
             dead = [s.code for s, p in zip(specs, procs, strict=True) if p.poll() is not None]
             if dead and not stop.is_set():
                 console.print(f"[red]node(s) {', '.join(dead)} stopped; see {root / 'logs'}[/red]")
     finally:
+        stop.set()  # ends the city life with the nodes
         service.stop_nodes(procs)
         console.print("All nodes stopped.")
 
