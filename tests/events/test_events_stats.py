@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from citybrain.core.db import create_engine_for, upgrade
 from citybrain.events import service
@@ -29,7 +30,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Engi
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'citybrain.db'}"
     else:
-        url = request.getfixturevalue("postgres_url")
+        # a schema of its own: the session database also holds other tests' cases, which
+        # would count in the statistics
+        base = request.getfixturevalue("postgres_url")
+        schema = f"stats_{uuid.uuid4().hex[:12]}"
+        admin = create_engine_for(base)
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        admin.dispose()
+        url = f"{base}?options=-csearch_path%3D{schema}"
     engine = create_engine_for(url)
     upgrade(engine)
     yield engine, tmp_path
