@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select
 from typer.testing import CliRunner
 
 from citybrain.app import create_app, prepare_node
@@ -500,6 +500,7 @@ def test_postgres_outbox_is_idempotent(tmp_path: Path, postgres_url: str) -> Non
         data_dir=tmp_path, database_url=postgres_url, code="370100", level="city"
     )
     engine = prepare_node(settings)
+    sub = None
     try:
         sub = _subscribe(engine, settings, channel="webhook", target="http://127.0.0.1:9/pg")
         case = _case(settings, engine)
@@ -520,4 +521,8 @@ def test_postgres_outbox_is_idempotent(tmp_path: Path, postgres_url: str) -> Non
             )
         assert len(keys) == 1 and keys[0].startswith(f"{case.id}:")
     finally:
+        # the session database is shared: leave no deliveries for other nodes' loops to try
+        if sub is not None:
+            with engine.begin() as conn:
+                conn.execute(delete(notify_outbox).where(notify_outbox.c.subscription_id == sub))
         engine.dispose()

