@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path as FsPath
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel
 from sqlalchemy import Engine
 
 from citybrain.core.config import Settings
@@ -152,19 +154,30 @@ def peers(request: Request, principal: Principal = Depends(_government)) -> list
     return service.peer_status(engine=_engine(request))
 
 
-@router.post("/inbox/tasks")
-def inbox_task(
-    request: Request, message: InboxTask, principal: Principal = Depends(current_principal)
+def _inbox(
+    request: Request,
+    principal: Principal,
+    relation: Relation,
+    receive: Callable[..., Receipt],
+    message: BaseModel,
 ) -> Receipt:
-    """Receive a task from the parent node (peer token of the parent only)."""
-    peer = _peer(request, principal, Relation.parent)
-    return service.receive_task(
+    """Check the calling peer's relation, then hand the message to its receiver."""
+    peer = _peer(request, principal, relation)
+    return receive(
         engine=_engine(request),
         data_dir=_data(request),
         sender=peer["code"],
         message=message,
         principal=principal,
     )
+
+
+@router.post("/inbox/tasks")
+def inbox_task(
+    request: Request, message: InboxTask, principal: Principal = Depends(current_principal)
+) -> Receipt:
+    """Receive a task from the parent node (peer token of the parent only)."""
+    return _inbox(request, principal, Relation.parent, service.receive_task, message)
 
 
 @router.post("/inbox/task-status")
@@ -172,14 +185,7 @@ def inbox_task_status(
     request: Request, message: InboxTaskStatus, principal: Principal = Depends(current_principal)
 ) -> Receipt:
     """Receive a status change of a task this node sent (peer token of a child only)."""
-    peer = _peer(request, principal, Relation.child)
-    return service.receive_task_status(
-        engine=_engine(request),
-        data_dir=_data(request),
-        sender=peer["code"],
-        message=message,
-        principal=principal,
-    )
+    return _inbox(request, principal, Relation.child, service.receive_task_status, message)
 
 
 @router.post("/inbox/escalations")
@@ -187,11 +193,4 @@ def inbox_escalation(
     request: Request, message: InboxEscalation, principal: Principal = Depends(current_principal)
 ) -> Receipt:
     """Receive an escalation from a child node (peer token of a child only)."""
-    peer = _peer(request, principal, Relation.child)
-    return service.receive_escalation(
-        engine=_engine(request),
-        data_dir=_data(request),
-        sender=peer["code"],
-        message=message,
-        principal=principal,
-    )
+    return _inbox(request, principal, Relation.child, service.receive_escalation, message)

@@ -8,6 +8,7 @@ once. Every send and receipt appends an audit record.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -320,6 +321,39 @@ def _receipt_audit(
     )
 
 
+def _receive_once(
+    *,
+    engine: Engine,
+    data_dir: Path,
+    principal: Principal | None,
+    sender: str,
+    message_id: str,
+    kind: MessageKind,
+    resource_id: str,
+    action: str,
+    resource: str,
+    apply: Callable[[Connection, datetime], None],
+    now: datetime | None,
+) -> Receipt:
+    """Apply an inbound message once per (sender, message id); a repeat is acknowledged only.
+
+    `apply` writes the message's effect in the same transaction as the receipt, so a crash
+    leaves neither, and the sender's retry applies it then.
+    """
+    stamp = trust.utc(now)
+    duplicate = _already(engine, sender, message_id)
+    if not duplicate:
+        try:
+            with engine.begin() as conn:
+                apply(conn, stamp)
+                _record_receipt(conn, sender, message_id, kind, resource_id, stamp)
+        except IntegrityError:
+            # a concurrent delivery of the same message won the race: that one applied it
+            duplicate = True
+    _receipt_audit(data_dir, principal, action, resource, sender, message_id, duplicate)
+    return Receipt(message_id=message_id, resource_id=resource_id, duplicate=duplicate)
+
+
 def receive_task(
     *,
     engine: Engine,
@@ -331,46 +365,39 @@ def receive_task(
 ) -> Receipt:
     """Store a task the parent sent, once per message id (a repeat is acknowledged, not applied)."""
     _check_size(message.body, "task body")
-    stamp = trust.utc(now)
-    duplicate = _already(engine, sender, message.message_id)
-    if not duplicate:
-        try:
-            with engine.begin() as conn:
-                _record_receipt(
-                    conn, sender, message.message_id, MessageKind.task, message.id, stamp
-                )
-                conn.execute(
-                    insert(tasks).values(
-                        id=message.id,
-                        direction=Direction.received.value,
-                        peer_code=sender,
-                        kind=message.kind,
-                        title=message.title,
-                        body=message.body,
-                        due=message.due,
-                        status=TaskStatus.received.value,
-                        status_seq=0,
-                        history=[
-                            _entry(stamp, TaskStatus.received, "", message.created_by, sender)
-                        ],
-                        created_by=message.created_by,
-                        created_at=trust.utc(message.created_at),
-                        updated_at=stamp,
-                    )
-                )
-        except IntegrityError:
-            # a concurrent delivery of the same message won the race: that one applied it
-            duplicate = True
-    _receipt_audit(
-        data_dir,
-        principal,
-        "federation.task.receive",
-        f"task:{message.id}",
-        sender,
-        message.message_id,
-        duplicate,
+
+    def apply(conn: Connection, stamp: datetime) -> None:
+        conn.execute(
+            insert(tasks).values(
+                id=message.id,
+                direction=Direction.received.value,
+                peer_code=sender,
+                kind=message.kind,
+                title=message.title,
+                body=message.body,
+                due=message.due,
+                status=TaskStatus.received.value,
+                status_seq=0,
+                history=[_entry(stamp, TaskStatus.received, "", message.created_by, sender)],
+                created_by=message.created_by,
+                created_at=trust.utc(message.created_at),
+                updated_at=stamp,
+            )
+        )
+
+    return _receive_once(
+        engine=engine,
+        data_dir=data_dir,
+        principal=principal,
+        sender=sender,
+        message_id=message.message_id,
+        kind=MessageKind.task,
+        resource_id=message.id,
+        action="federation.task.receive",
+        resource=f"task:{message.id}",
+        apply=apply,
+        now=now,
     )
-    return Receipt(message_id=message.message_id, resource_id=message.id, duplicate=duplicate)
 
 
 def receive_task_status(
@@ -383,61 +410,44 @@ def receive_task_status(
     now: datetime | None = None,
 ) -> Receipt:
     """Apply a status change the receiver of one of our tasks sent back (newer seq wins)."""
-    stamp = trust.utc(now)
-    duplicate = _already(engine, sender, message.message_id)
-    if not duplicate:
-        try:
-            with engine.begin() as conn:
-                row = conn.execute(
-                    select(tasks).where(
-                        tasks.c.id == message.task_id,
-                        tasks.c.direction == Direction.sent.value,
-                        tasks.c.peer_code == sender,
-                    )
-                ).first()
-                if row is None:
-                    raise NotFound(f"this node sent no task {message.task_id} to {sender}")
-                _record_receipt(
-                    conn,
-                    sender,
-                    message.message_id,
-                    MessageKind.task_status,
-                    message.task_id,
-                    stamp,
+
+    def apply(conn: Connection, stamp: datetime) -> None:
+        row = conn.execute(
+            select(tasks).where(
+                tasks.c.id == message.task_id,
+                tasks.c.direction == Direction.sent.value,
+                tasks.c.peer_code == sender,
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"this node sent no task {message.task_id} to {sender}")
+        # an update older than what we hold (delivered late) is recorded, not applied
+        if message.seq > row.status_seq:
+            entry = _entry(trust.utc(message.at), message.status, message.note, message.by, sender)
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.id == message.task_id)
+                .values(
+                    status=message.status.value,
+                    status_seq=message.seq,
+                    history=[*row.history, entry],
+                    updated_at=stamp,
                 )
-                # an update older than what we hold (delivered late) is recorded, not applied
-                if message.seq > row.status_seq:
-                    conn.execute(
-                        update(tasks)
-                        .where(tasks.c.id == message.task_id)
-                        .values(
-                            status=message.status.value,
-                            status_seq=message.seq,
-                            history=[
-                                *row.history,
-                                _entry(
-                                    trust.utc(message.at),
-                                    message.status,
-                                    message.note,
-                                    message.by,
-                                    sender,
-                                ),
-                            ],
-                            updated_at=stamp,
-                        )
-                    )
-        except IntegrityError:
-            duplicate = True
-    _receipt_audit(
-        data_dir,
-        principal,
-        "federation.task.status.receive",
-        f"task:{message.task_id}",
-        sender,
-        message.message_id,
-        duplicate,
+            )
+
+    return _receive_once(
+        engine=engine,
+        data_dir=data_dir,
+        principal=principal,
+        sender=sender,
+        message_id=message.message_id,
+        kind=MessageKind.task_status,
+        resource_id=message.task_id,
+        action="federation.task.status.receive",
+        resource=f"task:{message.task_id}",
+        apply=apply,
+        now=now,
     )
-    return Receipt(message_id=message.message_id, resource_id=message.task_id, duplicate=duplicate)
 
 
 def _escalation_read(conn: Connection, row: Any) -> EscalationRead:
@@ -553,39 +563,35 @@ def receive_escalation(
 ) -> Receipt:
     """Store an escalation a child sent, once per message id."""
     _check_size(message.payload, "escalation payload")
-    stamp = trust.utc(now)
-    duplicate = _already(engine, sender, message.message_id)
-    if not duplicate:
-        try:
-            with engine.begin() as conn:
-                _record_receipt(
-                    conn, sender, message.message_id, MessageKind.escalation, message.id, stamp
-                )
-                conn.execute(
-                    insert(escalations).values(
-                        id=message.id,
-                        direction=Direction.received.value,
-                        peer_code=sender,
-                        event_id=message.event_id,
-                        reason=message.reason,
-                        payload=message.payload,
-                        status="received",
-                        created_by=message.created_by,
-                        created_at=trust.utc(message.created_at),
-                    )
-                )
-        except IntegrityError:
-            duplicate = True
-    _receipt_audit(
-        data_dir,
-        principal,
-        "federation.escalation.receive",
-        f"escalation:{message.id}",
-        sender,
-        message.message_id,
-        duplicate,
+
+    def apply(conn: Connection, stamp: datetime) -> None:
+        conn.execute(
+            insert(escalations).values(
+                id=message.id,
+                direction=Direction.received.value,
+                peer_code=sender,
+                event_id=message.event_id,
+                reason=message.reason,
+                payload=message.payload,
+                status="received",
+                created_by=message.created_by,
+                created_at=trust.utc(message.created_at),
+            )
+        )
+
+    return _receive_once(
+        engine=engine,
+        data_dir=data_dir,
+        principal=principal,
+        sender=sender,
+        message_id=message.message_id,
+        kind=MessageKind.escalation,
+        resource_id=message.id,
+        action="federation.escalation.receive",
+        resource=f"escalation:{message.id}",
+        apply=apply,
+        now=now,
     )
-    return Receipt(message_id=message.message_id, resource_id=message.id, duplicate=duplicate)
 
 
 def peer_status(*, engine: Engine, now: datetime | None = None) -> list[PeerRead]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path as FsPath
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -76,6 +77,23 @@ def get_request(
     return service.get_request(engine=_engine(request), principal=principal, request_id=request_id)
 
 
+def _decide(
+    request: Request,
+    decide: Callable[..., AccessRequestRead],
+    body: DecisionBody | None,
+    request_id: str,
+    principal: Principal,
+) -> AccessRequestRead:
+    """Run one decision of the sharing workflow with the caller as the one deciding."""
+    return decide(
+        engine=_engine(request),
+        data_dir=_data(request),
+        principal=principal,
+        request_id=request_id,
+        reason=body.reason if body else None,
+    )
+
+
 @router.post("/sharing/requests/{request_id}/approve")
 def approve(
     request: Request,
@@ -84,13 +102,7 @@ def approve(
     principal: Principal = Depends(current_principal),
 ) -> AccessRequestRead:
     """Approve the step of a request that waits for the caller."""
-    return service.approve(
-        engine=_engine(request),
-        data_dir=_data(request),
-        principal=principal,
-        request_id=request_id,
-        reason=body.reason if body else None,
-    )
+    return _decide(request, service.approve, body, request_id, principal)
 
 
 @router.post("/sharing/requests/{request_id}/reject")
@@ -101,13 +113,7 @@ def reject(
     principal: Principal = Depends(current_principal),
 ) -> AccessRequestRead:
     """Reject a request at the step that waits for the caller, with a reason."""
-    return service.reject(
-        engine=_engine(request),
-        data_dir=_data(request),
-        principal=principal,
-        request_id=request_id,
-        reason=body.reason if body else None,
-    )
+    return _decide(request, service.reject, body, request_id, principal)
 
 
 @router.post("/sharing/requests/{request_id}/withdraw")
@@ -118,13 +124,7 @@ def withdraw(
     principal: Principal = Depends(current_principal),
 ) -> AccessRequestRead:
     """Withdraw a pending request of the caller's organisation."""
-    return service.withdraw(
-        engine=_engine(request),
-        data_dir=_data(request),
-        principal=principal,
-        request_id=request_id,
-        reason=body.reason if body else None,
-    )
+    return _decide(request, service.withdraw, body, request_id, principal)
 
 
 @router.get("/grants")
