@@ -190,79 +190,48 @@ def request(
     _print_requests([made], fmt, one=True)
 
 
-def _decision(
-    action: str,
-    request_id: str,
-    reason: str | None,
-    data: Path,
-    database_url: str | None,
-    org: str,
-    role: str,
-    user: str,
-    fmt: Format,
-) -> None:
-    ctx = Context(data, database_url, org, role, user)
-    call: dict[str, Callable[..., AccessRequestRead]] = {
-        "approve": service.approve,
-        "reject": service.reject,
-        "withdraw": service.withdraw,
-    }
-    done = call[action](
-        engine=ctx.engine,
-        data_dir=ctx.data_dir,
-        principal=ctx.principal,
-        request_id=request_id,
-        reason=reason,
-    )
-    _print_requests([done], fmt, one=True)
-
-
 REQUEST_ID = typer.Argument(..., help="id of the access request")
 
 
-@app.command("approve")
-def approve(
-    request_id: str = REQUEST_ID,
-    reason: str | None = typer.Option(None, "--reason", help="why (optional)"),
-    data: Path = DATA,
-    database_url: str | None = DATABASE_URL,
-    org: str = ORG,
-    role: str = ROLE,
-    user: str = USER,
-    fmt: Format = FORMAT,
+def _decision_command(
+    name: str, decide: Callable[..., AccessRequestRead], summary: str, reason_help: str
 ) -> None:
-    """Approve the step of a request that waits for --org/--role."""
-    _decision("approve", request_id, reason, data, database_url, org, role, user, fmt)
+    """Register one decision command (approve, reject, withdraw): the same options each."""
+
+    def command(
+        request_id: str = REQUEST_ID,
+        reason: str | None = typer.Option(None, "--reason", help=reason_help),
+        data: Path = DATA,
+        database_url: str | None = DATABASE_URL,
+        org: str = ORG,
+        role: str = ROLE,
+        user: str = USER,
+        fmt: Format = FORMAT,
+    ) -> None:
+        ctx = Context(data, database_url, org, role, user)
+        done = decide(
+            engine=ctx.engine,
+            data_dir=ctx.data_dir,
+            principal=ctx.principal,
+            request_id=request_id,
+            reason=reason,
+        )
+        _print_requests([done], fmt, one=True)
+
+    command.__doc__ = summary
+    app.command(name)(command)
 
 
-@app.command("reject")
-def reject(
-    request_id: str = REQUEST_ID,
-    reason: str | None = typer.Option(None, "--reason", help="why (required)"),
-    data: Path = DATA,
-    database_url: str | None = DATABASE_URL,
-    org: str = ORG,
-    role: str = ROLE,
-    user: str = USER,
-    fmt: Format = FORMAT,
-) -> None:
-    """Reject a request with a reason."""
-    _decision("reject", request_id, reason, data, database_url, org, role, user, fmt)
-
-
-@app.command("withdraw")
-def withdraw(
-    request_id: str = REQUEST_ID,
-    reason: str | None = typer.Option(None, "--reason", help="why (optional)"),
-    data: Path = DATA,
-    database_url: str | None = DATABASE_URL,
-    org: str = ORG,
-    role: str = ROLE,
-    user: str = USER,
-    fmt: Format = FORMAT,
-) -> None:
-    """Withdraw a pending request of --org."""
-    _decision("withdraw", request_id, reason, data, database_url, org, role, user, fmt)
+_decision_command(
+    "approve",
+    service.approve,
+    "Approve the step of a request that waits for --org/--role.",
+    "why (optional)",
+)
+_decision_command("reject", service.reject, "Reject a request with a reason.", "why (required)")
+_decision_command(
+    "withdraw", service.withdraw, "Withdraw a pending request of --org.", "why (optional)"
+)
 
 
 @app.command("list")
