@@ -48,6 +48,8 @@ def _register() -> None:
     from citybrain.governance.identity import cli as identity_cli
     from citybrain.governance.quality import cli as quality_cli
     from citybrain.governance.sharing import cli as sharing_cli
+    from citybrain.scenes.enrollment import cli as enrollment_cli
+    from citybrain.scenes.medical_insurance import cli as medical_insurance_cli
 
     for part in (
         identity_cli,
@@ -59,6 +61,8 @@ def _register() -> None:
         events_cli,
         indicators_cli,
         notify_cli,
+        enrollment_cli,
+        medical_insurance_cli,
     ):
         part.register(app)
 

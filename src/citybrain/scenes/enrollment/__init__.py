@@ -1,0 +1,1 @@
+"""Compulsory-education enrollment scene."""

@@ -1,0 +1,3 @@
+"""Compulsory-education enrollment scene plugin: routes and dashboard panels."""
+
+from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Medical-insurance supervision scene."""

@@ -1,0 +1,3 @@
+"""Medical-insurance supervision scene plugin: routes and dashboard panels."""
+
+from __future__ import annotations
