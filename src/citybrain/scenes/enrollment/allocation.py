@@ -1,0 +1,208 @@
+"""Seat allocation: student-proposing deferred acceptance with single tie-breaking, then overflow.
+
+Stage 1 is deferred acceptance in rounds over arrays: every free child proposes to its next
+school, each school that received proposals keeps its best `capacity` among the new and the
+held children (one sort per round by school, priority rank, lottery rank) and rejects the rest.
+With strict priorities (rank, then one lottery number per child) this gives the unique
+child-optimal stable matching, so the result does not depend on the order of proposals.
+
+Stage 2 (统筹) offers children placed nowhere a seat at the nearest public school of their
+market with seats left. Children are served in the order of their best priority rank, then
+lottery; that is deferred acceptance again, with everyone ranking the schools by distance and
+every school ranking children in that one common order (a serial dictatorship).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from citybrain.core.errors import Unprocessable
+from citybrain.scenes.enrollment.models import (
+    F64,
+    I32,
+    UNPLACED,
+    Instance,
+    IntArray,
+    Overflow,
+    Result,
+    Stage,
+)
+
+# lottery ranks and priority ranks pack into one int64 sort key per (child, school) entry
+_MAX_PRIORITY = 1 << 14
+
+
+def check_instance(instance: Instance) -> None:
+    """Refuse an inconsistent instance with the reason (sizes, school indices, duplicates)."""
+    n, m = instance.n_students, instance.n_schools
+    if instance.lottery.shape[0] != n:
+        raise Unprocessable(
+            f"{instance.lottery.shape[0]} lottery numbers for {n} children",
+            detail={"field": "lottery", "reason": "one lottery number per child"},
+        )
+    nnz = int(instance.pref_ptr[-1]) if n >= 0 else 0
+    if instance.pref_school.shape[0] != nnz or instance.pref_priority.shape[0] != nnz:
+        raise Unprocessable(
+            "rankings and priorities differ in length",
+            detail={"field": "pref_priority", "reason": "one priority per ranked school"},
+        )
+    if nnz and (instance.pref_school.min() < 0 or instance.pref_school.max() >= m):
+        raise Unprocessable(
+            "a ranking names a school that is not in the instance",
+            detail={"field": "pref_school", "reason": f"school indices are 0..{m - 1}"},
+        )
+    if (instance.capacity < 0).any():
+        raise Unprocessable(
+            "a school has a negative capacity",
+            detail={"field": "capacity", "reason": "capacities are >= 0"},
+        )
+    if nnz and (
+        instance.pref_priority.min() < 0 or instance.pref_priority.max() >= _MAX_PRIORITY
+    ):
+        raise Unprocessable(
+            "a priority rank is out of range",
+            detail={"field": "pref_priority", "reason": f"ranks are 0..{_MAX_PRIORITY - 1}"},
+        )
+    owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(instance.pref_ptr))
+    pairs = owner * max(m, 1) + instance.pref_school
+    if np.unique(pairs).shape[0] != nnz:
+        raise Unprocessable(
+            "a child ranks the same school twice",
+            detail={"field": "pref_school", "reason": "each school at most once per ranking"},
+        )
+
+
+def lottery_ranks(lottery: np.ndarray) -> IntArray:
+    """Rank of each child's lottery number (0 = best); equal numbers fall back to the index."""
+    order = np.argsort(lottery, kind="stable")
+    ranks = np.empty(lottery.shape[0], dtype=np.int64)
+    ranks[order] = np.arange(lottery.shape[0], dtype=np.int64)
+    return ranks
+
+
+def deferred_acceptance(
+    pref_ptr: IntArray, pref_school: I32, entry_key: IntArray, capacity: I32
+) -> tuple[I32, IntArray, int]:
+    """Child-proposing DA over CSR rankings; entry_key orders children at a school (lower wins).
+
+    Returns the school holding each child (-1 for none), the ranking entry it holds, and the
+    number of rounds.
+    """
+    n = pref_ptr.shape[0] - 1
+    m = capacity.shape[0]
+    ends = pref_ptr[1:]
+    next_k = pref_ptr[:-1].copy()
+    held = np.full(n, UNPLACED, dtype=np.int32)
+    held_k = np.full(n, -1, dtype=np.int64)
+    span = int(entry_key.max()) + 1 if entry_key.shape[0] else 1
+    free = np.flatnonzero(next_k < ends)
+    rounds = 0
+    touched = np.zeros(m, dtype=bool)
+    while free.shape[0]:
+        rounds += 1
+        k = next_k[free]
+        schools = pref_school[k].astype(np.int64)
+        touched[schools] = True
+        # children already held at a school that receives proposals compete again
+        holders = np.flatnonzero(held >= 0)
+        holders = holders[touched[held[holders]]]
+        touched[schools] = False
+        cand = np.concatenate((free, holders))
+        cand_k = np.concatenate((k, held_k[holders]))
+        cand_s = np.concatenate((schools, held[holders].astype(np.int64)))
+        order = np.argsort(cand_s * span + entry_key[cand_k], kind="stable")
+        cand, cand_k, cand_s = cand[order], cand_k[order], cand_s[order]
+        # position of each candidate inside its school's group
+        starts = np.flatnonzero(np.r_[True, cand_s[1:] != cand_s[:-1]])
+        group = np.repeat(starts, np.diff(np.r_[starts, cand.shape[0]]))
+        keep = (np.arange(cand.shape[0]) - group) < capacity[cand_s]
+        held[cand[keep]] = cand_s[keep].astype(np.int32)
+        held_k[cand[keep]] = cand_k[keep]
+        out = cand[~keep]
+        held[out] = UNPLACED
+        held_k[out] = -1
+        next_k[out] = cand_k[~keep] + 1
+        free = out[next_k[out] < ends[out]]
+    return held, held_k, rounds
+
+
+def allocate(instance: Instance) -> Result:
+    """Allocate seats: DA over the children's rankings, then overflow to the nearest seats."""
+    check_instance(instance)
+    n = instance.n_students
+    ranks = lottery_ranks(instance.lottery)
+    owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(instance.pref_ptr))
+    entry_key = instance.pref_priority.astype(np.int64) * max(n, 1) + ranks[owner]
+    held, held_k, rounds = deferred_acceptance(
+        instance.pref_ptr, instance.pref_school, entry_key, instance.capacity
+    )
+    stage = np.where(held >= 0, Stage.choice, Stage.none).astype(np.int8)
+    choice = np.where(held >= 0, held_k - instance.pref_ptr[:-1], -1).astype(np.int16)
+    if instance.overflow is not None:
+        _overflow(instance, instance.overflow, held, stage, ranks)
+    return Result(assigned=held, stage=stage, choice=choice, rounds=rounds)
+
+
+def _best_priority(instance: Instance) -> IntArray:
+    """Each child's best priority rank over its ranking (children with none come last)."""
+    n = instance.n_students
+    best = np.full(n, _MAX_PRIORITY, dtype=np.int64)
+    owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(instance.pref_ptr))
+    np.minimum.at(best, owner, instance.pref_priority.astype(np.int64))
+    return best
+
+
+def _distance2(a: F64, b: F64) -> F64:
+    """Squared distance in km-like units between rows of a and rows of b (equirectangular)."""
+    cos = np.cos(np.radians(np.mean(b[:, 1]) if b.shape[0] else 36.0))
+    dx = (a[:, None, 0] - b[None, :, 0]) * cos
+    dy = a[:, None, 1] - b[None, :, 1]
+    result: F64 = dx * dx + dy * dy
+    return result
+
+
+def _overflow(
+    instance: Instance, over: Overflow, held: I32, stage: np.ndarray, ranks: IntArray
+) -> None:
+    """Place children left out at the nearest overflow school of their market with seats."""
+    left = np.flatnonzero((held < 0) & over.student_wants_overflow)
+    if not left.shape[0]:
+        return
+    filled = np.bincount(held[held >= 0], minlength=instance.n_schools)
+    remaining = instance.capacity.astype(np.int64) - filled
+    open_school = over.school_takes_overflow & (remaining > 0)
+    order_key = _best_priority(instance) * max(instance.n_students, 1) + ranks
+    markets = over.student_market[left]
+    for market in np.unique(markets):
+        kids = left[markets == market]
+        schools = np.flatnonzero(open_school & (over.school_market == market))
+        if not schools.shape[0]:
+            continue
+        # everyone ranks every open school of the market by distance; one common order
+        dist = _distance2(over.student_xy[kids], over.school_xy[schools])
+        ranking = np.argsort(dist, axis=1, kind="stable")
+        per = schools.shape[0]
+        ptr = np.arange(kids.shape[0] + 1, dtype=np.int64) * per
+        pref_school = ranking.reshape(-1).astype(np.int32)
+        key = np.repeat(order_key[kids], per)
+        got, _, _ = deferred_acceptance(
+            ptr, pref_school, key, remaining[schools].astype(np.int32)
+        )
+        placed = got >= 0
+        held[kids[placed]] = schools[got[placed]].astype(np.int32)
+        stage[kids[placed]] = Stage.overflow
+
+
+def _allocate_one(instance: Instance) -> Result:
+    return allocate(instance)
+
+
+def allocate_markets(instances: Sequence[Instance], workers: int = 1) -> list[Result]:
+    """Allocate independent markets (counties), in `workers` processes when more than one."""
+    if workers <= 1 or len(instances) <= 1:
+        return [allocate(i) for i in instances]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(_allocate_one, instances, chunksize=max(1, len(instances) // 16)))
