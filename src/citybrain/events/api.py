@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from citybrain.core.errors import BadInput, CityBrainError, Forbidden, NotFound
-from citybrain.events import catalogue, service
+from citybrain.events import catalogue, grid, service
 from citybrain.events.models import (
     CaseCreate,
     CaseRead,
@@ -29,6 +29,7 @@ from citybrain.events.models import (
 )
 from citybrain.events.statemachine import is_centre
 from citybrain.governance.identity.deps import current_principal
+from citybrain.governance.identity.models import OtpVerify, TokenResponse
 from citybrain.governance.principal import Principal, Role
 
 router = APIRouter()
@@ -236,6 +237,29 @@ def stats(
     until = _when(end, "end") or now
     since = _when(start, "start") or until - timedelta(days=30)
     return service.department_stats(engine=_engine(request), start=since, end=until, now=now)
+
+
+# ---------------------------------------------------------------------------------------------
+# grid workers on their phones (the page is /m/grid)
+
+
+@router.post("/auth/grid/verify", tags=["events"], response_model=TokenResponse)
+def grid_sign_in(body: OtpVerify, request: Request) -> JSONResponse:
+    """Sign a grid worker in with the code sent to their phone (ask at /auth/otp/request)."""
+    answer = grid.sign_in(
+        engine=_engine(request),
+        data_dir=_data(request),
+        issuer=_code(request),
+        phone=body.phone,
+        code=body.code,
+    )
+    return JSONResponse(answer.model_dump(), headers={"Cache-Control": "no-store"})
+
+
+@router.get("/api/events/grid/me", tags=["events"])
+def grid_me(request: Request, principal: Principal = Depends(current_principal)) -> grid.GridWorker:
+    """Return the signed-in grid worker's id, grid and the grid's centre."""
+    return grid.me(engine=_engine(request), data_dir=_data(request), principal=principal)
 
 
 # ---------------------------------------------------------------------------------------------

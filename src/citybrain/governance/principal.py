@@ -14,6 +14,7 @@ class Role(StrEnum):
     operator = "operator"  # operations-centre staff and department case handlers
     auditor = "auditor"  # reads the audit log, nothing else
     citizen = "citizen"  # a resident signed in with phone and one-time code
+    grid_worker = "grid_worker"  # a community grid worker signed in with phone and code
     service = "service"  # a system of a department (connectors, scripts), client credentials
     node = "node"  # another CityBrain node (parent or child) calling this one
 

@@ -27,6 +27,12 @@ def index() -> HTMLResponse:
     return HTMLResponse(html)
 
 
+@router.get("/m/grid", response_class=HTMLResponse)
+def grid_page() -> HTMLResponse:
+    """Serve the grid workers' phone page (sign in, report, follow one's own reports)."""
+    return HTMLResponse((STATIC_DIR / "grid.html").read_text(encoding="utf-8"))
+
+
 _MEDIA_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 

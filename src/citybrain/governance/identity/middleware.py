@@ -28,6 +28,7 @@ PUBLIC_EXACT = frozenset(
         "/auth/token",
         "/auth/otp/request",
         "/auth/otp/verify",
+        "/auth/grid/verify",
         # the dashboard's node summary and children: codes, names, counts, no personal data
         "/api/node",
         "/api/nodes",

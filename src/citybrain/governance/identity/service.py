@@ -932,6 +932,27 @@ def verify_otp(
     now: datetime | None = None,
 ) -> TokenResponse:
     """Sign a citizen in with a one-time code (usable once) and return a bearer token."""
+    phone = consume_otp(engine=engine, data_dir=data_dir, phone=phone, code=code, now=now)
+    principal = Principal(
+        subject=f"citizen:{phone}",
+        org=CITIZENS_ORG,
+        role=Role.citizen,
+        issuer=issuer,
+        phone=phone,
+    )
+    _signin_audit(data_dir, principal, f"citizen:{mask_phone(phone)}", "ok", {"grant": "otp"})
+    return _token(data_dir, principal, CITIZEN_TTL)
+
+
+def consume_otp(
+    *,
+    engine: Engine,
+    data_dir: Path,
+    phone: str,
+    code: str,
+    now: datetime | None = None,
+) -> str:
+    """Check and use up a phone's one-time code; return the phone, or raise 401 (audited)."""
     phone = validate_phone(phone)
     code = code.strip()
     if not _CODE.fullmatch(code):
@@ -991,18 +1012,10 @@ def verify_otp(
             )
         else:
             _clear_failures(conn, key)
-            principal = Principal(
-                subject=f"citizen:{phone}",
-                org=CITIZENS_ORG,
-                role=Role.citizen,
-                issuer=issuer,
-                phone=phone,
-            )
-            _signin_audit(data_dir, principal, resource, "ok", {"grant": "otp"})
     if failure == "code expired":
         raise Unauthorized("the code has expired; ask for a new one")
     if failure == "code used already":
         raise Unauthorized("the code has been used already; ask for a new one")
     if failure is not None:
         raise Unauthorized("the code is wrong")
-    return _token(data_dir, principal, CITIZEN_TTL)
+    return phone

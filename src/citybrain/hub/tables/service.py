@@ -674,8 +674,9 @@ def evaluate(
 ) -> list[tuple[Any, ...]]:
     """Run a system query whose answer is not records (a yes/no, a score) over raw tables.
 
-    Only the gate's verification service and quality scoring call this; both return answers,
-    never rows, and both are audited by their callers.
+    Only the gate's verification service, quality scoring and the grid workers' sign-in (which
+    finds the worker of a phone the caller proved to hold) call this; they return answers,
+    never departmental records, and their callers audit them.
     """
     con = duckdb.connect()
     try:
