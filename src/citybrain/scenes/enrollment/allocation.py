@@ -14,6 +14,7 @@ every school ranking children in that one common order (a serial dictatorship).
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -59,25 +60,37 @@ def check_instance(instance: Instance) -> None:
             "a school has a negative capacity",
             detail={"field": "capacity", "reason": "capacities are >= 0"},
         )
-    if nnz and (
-        instance.pref_priority.min() < 0 or instance.pref_priority.max() >= _MAX_PRIORITY
-    ):
+    if nnz and (instance.pref_priority.min() < 0 or instance.pref_priority.max() >= _MAX_PRIORITY):
         raise Unprocessable(
             "a priority rank is out of range",
             detail={"field": "pref_priority", "reason": f"ranks are 0..{_MAX_PRIORITY - 1}"},
         )
-    owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(instance.pref_ptr))
-    pairs = owner * max(m, 1) + instance.pref_school
-    if np.unique(pairs).shape[0] != nnz:
+    if _has_duplicate_choice(instance.pref_ptr, instance.pref_school, m):
         raise Unprocessable(
             "a child ranks the same school twice",
             detail={"field": "pref_school", "reason": "each school at most once per ranking"},
         )
 
 
+def _has_duplicate_choice(pref_ptr: IntArray, pref_school: I32, m: int) -> bool:
+    """Whether some child lists a school twice (rankings are short: compare neighbours)."""
+    lengths = np.diff(pref_ptr)
+    longest = int(lengths.max()) if lengths.shape[0] else 0
+    if longest > 8:
+        owner = np.repeat(np.arange(lengths.shape[0], dtype=np.int64), lengths)
+        pairs = np.sort(owner * max(m, 1) + pref_school)
+        return bool((pairs[1:] == pairs[:-1]).any())
+    owner = np.repeat(np.arange(lengths.shape[0], dtype=np.int32), lengths)
+    for gap in range(1, longest):
+        same = (owner[gap:] == owner[:-gap]) & (pref_school[gap:] == pref_school[:-gap])
+        if same.any():
+            return True
+    return False
+
+
 def lottery_ranks(lottery: np.ndarray) -> IntArray:
     """Rank of each child's lottery number (0 = best); equal numbers fall back to the index."""
-    order = np.argsort(lottery, kind="stable")
+    order = np.argsort(lottery, kind="stable")  # stable: equal numbers keep index order
     ranks = np.empty(lottery.shape[0], dtype=np.int64)
     ranks[order] = np.arange(lottery.shape[0], dtype=np.int64)
     return ranks
@@ -113,7 +126,8 @@ def deferred_acceptance(
         cand = np.concatenate((free, holders))
         cand_k = np.concatenate((k, held_k[holders]))
         cand_s = np.concatenate((schools, held[holders].astype(np.int64)))
-        order = np.argsort(cand_s * span + entry_key[cand_k], kind="stable")
+        # keys are unique (one lottery rank per child), so an unstable sort is exact
+        order = np.argsort(cand_s * span + entry_key[cand_k])
         cand, cand_k, cand_s = cand[order], cand_k[order], cand_s[order]
         # position of each candidate inside its school's group
         starts = np.flatnonzero(np.r_[True, cand_s[1:] != cand_s[:-1]])
@@ -188,21 +202,31 @@ def _overflow(
         ptr = np.arange(kids.shape[0] + 1, dtype=np.int64) * per
         pref_school = ranking.reshape(-1).astype(np.int32)
         key = np.repeat(order_key[kids], per)
-        got, _, _ = deferred_acceptance(
-            ptr, pref_school, key, remaining[schools].astype(np.int32)
-        )
+        got, _, _ = deferred_acceptance(ptr, pref_school, key, remaining[schools].astype(np.int32))
         placed = got >= 0
         held[kids[placed]] = schools[got[placed]].astype(np.int32)
         stage[kids[placed]] = Stage.overflow
 
 
-def _allocate_one(instance: Instance) -> Result:
-    return allocate(instance)
+# instances handed to forked workers by inheritance, so they are not pickled to each worker
+_SHARED: Sequence[Instance] = ()
+
+
+def _allocate_shared(index: int) -> Result:
+    return allocate(_SHARED[index])
 
 
 def allocate_markets(instances: Sequence[Instance], workers: int = 1) -> list[Result]:
-    """Allocate independent markets (counties), in `workers` processes when more than one."""
-    if workers <= 1 or len(instances) <= 1:
+    """Allocate independent markets (counties), in `workers` forked processes when more than one."""
+    global _SHARED
+    if workers <= 1 or len(instances) <= 1 or "fork" not in mp.get_all_start_methods():
         return [allocate(i) for i in instances]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(_allocate_one, instances, chunksize=max(1, len(instances) // 16)))
+    _SHARED = instances
+    try:
+        # largest markets first so the two workers finish together
+        order = sorted(range(len(instances)), key=lambda i: -instances[i].n_students)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+            done = dict(zip(order, pool.map(_allocate_shared, order), strict=True))
+    finally:
+        _SHARED = ()
+    return [done[i] for i in range(len(instances))]

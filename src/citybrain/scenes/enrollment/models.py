@@ -24,7 +24,7 @@ schools of its own market, and the overflow stage only looks inside `student_mar
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
 
@@ -208,7 +208,7 @@ class DrawInputs:
     sibling_first: bool  # sibling priority lifts a child to the front of its class
     schools: list[DrawSchool]
     applications: list[DrawApplication]
-    names: dict[str, str] = field(default_factory=dict)  # pseudonym -> name, masked on publish
+    overflow: bool = True  # the overflow stage (统筹) runs after the children's choices
 
 
 @dataclass(frozen=True)
