@@ -156,6 +156,9 @@ def test_dashboard_map_drill_down_and_live_feed(served: Served, browser: Any) ->
     first = page.locator("#feed tbody tr").first
     assert first.get_attribute("data-id") == case_id  # newest first
     assert "井盖" in first.inner_text()
+    # the scene plugins' panels: the data overview lists this node's departments
+    page.wait_for_selector("#panel-overview[data-state=ok] td", timeout=10000)
+    assert "medical_security" in page.locator("#panel-overview").inner_text()
     page.screenshot(path=str(_artifacts() / "dashboard-province.png"), full_page=True)
 
     # clicking Jinan opens its counties on the map and their scores in the panel

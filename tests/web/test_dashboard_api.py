@@ -103,3 +103,14 @@ def test_dashboard_url_carries_an_operator_token_in_the_fragment(tmp_path: Path)
         who = client.get("/auth/whoami").json()
         assert (who["org"], who["role"]) == ("bureau", "operator")
         assert client.get("/api/dashboard/summary").status_code == 200
+
+
+def test_panels_list_the_scene_plugins_panels(node: TestClient, tmp_path: Path) -> None:
+    answer = node.get("/api/dashboard/panels", headers=bearer(tmp_path, role="operator"))
+    assert answer.status_code == 200
+    overview = next(p for p in answer.json() if p["id"] == "overview")
+    assert overview["plugin"] == "overview" and overview["data_url"] == "/scenes/overview"
+    forged = {"Authorization": "Bearer x"}
+    assert node.get("/api/dashboard/panels", headers=forged).status_code == 401
+    citizen = bearer(tmp_path, org="citizens", role="citizen", phone="13800000000")
+    assert node.get("/api/dashboard/panels", headers=citizen).status_code == 403

@@ -9,7 +9,7 @@ from citybrain.core.config import Settings
 from citybrain.governance.identity.deps import require_role
 from citybrain.governance.principal import GOVERNMENT_ROLES, Principal
 from citybrain.web import service
-from citybrain.web.models import DashboardSummary
+from citybrain.web.models import DashboardSummary, PanelRead
 
 router = APIRouter(prefix="/api/dashboard", tags=["dashboard"])
 government = require_role(*GOVERNMENT_ROLES)
@@ -28,3 +28,9 @@ def summary(
     return service.summary(
         engine=engine, settings=settings, principal=principal, tree=tree, cases=cases
     )
+
+
+@router.get("/panels")
+def panels(principal: Principal = Depends(government)) -> list[PanelRead]:
+    """Return the panels the scene plugins add to the dashboard, in plugin order."""
+    return service.scene_panels()

@@ -37,3 +37,13 @@ class DashboardSummary(BaseModel):
     events_overdue: int
     cases: list[CaseRead]
     generated_at: datetime
+
+
+class PanelRead(BaseModel):
+    """A scene plugin's dashboard panel: where its data lives and what it is called."""
+
+    id: str
+    plugin: str
+    title_zh: str
+    title_en: str
+    data_url: str

@@ -17,7 +17,8 @@ from citybrain.federation.models import Relation
 from citybrain.geo import service as geo
 from citybrain.governance.principal import Principal
 from citybrain.node import service as node_service
-from citybrain.web.models import ChildState, DashboardSummary
+from citybrain.plugins.manager import get_plugins
+from citybrain.web.models import ChildState, DashboardSummary, PanelRead
 
 NO_DATA: dict[str, Any] = {"value": None, "score": None, "stars": None, "status": "no_data"}
 
@@ -97,3 +98,25 @@ def summary(
         ),
         generated_at=moment,
     )
+
+
+def scene_panels() -> list[PanelRead]:
+    """Collect the dashboard panels of every loaded plugin; a malformed panel is left out."""
+    plugins = get_plugins()
+    found: list[PanelRead] = []
+    for record in plugins.records:
+        if not record.loaded:
+            continue
+        module = plugins.pm.get_plugin(record.domain)
+        hook = getattr(module, "citybrain_dashboard_panels", None)
+        if hook is None:
+            continue
+        for raw in hook() or []:
+            try:
+                panel = PanelRead.model_validate({**raw, "plugin": record.domain})
+            except ValueError:
+                continue  # one plugin's bad panel must not blank the screen
+            # only the node's own paths: the page sends its token to the panel's data_url
+            if panel.data_url.startswith("/") and not panel.data_url.startswith("//"):
+                found.append(panel)
+    return found

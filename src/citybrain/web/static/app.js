@@ -348,6 +348,133 @@ async function loadPeers() {
   renderNodes();
 }
 
+// ---------------------------------------------------------------- scene panels
+// A panel's data is either in the panel form (cards, table, bars; docs/plugins.md) or any
+// JSON object, shown generically: numbers as cards, objects and lists of objects as tables.
+
+function label(item, fallback) {
+  return t(item.label_zh || item.label_en || fallback, item.label_en || item.label_zh || fallback);
+}
+
+function cardsOf(cards) {
+  const box = document.createElement("div");
+  box.className = "cards";
+  for (const c of cards) {
+    const card = document.createElement("div");
+    card.className = "card";
+    card.append(text("span", label(c, c.key || ""), "card-label"));
+    const value = typeof c.value === "number" ? c.value.toLocaleString() : c.value;
+    card.append(text("strong", c.unit ? `${value} ${c.unit}` : value, "card-value"));
+    box.append(card);
+  }
+  return box;
+}
+
+function tableOf(columns, rows) {
+  const table = document.createElement("table");
+  const head = document.createElement("tr");
+  for (const col of columns) head.append(text("th", label(col, col.key)));
+  table.append(document.createElement("thead"));
+  table.tHead.append(head);
+  const body = document.createElement("tbody");
+  for (const row of rows.slice(0, 20)) {
+    const tr = document.createElement("tr");
+    for (const col of columns) {
+      const v = row[col.key];
+      tr.append(text("td", v !== null && typeof v === "object" ? JSON.stringify(v) : v));
+    }
+    body.append(tr);
+  }
+  table.append(body);
+  return table;
+}
+
+function isScalar(v) {
+  return v === null || ["string", "number", "boolean"].includes(typeof v);
+}
+
+function genericPanel(data, box) {
+  const cards = [];
+  for (const [key, value] of Object.entries(data || {})) {
+    if (isScalar(value)) { cards.push({ key, value }); continue; }
+    const title = text("h3", key);
+    if (Array.isArray(value) && value.length && typeof value[0] === "object") {
+      const keys = [...new Set(value.flatMap((r) => Object.keys(r)))].slice(0, 8);
+      box.append(title, tableOf(keys.map((k) => ({ key: k })), value));
+    } else if (!Array.isArray(value) && typeof value === "object") {
+      const entries = Object.entries(value);
+      if (entries.every(([, v]) => v && typeof v === "object" && !Array.isArray(v))) {
+        const keys = [...new Set(entries.flatMap(([, v]) => Object.keys(v)))].slice(0, 8);
+        const rows = entries.map(([name, v]) => ({ name, ...v }));
+        box.append(title, tableOf([{ key: "name" }, ...keys.map((k) => ({ key: k }))], rows));
+      } else {
+        const rows = entries.map(([name, v]) => ({ name, value: v }));
+        box.append(title, tableOf([{ key: "name" }, { key: "value" }], rows));
+      }
+    }
+  }
+  if (cards.length) box.prepend(cardsOf(cards));
+}
+
+function barsOf(bars) {
+  const holder = document.createElement("div");
+  holder.className = "panel-chart";
+  if (!chartsAvailable()) {
+    holder.append(tableOf([{ key: "name" }, { key: "value" }], bars.items || []));
+    return holder;
+  }
+  requestAnimationFrame(() => {
+    const chart = window.echarts.init(holder);
+    chart.setOption({
+      grid: { left: 110, right: 20, top: 10, bottom: 20 },
+      xAxis: { type: "value" },
+      yAxis: { type: "category", data: (bars.items || []).map((i) => i.name) },
+      series: [{ type: "bar", data: (bars.items || []).map((i) => i.value), name: label(bars, "") }],
+      tooltip: {},
+    });
+  });
+  return holder;
+}
+
+function renderPanel(section, data) {
+  const box = section.querySelector(".panel-body");
+  box.textContent = "";
+  if (data && (data.cards || data.table || data.bars)) {
+    if (data.cards) box.append(cardsOf(data.cards));
+    if (data.table) box.append(tableOf(data.table.columns || [], data.table.rows || []));
+    if (data.bars) box.append(barsOf(data.bars));
+  } else {
+    genericPanel(data, box);
+  }
+}
+
+async function loadPanels() {
+  const panels = await getJSON("/api/dashboard/panels", true);
+  const holder = document.getElementById("panels");
+  holder.hidden = panels.length === 0;
+  for (const panel of panels) {
+    let section = document.getElementById(`panel-${panel.id}`);
+    if (!section) {
+      section = document.createElement("section");
+      section.id = `panel-${panel.id}`;
+      section.className = "scene-panel";
+      section.dataset.plugin = panel.plugin;
+      section.append(text("h2", t(panel.title_zh, panel.title_en)), text("div", "", "panel-body"));
+      holder.append(section);
+    }
+    section.querySelector("h2").textContent = t(panel.title_zh, panel.title_en);
+    try {
+      renderPanel(section, await getJSON(panel.data_url, true));
+      section.dataset.state = "ok";
+    } catch (err) {
+      if (err instanceof SignInNeeded) throw err;
+      // one scene's failure stays in its panel
+      section.querySelector(".panel-body").textContent = t("暂无数据", "No data") + ` (${err.message})`;
+      section.dataset.state = "error";
+    }
+  }
+}
+
 async function pollOnce() {
   const cases = await getJSON("/api/events/cases?limit=20", true);
   renderFeed(cases);
@@ -366,6 +493,7 @@ function startPolling() {
       loadStats().catch(handleError);
       loadPeers().catch(handleError);
     }
+    if (ticks % 10 === 0) loadPanels().catch(handleError);
   }, 1000);
 }
 
@@ -392,7 +520,7 @@ async function startLive() {
     renderCounts(summary);
     renderFeed(summary.cases);
     await loadTrees();
-    await Promise.all([loadIndicators(), loadStats(), loadPeers()]);
+    await Promise.all([loadIndicators(), loadStats(), loadPeers(), loadPanels()]);
     startPolling();
     document.body.dataset.live = "true";
   } catch (err) {
