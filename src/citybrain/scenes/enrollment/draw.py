@@ -339,7 +339,7 @@ def read_inputs(folder: Path) -> DrawInputs:
         with (folder / APPLICATIONS).open(encoding="utf-8") as fh:
             for line in fh:
                 if line.strip():
-                    applications.append(_application(json.loads(line)))
+                    applications.append(parse_application(json.loads(line)))
         inputs = DrawInputs(
             county=str(head["county"]),
             year=int(head["year"]),
@@ -358,7 +358,8 @@ def read_inputs(folder: Path) -> DrawInputs:
     return inputs
 
 
-def _application(raw: Mapping[str, Any]) -> DrawApplication:
+def parse_application(raw: Mapping[str, Any]) -> DrawApplication:
+    """An application from its JSON form (a line of applications.jsonl)."""
     return DrawApplication(
         child=str(raw["child"]),
         level=Level(raw["level"]),
@@ -514,6 +515,15 @@ def read_result(folder: Path) -> list[dict[str, Any]]:
     _require(folder, RESULT)
     with (folder / RESULT).open(encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def read_school_lists(folder: Path) -> list[dict[str, Any]]:
+    """The published per-school lists of a draw, in school order."""
+    _require(folder, SUMMARY)
+    return [
+        json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted((folder / SCHOOLS).glob("*.json"))
+    ]
 
 
 # --- verification --------------------------------------------------------------------------------
