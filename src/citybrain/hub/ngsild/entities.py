@@ -61,7 +61,7 @@ GEOJSON = {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "M
 
 def now_iso() -> str:
     """Return the current time as NGSI-LD writes it (UTC, milliseconds, Z)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso(datetime.now(UTC))
 
 
 def _type_list(value: Any) -> list[str]:
@@ -171,6 +171,9 @@ def _attribute(
         return {"type": "Property", "value": raw}
     if raw.get("type") in GEOJSON and "coordinates" in raw:
         return {"type": "GeoProperty", "value": raw}
+    fast = _plain_attribute(name, raw)
+    if fast is not None:
+        return fast
     kind = raw.get("type")
     if kind is None:
         # concise form: infer the attribute type from its members
@@ -260,6 +263,47 @@ def _attribute(
     return out
 
 
+# the shapes most sensor writes take, with the members each may carry besides its content
+_PLAIN_MEMBERS = {
+    "Property": frozenset({"type", "value", "unitCode", "observedAt"}),
+    "GeoProperty": frozenset({"type", "value", "observedAt"}),
+    "Relationship": frozenset({"type", "object", "observedAt"}),
+}
+_SCALARS = (int, float, str, bool)
+
+
+def _plain_attribute(name: str, raw: dict[str, Any]) -> dict[str, Any] | None:
+    """Expand a Property with a scalar value, a GeoProperty Point or a Relationship to one URI.
+
+    These carry no sub-attributes and no NGSI-LD Null, so none of _attribute's other rules
+    apply to them: a batch of sensor entities skips the general walk. Anything else is None
+    and goes the general way, so both ways give the same result for every input.
+    """
+    kind = raw.get("type")
+    allowed = _PLAIN_MEMBERS.get(kind) if type(kind) is str else None
+    if allowed is None or not allowed.issuperset(raw):
+        return None
+    if kind == "Property":
+        value = raw.get("value")
+        if type(value) not in _SCALARS or value == NGSI_NULL:
+            return None
+    elif kind == "GeoProperty":
+        value = raw.get("value")
+        if type(value) is not dict or len(value) != 2 or not _plain_point(value):
+            return None
+    else:
+        target = raw.get("object")
+        if type(target) is not str or target == NGSI_NULL or not is_iri(target):
+            return None
+    if "observedAt" in raw:
+        _check_datetime(raw["observedAt"], f"observedAt of {name!r}")
+    out: dict[str, Any] = {"type": kind}
+    for key, member in raw.items():
+        if key != "type":
+            out[key] = member
+    return out
+
+
 def _plain_point(value: dict[str, Any]) -> bool:
     """Whether a GeoJSON value is a well-formed Point (most sensors): no need for shapely."""
     c = value.get("coordinates")
@@ -300,10 +344,11 @@ def expand_attributes(
     for name, raw in body.items():
         if name in ENTITY_MEMBERS:
             continue
-        validate_attribute_name(name)
-        if name in ATTRIBUTE_MEMBERS or name in OUTPUT_MEMBERS:
-            # core terms that are not reified (datasetId, observedAt...) name no attribute
-            raise BadInput(f"{name!r} is an NGSI-LD core member, not an attribute name")
+        iri = _attribute_iri(name, terms)
+        if type(raw) is dict:
+            # one instance, the usual case
+            attrs[iri] = _attribute(name, raw, terms, nulls, nested_nulls, history=temporal)
+            continue
         instances = (
             raw
             if isinstance(raw, list) and raw and all(isinstance(r, dict) for r in raw)
@@ -315,8 +360,26 @@ def expand_attributes(
         dataset_ids = [e.get("datasetId") for e in expanded]
         if not temporal and len(set(dataset_ids)) != len(dataset_ids):
             raise BadInput(f"attribute {name!r} repeats a datasetId")
-        attrs[terms.expand(name)] = expanded[0] if len(expanded) == 1 else expanded
+        attrs[iri] = expanded[0] if len(expanded) == 1 else expanded
     return attrs
+
+
+_NAMES_PER_CONTEXT = 10_000  # the memo of checked names stays small whatever clients send
+
+
+def _attribute_iri(name: str, terms: TermMap) -> str:
+    """Check an attribute name and expand it, once per name and @context."""
+    iri = terms.checked.get(name)
+    if iri is not None:
+        return iri
+    validate_attribute_name(name)
+    if name in ATTRIBUTE_MEMBERS or name in OUTPUT_MEMBERS:
+        # core terms that are not reified (datasetId, observedAt...) name no attribute
+        raise BadInput(f"{name!r} is an NGSI-LD core member, not an attribute name")
+    iri = terms.expand(name)
+    if len(terms.checked) < _NAMES_PER_CONTEXT:
+        terms.checked[name] = iri
+    return iri
 
 
 def expand_entity(
@@ -343,13 +406,27 @@ def expand_entity(
     return entity
 
 
-def stamp(entity: dict[str, Any], *, created: str | None = None) -> dict[str, Any]:
-    """Set system time stamps on an entity and on attributes that lack them."""
-    moment = now_iso()
+def iso(moment: datetime) -> str:
+    """Return a UTC time as NGSI-LD writes it (milliseconds, Z)."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def stamp(
+    entity: dict[str, Any], *, created: str | None = None, moment: str | None = None
+) -> dict[str, Any]:
+    """Set system time stamps on an entity and on attributes that lack them.
+
+    moment: the write's time (a batch stamps all its entities with one); now by default.
+    """
+    moment = moment or now_iso()
     entity.setdefault("createdAt", created or moment)
     entity["modifiedAt"] = moment
     for name, attr in entity.items():
         if name in ENTITY_MEMBERS:
+            continue
+        if type(attr) is dict:
+            attr.setdefault("createdAt", moment)
+            attr.setdefault("modifiedAt", moment)
             continue
         for instance in attr if isinstance(attr, list) else [attr]:
             if isinstance(instance, dict):

@@ -57,6 +57,8 @@ class TermMap:
     vocab: str = DEFAULT_VOCAB
     reverse: dict[str, str] = field(default_factory=dict)
     urls: tuple[str, ...] = ()
+    # attribute names already checked and expanded with this map (filled by entities)
+    checked: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def expand(self, name: str) -> str:
         """Expand a short name to its IRI."""
@@ -90,6 +92,11 @@ def validate_entity_id(value: Any) -> str:
     """Refuse an entity id that is not an absolute URI."""
     if not isinstance(value, str) or not is_iri(value):
         raise BadInput(f"the entity id {value!r} is not a URI")
+    if value.isascii():
+        # in ASCII only control characters are refused below (the URI pattern has no spaces)
+        if not value.isprintable():
+            raise BadInput(f"the entity id {value!r} holds control, format or space characters")
+        return value
     # invisible and control characters make ids that look alike but differ (RFC 3987 excludes them)
     if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Zs") for ch in value):
         raise BadInput(f"the entity id {value!r} holds control, format or space characters")

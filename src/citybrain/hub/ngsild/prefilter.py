@@ -61,6 +61,23 @@ def geo_columns(entity: dict[str, Any]) -> dict[str, Any]:
     value = first.get("value") if isinstance(first, dict) else None
     if not isinstance(value, dict):
         return empty
+    point = value.get("coordinates")
+    if (
+        value.get("type") == "Point"
+        and type(point) is list
+        and len(point) == 2
+        and type(point[0]) in (int, float)
+        and type(point[1]) in (int, float)
+    ):
+        # most locations are one point: its box is the point, its cell is one cell
+        x, y = float(point[0]), float(point[1])
+        return {
+            "loc_minx": x,
+            "loc_miny": y,
+            "loc_maxx": x,
+            "loc_maxy": y,
+            "loc_cell": cell_of(x, y),
+        }
     points: list[tuple[float, float]] = []
     _flatten(value.get("coordinates"), points)
     if not points:

@@ -20,6 +20,7 @@ from citybrain.hub.ngsild.entities import (
     drop_null_keys,
     instances,
     is_delete,
+    iso,
     now_iso,
     stamp,
 )
@@ -738,31 +739,15 @@ def upsert_many_in(
         ):
             existing[row.id] = dict(row.entity)
     moment = datetime.now(UTC)
-    new_rows: list[dict[str, Any]] = []
-    type_rows: list[dict[str, Any]] = []
-    history_rows: list[dict[str, Any]] = []
+    moment_iso = iso(moment)
+    fresh: list[dict[str, Any]] = []
     changed: list[dict[str, Any]] = []
     for entity in unique:
         current = existing.get(entity["id"])
         if current is None:
-            stamped = stamp(entity)  # the batch's entities are fresh objects: no copy needed
-            new_rows.append(
-                {
-                    "tenant": tenant,
-                    "id": stamped["id"],
-                    "entity": stamped,
-                    "created_at": moment,
-                    "modified_at": moment,
-                    **prefilter.geo_columns(stamped),
-                }
-            )
-            type_rows.extend(
-                {"tenant": tenant, "id": stamped["id"], "type": t}
-                for t in dict.fromkeys(stamped["type"])
-            )
-            history_rows.extend(_history_rows(tenant, stamped))
-            created.append(stamped["id"])
-            changed.append(stamped)
+            # the batch's entities are fresh objects: no copy needed
+            fresh.append(stamp(entity, moment=moment_iso))
+            created.append(entity["id"])
         elif mode == "create":
             refused[entity["id"]] = f"entity {entity['id']} exists already"
         else:
@@ -777,15 +762,140 @@ def upsert_many_in(
                     current[name] = _merge_instances(current.get(name), attr, keep_existing=False)
             _save(conn, tenant, stamp(current), new=False)
             updated.append(entity["id"])
-    bulk_insert(conn, ngsild_entities, new_rows)
-    bulk_insert(conn, ngsild_entity_types, type_rows)
-    bulk_insert(conn, ngsild_history, history_rows)
+    _insert_fresh(conn, tenant, fresh, moment)
+    changed.extend(fresh)
     subs = subscriptions.active_rows(conn, tenant)
     if subs:
-        fresh = set(created)
         for entity in changed:
-            subscriptions.enqueue(conn, tenant, entity, subs, new=entity["id"] in fresh)
+            subscriptions.enqueue(conn, tenant, entity, subs, new=True)
     return created, updated, refused
+
+
+_ENTITY_COLUMNS = (
+    "tenant",
+    "id",
+    "entity",
+    "created_at",
+    "modified_at",
+    "loc_minx",
+    "loc_miny",
+    "loc_maxx",
+    "loc_maxy",
+    "loc_cell",
+)
+_TYPE_COLUMNS = ("tenant", "id", "type")
+_HISTORY_COLUMNS = ("tenant", "entity_id", "attribute", "dataset_id", "at", "number", "instance")
+
+
+def _insert_fresh(
+    conn: Connection, tenant: str, fresh: list[dict[str, Any]], moment: datetime
+) -> None:
+    """Insert new stamped entities: their rows, type rows and history rows, as tuples.
+
+    The same rows _save and record_history write one entity at a time, built in one pass;
+    on SQLite the values are made ready for the driver here (JSON text, time stamps each
+    converted once), which is most of what a batch costs beyond SQLite's own work.
+    """
+    if not fresh:
+        return
+    ready = conn.dialect.name == "sqlite"
+    dump: Any = json_dumps if ready else _same
+    when: Any = _time_binder(conn) if ready else _same
+    written_at = when(moment)
+    entity_rows: list[tuple[Any, ...]] = []
+    type_rows: list[tuple[Any, ...]] = []
+    history: list[tuple[Any, ...]] = []
+    times: dict[Any, Any] = {}  # a batch shares few time stamps: parse each once
+    for entity in fresh:
+        entity_id = entity["id"]
+        geo = prefilter.geo_columns(entity)
+        entity_rows.append(
+            (
+                tenant,
+                entity_id,
+                dump(entity),
+                written_at,
+                written_at,
+                geo["loc_minx"],
+                geo["loc_miny"],
+                geo["loc_maxx"],
+                geo["loc_maxy"],
+                geo["loc_cell"],
+            )
+        )
+        types = entity["type"]
+        for t in dict.fromkeys(types) if len(types) > 1 else types:
+            type_rows.append((tenant, entity_id, t))
+        stamp_of_write = entity.get("modifiedAt")
+        for name, attr in entity.items():
+            if name in ENTITY_MEMBERS:
+                continue
+            for inst in (attr,) if type(attr) is dict else instances(attr):
+                # only instances written by this change carry the entity's new modifiedAt
+                if inst.get("modifiedAt") != stamp_of_write:
+                    continue
+                raw = inst.get("observedAt") or stamp_of_write or inst.get("createdAt")
+                at = times.get(raw)
+                if at is None:
+                    at = times[raw] = when(_parse_time(raw))
+                history.append(
+                    (
+                        tenant,
+                        entity_id,
+                        name,
+                        inst.get("datasetId"),
+                        at,
+                        _number(inst.get("value")),
+                        dump(inst),
+                    )
+                )
+    insert_tuples(conn, ngsild_entities, _ENTITY_COLUMNS, entity_rows)
+    insert_tuples(conn, ngsild_entity_types, _TYPE_COLUMNS, type_rows)
+    insert_tuples(conn, ngsild_history, _HISTORY_COLUMNS, history)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _time_binder(conn: Connection) -> Any:
+    """The SQLite driver's form of a time stamp column value (what SQLAlchemy would bind)."""
+    dialect = conn.dialect
+    proc = ngsild_history.c.at.type.dialect_impl(dialect).bind_processor(dialect)
+    return proc if proc is not None else _same
+
+
+def _number(value: Any) -> float | None:
+    """The number column of a history row: a numeric value (not a boolean) as a float."""
+    if type(value) in (int, float):
+        return float(value)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _parse_time(raw: Any) -> datetime:
+    return datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+
+
+def insert_tuples(
+    conn: Connection, table: Table, names: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    """Insert rows given as tuples in the order of `names`.
+
+    On SQLite the values must be ready for the driver (see _insert_fresh) and go straight
+    to its executemany; elsewhere they are plain values bound by SQLAlchemy.
+    """
+    if not rows:
+        return
+    dialect = conn.dialect
+    if dialect.name != "sqlite":
+        conn.execute(insert(table), [dict(zip(names, row, strict=True)) for row in rows])
+        return
+    quote = dialect.identifier_preparer.quote
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(quote(n) for n in names)}) "
+        f"VALUES ({', '.join('?' for _ in names)})"
+    )
+    conn.exec_driver_sql(sql, rows)
 
 
 def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
