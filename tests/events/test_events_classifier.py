@@ -22,6 +22,9 @@ def test_corpus_is_deterministic_and_covers_every_type() -> None:
 def test_held_out_accuracy_on_a_small_seeded_corpus() -> None:
     model = classifier.train(corpus.generate(seed=11, per_type=30), seed=11)
     assert model.accuracy >= 0.9
+    # whole phrasings held out: lower, and reported beside it rather than hidden
+    assert model.unseen_phrasing_accuracy is not None
+    assert 0.5 <= model.unseen_phrasing_accuracy <= 1.0
     assert model.test_rows == round(0.2 * 30 * len(catalogue.load().types))
     # texts of another seed: new combinations of places, openings and variants
     other = corpus.generate(seed=12, per_type=10)

@@ -188,6 +188,7 @@ def train(
                 "train_rows": model.train_rows,
                 "test_rows": model.test_rows,
                 "accuracy": model.accuracy,
+                "unseen_phrasing_accuracy": model.unseen_phrasing_accuracy,
                 "seconds": model.seconds,
             }
         )

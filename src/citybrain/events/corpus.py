@@ -333,15 +333,18 @@ def generate(*, seed: int, per_type: int = 60) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
     for code in sorted(PHRASES):
+        phrases = PHRASES[code]
         for _ in range(per_type):
+            phrase = rng.randrange(len(phrases))
             text = rng.choice(TEMPLATES).format(
                 o=rng.choice(OPENERS),
                 p=rng.choice(PLACES),
                 d=rng.choice(DETAILS),
-                x=rng.choice(PHRASES[code]),
+                x=phrases[phrase],
                 c=rng.choice(CLOSERS),
             )
-            rows.append({"text": _vary(text, rng), "event_type": code})
+            # the phrase index lets an evaluation hold out whole phrasings, not just sentences
+            rows.append({"text": _vary(text, rng), "event_type": code, "phrase": phrase})
     rng.shuffle(rows)
     return rows
 
@@ -356,10 +359,13 @@ def write_jsonl(rows: list[dict[str, Any]], out: Path) -> int:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a corpus written by write_jsonl (one {text, event_type} object a line)."""
+    """Read a corpus written by write_jsonl (one {text, event_type[, phrase]} object a line)."""
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             row = json.loads(line)
-            rows.append({"text": str(row["text"]), "event_type": str(row["event_type"])})
+            item: dict[str, Any] = {"text": str(row["text"]), "event_type": str(row["event_type"])}
+            if isinstance(row.get("phrase"), int):
+                item["phrase"] = row["phrase"]
+            rows.append(item)
     return rows
