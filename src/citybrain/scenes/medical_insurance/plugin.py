@@ -1,3 +1,31 @@
 """Medical-insurance supervision scene plugin: routes and dashboard panels."""
 
 from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from citybrain.plugins.hookspecs import hookimpl
+
+
+@hookimpl
+def citybrain_routes(app: FastAPI) -> None:
+    """Add the scene's API routes and its phone and terminal pages."""
+    from citybrain.scenes.medical_insurance.api import pages, router
+
+    app.include_router(router)
+    app.include_router(pages)
+
+
+@hookimpl
+def citybrain_dashboard_panels() -> list[dict[str, Any]]:
+    """Offer the fund-supervision panel (this node and, at a parent, its children)."""
+    return [
+        {
+            "id": "medical_insurance",
+            "title_zh": "医保基金监管",
+            "title_en": "Medical-insurance fund supervision",
+            "data_url": "/api/medins/panel?scope=tree",
+        }
+    ]

@@ -1,0 +1,97 @@
+"""Group commit: many small writes share one transaction and one fsync, each still acknowledged
+only after its own commit.
+
+A write is a function of a connection. Callers `submit` it and wait on the future (threads)
+or await it (`asyncio.wrap_future`). One writer thread takes everything queued, runs it in one
+transaction and resolves the futures after the commit. When the batch fails (a unique key
+taken by another process, a bad row), each write of the batch runs again in a transaction of
+its own, so one write's failure is its own and never another's.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+Write = Callable[[Connection], Any]
+MAX_BATCH = 256
+_log = logging.getLogger("citybrain.medins")
+
+
+class GroupWriter:
+    """One writer thread per engine, committing queued writes in batches."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._cond = threading.Condition()
+        self._queue: list[tuple[Write, Future[Any]]] = []
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, write: Write) -> Future[Any]:
+        """Queue a write; the future gets its result once it is committed, or its error."""
+        future: Future[Any] = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the writer is closed")
+            self._queue.append((write, future))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="medins-group-commit", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+        return future
+
+    def run(self, write: Write) -> Any:
+        """Submit a write and wait for its commit (for callers that are threads)."""
+        return self.submit(write).result()
+
+    def close(self) -> None:
+        """Stop taking writes; those queued are still committed."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait(timeout=1.0)
+                if not self._queue and self._closed:
+                    return
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Write, Future[Any]]]) -> None:
+        results: list[Any] = []
+        try:
+            with self.engine.begin() as conn:
+                for write, _ in batch:
+                    results.append(write(conn))
+        except Exception:  # noqa: BLE001 - retried one by one below, each error to its caller
+            if len(batch) == 1:
+                self._one(batch[0])
+                return
+            for item in batch:
+                self._one(item)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            future.set_result(result)
+
+    def _one(self, item: tuple[Write, Future[Any]]) -> None:
+        write, future = item
+        try:
+            with self.engine.begin() as conn:
+                result = write(conn)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller waiting on it
+            future.set_exception(exc)
+            return
+        future.set_result(result)

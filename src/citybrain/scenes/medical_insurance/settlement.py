@@ -1,0 +1,565 @@
+"""Settlement with the check before payment: validate, use the voucher, judge, pay, commit.
+
+A terminal submits a settlement with the person's voucher token. In order:
+
+1. the institution's transaction id: a settlement already stored with it is answered again
+   (same body) or refused with 409 (another body): nothing is paid twice;
+2. the body: malformed fields, unknown catalogue codes, negative amounts, amounts that are
+   not quantity x price, dates in the future are 422 with every reason;
+3. the voucher token: signature, window, device, person, single use (or the scan that used
+   it at this institution a moment ago);
+4. the rule base's `check_settlement` against the person's recent settlements (kept in
+   memory, loaded from the store on first sight of the person): pass, warn or block;
+5. pass and warn are paid (fund share by category, kind, grade and scheme), block is not;
+6. the settlement, the voucher use and the findings are committed in one transaction
+   (group commit: concurrent settlements share it) before the answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from citybrain.core.errors import Conflict, NotFound, Unprocessable
+from citybrain.governance.audit import service as audit
+from citybrain.governance.principal import Principal
+from citybrain.scenes.medical_insurance import voucher as vouchers
+from citybrain.scenes.medical_insurance import voucher_token
+from citybrain.scenes.medical_insurance.models import (
+    Finding,
+    Item,
+    ItemKind,
+    Outcome,
+    Settlement,
+    SettlementKind,
+)
+from citybrain.scenes.medical_insurance.rules import check_settlement
+from citybrain.scenes.medical_insurance.service import (
+    Institution,
+    Scene,
+    categories,
+    institution,
+    now_utc,
+    rulebase,
+)
+from citybrain.scenes.medical_insurance.tables import findings, settlements, voucher_uses
+
+CST = timezone(timedelta(hours=8))
+# a terminal may settle a voucher it scanned this long ago (the scan used the token)
+SCAN_GRACE = timedelta(minutes=30)
+# clocks of terminals run a little ahead sometimes: "in the future" means beyond this
+FUTURE_LEEWAY = timedelta(minutes=5)
+MAX_PERSONS = 200_000
+MAX_ANSWERS = 100_000
+SHARE = {"甲": 1.0, "乙": 0.9, "丙": 0.0}
+RATIO = {
+    ("inpatient", "三级"): 0.75,
+    ("inpatient", "二级"): 0.85,
+    ("inpatient", "一级"): 0.9,
+    ("inpatient", "未定级"): 0.9,
+}
+OUTPATIENT_RATIO = 0.5
+RESIDENT_LESS = 0.1  # 居民医保 pays ten points less than 职工医保
+
+
+class ItemIn(BaseModel):
+    """One charged line as a terminal sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str = Field(min_length=1, max_length=32)
+    kind: ItemKind
+    quantity: float
+    unit_price: float
+    amount: float
+    service_date: date
+
+
+class SettlementIn(BaseModel):
+    """A settlement as a terminal submits it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    txn_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+    voucher: str = Field(min_length=1, max_length=512)
+    kind: SettlementKind
+    diagnosis: str = Field("", max_length=16)
+    start: datetime
+    end: datetime
+    person_id: str | None = Field(None, max_length=64, description="the person expected")
+    items: list[ItemIn] = Field(min_length=1, max_length=2000)
+
+
+class FindingOut(BaseModel):
+    """One finding as the terminal is told it."""
+
+    rule_id: str
+    rule_version: int
+    grade: str
+    item_code: str
+    reason: str
+
+
+class SettlementAnswer(BaseModel):
+    """The answer of the check before payment."""
+
+    settlement_id: str
+    txn_id: str
+    institution_id: str
+    outcome: Outcome
+    paid: bool
+    total: float
+    fund_amount: float
+    personal_amount: float
+    findings: list[FindingOut]
+    settled_at: datetime
+    replayed: bool = False
+
+
+def _local(moment: datetime) -> datetime:
+    """Return a time as naive China Standard Time (the records' convention)."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(CST).replace(tzinfo=None)
+
+
+def body_hash(body: dict[str, Any]) -> str:
+    """Return the hash that tells a retry (same body) from a different settlement."""
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "body"
+
+
+def validate(scene: Scene, body: Any, *, now: datetime | None = None) -> SettlementIn:
+    """Parse and check a submitted settlement; raise 422 with every reason found."""
+    if not isinstance(body, dict):
+        raise Unprocessable("a settlement is a JSON object", detail={"reasons": ["not an object"]})
+    try:
+        parsed = SettlementIn.model_validate(body)
+    except ValidationError as exc:
+        errors = [f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise Unprocessable(
+            f"the settlement is malformed: {errors[0]}", detail={"reasons": errors}
+        ) from None
+    reasons: list[str] = []
+    today = _local(now_utc(now))
+    limit = today + FUTURE_LEEWAY
+    start, end = _local(parsed.start), _local(parsed.end)
+    if start > limit:
+        reasons.append("start: is in the future")
+    if end > limit:
+        reasons.append("end: is in the future")
+    if end < start:
+        reasons.append("end: is before start")
+    codes = categories(scene)
+    kinds = rulebase(scene).catalogue.entries
+    for n, item in enumerate(parsed.items):
+        where = f"items.{n}"
+        if item.code not in codes:
+            reasons.append(f"{where}.code: {item.code} is not in the catalogues")
+        elif (entry := kinds.get(item.code)) is not None and entry.kind != item.kind.value:
+            reasons.append(f"{where}.kind: {item.code} is a {entry.kind}, not a {item.kind.value}")
+        for name in ("quantity", "unit_price", "amount"):
+            if getattr(item, name) < 0:
+                reasons.append(f"{where}.{name}: must not be negative")
+        if item.quantity == 0:
+            reasons.append(f"{where}.quantity: must be more than 0")
+        if abs(item.quantity * item.unit_price - item.amount) > 0.01 + 1e-6 * item.amount:
+            reasons.append(f"{where}.amount: is not quantity x unit_price")
+        if item.service_date > limit.date():
+            reasons.append(f"{where}.service_date: is in the future")
+        elif not start.date() <= item.service_date <= end.date():
+            reasons.append(f"{where}.service_date: is outside start..end")
+    if reasons:
+        raise Unprocessable(
+            f"the settlement is refused: {reasons[0]}"
+            + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""),
+            detail={"reasons": reasons},
+        )
+    return parsed
+
+
+# ---------------------------------------------------------------------------------------------
+# what the process keeps: recent settlements per person, answers per transaction id
+
+
+@dataclass
+class Memory:
+    """Per-person recent paid settlements and recent answers, bounded, loaded from the store."""
+
+    lock: threading.Lock
+    history: OrderedDict[str, list[Settlement]]
+    answers: OrderedDict[tuple[str, str], tuple[str, dict[str, Any]]]
+
+
+def memory(scene: Scene) -> Memory:
+    """Return the scene's settlement memory, made on first use."""
+    found: Memory | None = scene.extra.get("settlement_memory")
+    if found is None:
+        with scene.lock:
+            found = scene.extra.get("settlement_memory")
+            if found is None:
+                found = Memory(threading.Lock(), OrderedDict(), OrderedDict())
+                scene.extra["settlement_memory"] = found
+    return found
+
+
+def history_of(scene: Scene, person_id: str, on: datetime) -> list[Settlement]:
+    """Return the person's paid settlements of the rule base's window before `on`."""
+    mem = memory(scene)
+    with mem.lock:
+        found = mem.history.get(person_id)
+        if found is not None:
+            mem.history.move_to_end(person_id)
+    days = rulebase(scene).history_days
+    if found is None:
+        since = (on - timedelta(days=days + 1)).date().isoformat()
+        with scene.engine.connect() as conn:
+            rows = conn.execute(
+                select(settlements.c.record).where(
+                    settlements.c.person_id == person_id,
+                    settlements.c.settled_on >= since,
+                    settlements.c.paid.is_(True),
+                )
+            ).all()
+        found = sorted(
+            (Settlement.model_validate(r.record) for r in rows), key=lambda s: s.settled_at
+        )
+        with mem.lock:
+            # a settlement committed while we read is already in the list another thread made
+            found = mem.history.setdefault(person_id, found)
+            while len(mem.history) > MAX_PERSONS:
+                mem.history.popitem(last=False)
+    horizon = on - timedelta(days=days)
+    return [s for s in found if s.settled_at >= horizon]
+
+
+def _remember(
+    scene: Scene,
+    record: Settlement | None,
+    key: tuple[str, str],
+    entry: tuple[str, dict[str, Any]],
+) -> None:
+    mem = memory(scene)
+    with mem.lock:
+        if record is not None:
+            listed = mem.history.get(record.person_id)
+            if listed is not None:
+                listed.append(record)
+        mem.answers[key] = entry
+        while len(mem.answers) > MAX_ANSWERS:
+            mem.answers.popitem(last=False)
+
+
+def _stored_answer(scene: Scene, key: tuple[str, str]) -> tuple[str, dict[str, Any]] | None:
+    mem = memory(scene)
+    with mem.lock:
+        found = mem.answers.get(key)
+    if found is not None:
+        return found
+    with scene.engine.connect() as conn:
+        row = conn.execute(
+            select(settlements.c.body_hash, settlements.c.answer).where(
+                settlements.c.institution_id == key[0], settlements.c.txn_id == key[1]
+            )
+        ).first()
+    return (row.body_hash, row.answer) if row is not None else None
+
+
+def _replay(stored: tuple[str, dict[str, Any]], digest: str, txn_id: str) -> SettlementAnswer:
+    if stored[0] != digest:
+        raise Conflict(
+            f"transaction {txn_id} was settled already with a different body; "
+            "a new settlement needs a new transaction id"
+        )
+    return SettlementAnswer.model_validate({**stored[1], "replayed": True})
+
+
+# ---------------------------------------------------------------------------------------------
+# the fund's share
+
+
+def fund_share(
+    scene: Scene, items: tuple[Item, ...], *, kind: str, grade: str, scheme: str
+) -> float:
+    """Return what the fund pays: eligible amounts by category times the kind's ratio."""
+    cats = categories(scene)
+    eligible = sum(i.amount * SHARE.get(cats.get(i.code, "丙"), 0.0) for i in items)
+    ratio = RATIO.get((kind, grade), 0.9) if kind == "inpatient" else OUTPATIENT_RATIO
+    if scheme == "居民医保":
+        ratio -= RESIDENT_LESS
+    return round(max(0.0, eligible * ratio), 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# submitting
+
+
+def _age(birth: date, on: date) -> int:
+    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
+
+
+def _voucher(
+    scene: Scene, principal: Principal, parsed: SettlementIn, institution_id: str, at: datetime
+) -> tuple[vouchers.Checked, bool]:
+    """Check the token; return it and whether a scan at this institution used it already."""
+    moment = at.timestamp()
+    try:
+        try:
+            checked = vouchers.check(scene, parsed.voucher, person_id=parsed.person_id, now=moment)
+        except vouchers.VoucherRefused as exc:
+            if exc.reason is not vouchers.Refusal.expired:
+                raise
+            scanned = _scan_of(scene, parsed.voucher, institution_id, at)
+            if scanned is None:
+                raise
+            # valid when it was scanned here: the scan is the moment the person was present
+            checked = vouchers.check(
+                scene, parsed.voucher, person_id=parsed.person_id, now=scanned.timestamp()
+            )
+            return checked, True
+        try:
+            vouchers.claim(scene, checked, now=moment)
+        except vouchers.VoucherRefused:
+            if _scan_of(scene, parsed.voucher, institution_id, at) is None:
+                raise
+            return checked, True
+        return checked, False
+    except vouchers.VoucherRefused as exc:
+        raise vouchers.refused(scene, principal, exc, what="settle") from None
+
+
+def _scan_of(scene: Scene, token: str, institution_id: str, at: datetime) -> datetime | None:
+    """Return when this institution scanned the token, if it did so lately and has not settled."""
+    try:
+        claims = voucher_token.verify(scene.public, token)
+    except voucher_token.TokenRefused:
+        return None
+    with scene.engine.connect() as conn:
+        row = conn.execute(
+            select(voucher_uses.c.used_at).where(
+                voucher_uses.c.nonce == claims.nonce,
+                voucher_uses.c.institution_id == institution_id,
+                voucher_uses.c.settlement_id.is_(None),
+            )
+        ).first()
+    if row is None:
+        return None
+    used = row.used_at if row.used_at.tzinfo else row.used_at.replace(tzinfo=UTC)
+    return used if at - used <= SCAN_GRACE else None
+
+
+def _record(
+    scene: Scene,
+    parsed: SettlementIn,
+    inst: Institution,
+    info: vouchers.VoucherInfo,
+    settlement_id: str,
+    settled_at: datetime,
+) -> Settlement:
+    items = tuple(
+        Item(
+            code=i.code,
+            kind=i.kind,
+            quantity=i.quantity,
+            unit_price=i.unit_price,
+            amount=i.amount,
+            service_date=i.service_date,
+        )
+        for i in parsed.items
+    )
+    start = _local(parsed.start)
+    total = round(sum(i.amount for i in items), 2)
+    fund = fund_share(
+        scene, items, kind=parsed.kind.value, grade=inst.grade, scheme=info.view.scheme
+    )
+    return Settlement(
+        settlement_id=settlement_id,
+        person_id=info.person_id,
+        institution_id=inst.institution_id,
+        institution_kind=inst.kind,
+        institution_grade=inst.grade,
+        city_code=inst.county_code[:4] + "00",
+        county_code=inst.county_code,
+        kind=parsed.kind,
+        diagnosis=parsed.diagnosis,
+        sex=info.gender,
+        age=_age(info.birth_date, start.date()),
+        start=start,
+        end=_local(parsed.end),
+        settled_at=_local(settled_at),
+        total=total,
+        fund_paid=min(fund, total),
+        items=items,
+    )
+
+
+def _finding_row(f: Finding, record: Settlement, source: str, at: datetime) -> dict[str, Any]:
+    amount = sum(i.amount for i in record.items if not f.item_code or i.code == f.item_code)
+    return {
+        "id": "F" + uuid.uuid4().hex[:20],
+        "finding_key": f"{source}:{f.rule_id}:{f.settlement_id}:{f.item_code}"[:200],
+        "source": source,
+        "rule_id": f.rule_id,
+        "rule_version": str(f.rule_version),
+        "grade": f.grade.value,
+        "outcome": f.grade.value,
+        "settlement_id": f.settlement_id,
+        "institution_id": f.institution_id,
+        "person_id": f.person_id,
+        "amount": round(amount, 2),
+        "reason": f.reason,
+        "detail": {"item_code": f.item_code, "kind": record.kind.value},
+        "found_at": at,
+        "case_id": None,
+    }
+
+
+def submit(
+    scene: Scene,
+    *,
+    principal: Principal,
+    institution_id: str,
+    body: Any,
+    now: datetime | None = None,
+) -> SettlementAnswer:
+    """Settle one submission of a terminal, answering only after it is committed."""
+    moment = now_utc(now)
+    inst = institution(scene, institution_id)
+    txn = body.get("txn_id") if isinstance(body, dict) else None
+    digest = body_hash(body) if isinstance(body, dict) else ""
+    if isinstance(txn, str):
+        stored = _stored_answer(scene, (institution_id, txn))
+        if stored is not None:
+            return _replay(stored, digest, txn)
+    parsed = validate(scene, body, now=moment)
+    checked, scanned = _voucher(scene, principal, parsed, institution_id, moment)
+    settlement_id = "S" + uuid.uuid4().hex[:20]
+    record = _record(scene, parsed, inst, checked.voucher, settlement_id, moment)
+    history = history_of(scene, record.person_id, record.settled_at)
+    verdict = check_settlement(rulebase(scene), record, history)
+    paid = verdict.outcome is not Outcome.block
+    fund = record.fund_paid if paid else 0.0
+    answer = SettlementAnswer(
+        settlement_id=settlement_id,
+        txn_id=parsed.txn_id,
+        institution_id=institution_id,
+        outcome=verdict.outcome,
+        paid=paid,
+        total=record.total,
+        fund_amount=fund,
+        personal_amount=round(record.total - fund, 2) if paid else record.total,
+        findings=[
+            FindingOut(
+                rule_id=f.rule_id,
+                rule_version=f.rule_version,
+                grade=f.grade.value,
+                item_code=f.item_code,
+                reason=f.reason,
+            )
+            for f in verdict.findings
+        ],
+        settled_at=moment,
+    )
+    answer_json = answer.model_dump(mode="json")
+    row = {
+        "id": settlement_id,
+        "institution_id": institution_id,
+        "txn_id": parsed.txn_id,
+        "body_hash": digest,
+        "person_id": record.person_id,
+        "voucher_id": checked.voucher.voucher_id,
+        "nonce": checked.claims.nonce,
+        "kind": record.kind.value,
+        "settled_on": record.settled_at.date().isoformat(),
+        "outcome": verdict.outcome.value,
+        "paid": paid,
+        "total_amount": record.total,
+        "fund_amount": fund,
+        "record": record.model_dump(mode="json"),
+        "answer": answer_json,
+        "created_at": moment,
+    }
+    found_rows = [_finding_row(f, record, "before_payment", moment) for f in verdict.findings]
+    use = vouchers.use_row(
+        checked,
+        institution_id=institution_id,
+        kind=record.kind.value,
+        at=moment,
+        settlement_id=settlement_id,
+    )
+
+    def write(conn: Connection) -> None:
+        conn.execute(insert(settlements).values(**row))
+        if scanned:
+            done = conn.execute(
+                update(voucher_uses)
+                .where(
+                    voucher_uses.c.nonce == use["nonce"],
+                    voucher_uses.c.settlement_id.is_(None),
+                )
+                .values(settlement_id=settlement_id)
+            ).rowcount
+            if done != 1:
+                raise IntegrityError("voucher use", {}, Exception("the scan was settled already"))
+        else:
+            conn.execute(insert(voucher_uses).values(**use))
+        if found_rows:
+            conn.execute(insert(findings), found_rows)
+
+    try:
+        scene.writer.run(write)
+    except IntegrityError:
+        if not scanned:
+            vouchers.replay_store(scene).release(use["nonce"])
+        stored = _stored_answer(scene, (institution_id, parsed.txn_id))
+        if stored is not None:
+            # the same transaction id committed by a concurrent request a moment ago
+            return _replay(stored, digest, parsed.txn_id)
+        again = vouchers.VoucherRefused(
+            vouchers.Refusal.replayed, "the e-voucher code has been used for another settlement"
+        )
+        raise vouchers.refused(scene, principal, again, what="settle") from None
+    except Exception:
+        if not scanned:
+            vouchers.replay_store(scene).release(use["nonce"])
+        raise
+    _remember(
+        scene, record if paid else None, (institution_id, parsed.txn_id), (digest, answer_json)
+    )
+    audit.append(
+        data_dir=scene.data_dir,
+        principal=principal,
+        action="medins.settle",
+        resource=f"settlement:{settlement_id}",
+        result="ok" if paid else "blocked",
+        detail={
+            "institution": institution_id,
+            "txn": parsed.txn_id,
+            "outcome": verdict.outcome.value,
+            "rules": sorted({f.rule_id for f in verdict.findings}),
+        },
+        durable=False,
+    )
+    return answer
+
+
+def get_settlement(scene: Scene, *, settlement_id: str) -> dict[str, Any]:
+    """Return one stored settlement (its record and answer), or 404."""
+    with scene.engine.connect() as conn:
+        row = conn.execute(select(settlements).where(settlements.c.id == settlement_id)).first()
+    if row is None:
+        raise NotFound(f"no settlement {settlement_id}")
+    return {"record": row.record, "answer": row.answer, "paid": row.paid, "outcome": row.outcome}
