@@ -8,14 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_service_setup as setup
 from sqlalchemy import func, select
-from test_service_setup import CITY, Scene, opened, scene, synth_jinan  # noqa: F401
+from test_service_setup import CITY, Scene
 
 from citybrain.core.errors import Conflict
 from citybrain.governance.principal import Principal, Role
 from citybrain.scenes.enrollment import service
 from citybrain.scenes.enrollment.store import enrollment_applications, enrollment_notices
 from citybrain.synth.idcard import check_digit
+
+# the shared fixtures
+synth_jinan, scene, opened = setup.synth_jinan, setup.scene, setup.opened
 
 APPS = "/api/enrollment/applications"
 
