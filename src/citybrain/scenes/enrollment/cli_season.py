@@ -196,7 +196,7 @@ def _step(step: str) -> Any:
 
     command.__doc__ = {
         "close": "Close the season to applications.",
-        "commit": "Write each county's draw inputs and commit its secret seed (publishes the hash).",
+        "commit": "Write each county's draw inputs and commit its secret seed (hash published).",
         "draw": "Reveal the seeds, run the draws, write the placements (not yet shown to parents).",
         "publish": "Show the results to the parents and notify them.",
     }[step]

@@ -156,21 +156,77 @@ def _sum(code: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
+CARDS = (
+    ("applications", "报名", "Applications"),
+    ("eligible", "有类别", "With a class"),
+    ("not_eligible", "未满足条件", "No class"),
+    ("seats", "学位", "Seats"),
+    ("placed", "已录取", "Placed"),
+    ("unplaced", "未安排", "Unplaced"),
+)
+UNIT_COLUMNS = (
+    ("name", "单位", "Unit"),
+    ("applications", "报名", "Applications"),
+    ("eligible", "有类别", "With a class"),
+    ("not_eligible", "未满足条件", "No class"),
+    ("seats", "学位", "Seats"),
+    ("demand", "第一志愿", "First choices"),
+    ("placed", "已录取", "Placed"),
+    ("unplaced", "未安排", "Unplaced"),
+    ("appeals_pending", "待审申诉", "Appeals pending"),
+)
+
+
+def _panel(figures: dict[str, Any]) -> dict[str, Any]:
+    """Add the dashboard's panel form (cards, table, bars) to a node's statistics."""
+    total = figures["total"]
+    figures["cards"] = [
+        {"label_zh": zh, "label_en": en, "value": total[key]} for key, zh, en in CARDS
+    ] + [
+        {
+            "label_zh": "待审申诉",
+            "label_en": "Appeals pending",
+            "value": total["appeals"].get("pending", 0),
+        }
+    ]
+    figures["table"] = {
+        "columns": [{"key": k, "label_zh": zh, "label_en": en} for k, zh, en in UNIT_COLUMNS],
+        "rows": [
+            {
+                **{k: unit.get(k) for k, _zh, _en in UNIT_COLUMNS},
+                "appeals_pending": unit["appeals"].get("pending", 0),
+            }
+            for unit in figures["units"]
+        ],
+    }
+    figures["bars"] = {
+        "label_zh": "核验通过率（%）",
+        "label_en": "Verification pass rate (%)",
+        "items": [
+            {"name": name, "value": round(100 * (t["rate"] or 0), 1)}
+            for name, t in sorted(total["criteria"].items())
+        ],
+    }
+    return figures
+
+
 def node_stats(*, engine: Engine, data_dir: Path, code: str) -> dict[str, Any]:
     """Return this node's statistics: the province's roll-up, or a city's own season."""
     if geo.get_unit(code).level.value == "province":
-        return province_stats(engine=engine, code=code)
+        return _panel(province_stats(engine=engine, code=code))
     try:
         season = seasons.current_season(engine=engine, code=code)
     except NotFound:
-        return {"code": code, "season": None, "total": _sum(code, []), "units": []}
+        return _panel({"code": code, "season": None, "total": _sum(code, []), "units": []})
     counties = county_stats(engine=engine, data_dir=data_dir, code=code, season=season)
-    return {
-        "code": code,
-        "season": {"id": season.id, "year": season.year, "status": season.status},
-        "total": _sum(code, counties),
-        "units": counties,
-    }
+    return _panel(
+        {
+            "code": code,
+            "season": {"id": season.id, "year": season.year, "status": season.status},
+            "total": _sum(code, counties),
+            "units": counties,
+        }
+    )
 
 
 def province_stats(*, engine: Engine, code: str) -> dict[str, Any]:
