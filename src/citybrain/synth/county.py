@@ -13,6 +13,7 @@ from citybrain.geo import service as geo
 from citybrain.geo.models import AdminUnit, Level
 from citybrain.synth import figures as fig
 from citybrain.synth.idcard import id_numbers
+from citybrain.synth.medical import CareOptions, Institutions, care_year
 
 Array = np.ndarray[Any, Any]
 Tables = dict[tuple[str, str], pa.Table]
@@ -29,6 +30,8 @@ class CountyPlan:
     people: int
     seed: int
     county_index: int  # position of the county among all 136, for ID sequence slots
+    care: CareOptions | None = None  # a year of medical-insurance care, None for none
+    far_counties: tuple[str, ...] = ()  # counties of cities far away (voucher lending)
 
 
 def _choice(rng: np.random.Generator, options: list[Any], p: list[float], n: int) -> Array:
@@ -380,9 +383,27 @@ def generate_county(plan: CountyPlan, other_counties: list[str]) -> Tables:
             ),
         }
     )
-    tables[("medical_security", "designated_institutions")] = _institutions(
-        rng, county, communities, n
-    )
+    institutions = _institutions(rng, county, communities, n)
+    tables[("medical_security", "designated_institutions")] = institutions
+    if plan.care is not None:
+        # its own stream, so the year of care leaves every other table as it was
+        care_rng = np.random.default_rng(np.random.SeedSequence([plan.seed, 8]))
+        cared = insured[care_rng.random(len(insured)) < plan.care.share]
+        tables.update(
+            care_year(
+                care_rng,
+                county=county.code,
+                person_ids=person_id[cared],
+                male=male[cared],
+                age=age[cared],
+                institutions=Institutions.of(institutions),
+                same_city_counties=[
+                    c.code for c in geo.list_units(Level.county, county.parent or "")
+                ],
+                far_counties=list(plan.far_counties),
+                options=plan.care,
+            )
+        )
 
     # --- civil affairs -------------------------------------------------------------------------
     comm_pop = np.bincount(hh_comm[hh_index], minlength=len(communities))

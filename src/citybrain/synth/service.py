@@ -20,6 +20,7 @@ from citybrain.geo import service as geo
 from citybrain.geo.models import AdminUnit, Level
 from citybrain.synth import figures as fig
 from citybrain.synth.county import CountyPlan, Tables, generate_county
+from citybrain.synth.medical import LABELS, CareOptions, consumable_tables
 from citybrain.synth.models import FileRecord, SynthSummary
 from citybrain.synth.province import catalogues
 
@@ -45,9 +46,32 @@ def county_weight(county: AdminUnit) -> float:
     return county.area_km2 * factor
 
 
-def plan(*, scale: float, seed: int, cities: list[str] | None = None) -> list[CountyPlan]:
+FAR_KM = 250.0  # a city this far away cannot be reached within the hour of voucher lending
+
+
+def _far_counties() -> dict[str, tuple[str, ...]]:
+    """For each city, the counties of the cities at least FAR_KM away."""
+    from citybrain.scenes.medical_insurance.rules import haversine_km
+
+    cities = geo.list_units(Level.city)
+    far: dict[str, tuple[str, ...]] = {}
+    for a in cities:
+        far[a.code] = tuple(
+            c.code
+            for b in cities
+            if haversine_km(a.centroid_lon, a.centroid_lat, b.centroid_lon, b.centroid_lat)
+            >= FAR_KM
+            for c in geo.list_units(Level.county, b.code)
+        )
+    return far
+
+
+def plan(
+    *, scale: float, seed: int, cities: list[str] | None = None, care: CareOptions | None = None
+) -> list[CountyPlan]:
     """Decide how many people each county gets and its independent seed."""
     populations = fig.city_populations()
+    far = _far_counties() if care is not None else {}
     wanted = cities or sorted(populations)
     index = {c.code: i for i, c in enumerate(geo.list_units(Level.county))}
     plans: list[CountyPlan] = []
@@ -64,6 +88,8 @@ def plan(*, scale: float, seed: int, cities: list[str] | None = None) -> list[Co
                     people=max(people, 1),
                     seed=int(entropy[0]) << 32 | int(entropy[1]),
                     county_index=index[county.code],
+                    care=care,
+                    far_counties=far.get(city, ()),
                 )
             )
     return plans
@@ -161,8 +187,14 @@ def generate(
     cities: list[str] | None = None,
     progress: Progress | None = None,
     workers: int | None = None,
+    abuse_rates: dict[str, float] | None = None,
+    care_share: float = 1.0,
 ) -> SynthSummary:
-    """Generate the synthetic province into OUT/<node code>/<department>/<table>.parquet."""
+    """Generate the synthetic province into OUT/<node code>/<department>/<table>.parquet.
+
+    A year of medical-insurance care is generated for `care_share` of the insured (0: none),
+    with abuse injected at `abuse_rates`; its labels go to OUT/labels/<city>/.
+    """
     if not (0 < scale <= 1):
         raise BadInput(f"--scale must be in (0, 1], got {scale}")
     if seed < 0:
@@ -171,12 +203,19 @@ def generate(
     for city in cities or []:
         if city not in known:
             raise BadInput(f"{city} is not the code of a Shandong city")
+    if not 0 <= care_share <= 1:
+        raise BadInput(f"--care-share must be in [0, 1], got {care_share}")
+    care = None
+    if care_share > 0:
+        care = CareOptions(catalogue_seed=seed, share=care_share)
+        if abuse_rates is not None:
+            care = CareOptions(catalogue_seed=seed, share=care_share, abuse_rates=abuse_rates)
     _check_out(out, force)
-    plans = plan(scale=scale, seed=seed, cities=cities)
+    plans = plan(scale=scale, seed=seed, cities=cities, care=care)
     all_counties = [c.code for c in geo.list_units(Level.county)]
     writers: dict[str, _NodeWriter] = {}
     province = _NodeWriter(out / PROVINCE)
-    province.write(catalogues(seed))
+    province.write(catalogues(seed) | consumable_tables())
     province.close()
     n_workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     items = [(p, [c for c in all_counties if c != p.county.code]) for p in plans]
@@ -185,7 +224,11 @@ def generate(
         for done, (county_plan, tables) in enumerate(_county_results(items, n_workers), start=1):
             city = county_plan.county.parent or ""
             writer = writers.setdefault(city, _NodeWriter(out / city))
-            writer.write(tables)
+            # labels are kept apart from every node's data: OUT/labels/<city>/<table>.parquet
+            labels = {(city, k[1]): t for k, t in tables.items() if k[0] == LABELS}
+            if labels:
+                writers.setdefault(LABELS, _NodeWriter(out / "labels")).write(labels)
+            writer.write({k: t for k, t in tables.items() if k[0] != LABELS})
             residents += tables[("public_security", "residents")].num_rows
             del tables
             if progress:

@@ -547,7 +547,10 @@ def _voucher_lending(
     for h in history:
         if h.city_code == s.city_code:
             continue
-        travel = cat.city_km(s.city_code, h.city_code) / speed * 3600 if speed else math.inf
+        km = cat.city_km(s.city_code, h.city_code)
+        if km <= 0 or speed <= 0:
+            continue  # cities without a known place: nothing to measure against
+        travel = km / speed * 3600
         gap = max((s.start - h.end).total_seconds(), (h.start - s.end).total_seconds())
         if gap < travel:
             yield ""
