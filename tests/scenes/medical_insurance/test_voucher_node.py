@@ -29,8 +29,8 @@ CITY = "370100"
 PROVINCE = "370000"
 
 
-@pytest.fixture(scope="session")
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="session", name="synth_root")
+def synth_root_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generate Jinan and the province's catalogues once at a tiny scale (seed 7)."""
     out = tmp_path_factory.mktemp("medins") / "s"
     subprocess.run(
@@ -56,8 +56,8 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def prepared_root(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="session", name="prepared_root")
+def prepared_root_fixture(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic folders with the city node started once (tables imported, migrated)."""
     root = tmp_path_factory.mktemp("medins-prepared") / "nodes"
     shutil.copytree(synth_root / CITY, root / CITY)
@@ -164,8 +164,8 @@ def people_of(data: Path) -> list[Person]:
     return found
 
 
-@pytest.fixture
-def city(prepared_root: Path, tmp_path: Path) -> Iterator[City]:
+@pytest.fixture(name="city")
+def city_fixture(prepared_root: Path, tmp_path: Path) -> Iterator[City]:
     """A fresh Jinan node on SQLite with the province's catalogues beside it."""
     data = fresh_nodes(prepared_root, tmp_path)
     root = data.parent

@@ -1,0 +1,296 @@
+"""Settlement with the check before payment: paid, blocked, idempotent, bad input, vouchers."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from test_voucher_node import (  # noqa: F401 - fixtures
+    City,
+    city_fixture,
+    prepared_root_fixture,
+    synth_root_fixture,
+)
+
+from citybrain.scenes.medical_insurance.settlement import CST
+from citybrain.scenes.medical_insurance.tables import findings, settlements, voucher_uses
+
+DRUG = "XD00001"  # 甲, 0.86 a capsule, at most 28 per visit
+CONSULTATION = "FW00000"  # 甲, 10.00
+
+
+def _now() -> datetime:
+    return datetime.now(CST).replace(tzinfo=None, microsecond=0)
+
+
+def body(
+    token: str,
+    txn: str,
+    *,
+    kind: str = "outpatient",
+    items: list[dict[str, Any]] | None = None,
+    start: datetime | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A settlement of a consultation and a week of capsules, at standard prices."""
+    begin = start or _now() - timedelta(minutes=40)
+    day = begin.date().isoformat()
+    lines = items or [
+        {
+            "code": CONSULTATION,
+            "kind": "service",
+            "quantity": 1,
+            "unit_price": 10.0,
+            "amount": 10.0,
+            "service_date": day,
+        },
+        {
+            "code": DRUG,
+            "kind": "drug",
+            "quantity": 14,
+            "unit_price": 0.86,
+            "amount": 12.04,
+            "service_date": day,
+        },
+    ]
+    return {
+        "txn_id": txn,
+        "voucher": token,
+        "kind": kind,
+        "diagnosis": "J06.9",
+        "start": begin.isoformat(),
+        "end": (begin + timedelta(minutes=30)).isoformat(),
+        "items": lines,
+        **extra,
+    }
+
+
+def _count(city: City, table: Any) -> int:
+    engine = city.client.app.state.engine  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def _ready(city: City, n: int = 0) -> tuple[Any, str, dict[str, str]]:
+    person = city.people[n]
+    city.activate(person)
+    institution = city.hospital()
+    return person, institution, city.terminal(institution)
+
+
+def test_a_clean_settlement_is_paid_and_committed(city: City) -> None:
+    person, institution, terminal = _ready(city)
+    response = city.client.post(
+        "/api/medins/settlements", json=body(city.qr(person), "T-0001"), headers=terminal
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["outcome"] == "pass" and answer["paid"] is True
+    assert answer["total"] == 22.04
+    # 甲 items are fully eligible; an outpatient visit pays half (40 % for 居民医保)
+    assert answer["fund_amount"] in (11.02, 8.82)
+    assert answer["personal_amount"] == round(22.04 - answer["fund_amount"], 2)
+    assert _count(city, settlements) == 1 and _count(city, voucher_uses) == 1
+    stored = city.client.get(
+        f"/api/medins/settlements/{answer['settlement_id']}", headers=city.h()
+    ).json()
+    assert stored["record"]["person_id"] == person.person_id
+    assert stored["record"]["institution_id"] == institution
+
+
+def test_the_same_transaction_is_answered_again_and_a_different_body_is_409(city: City) -> None:
+    person, _, terminal = _ready(city)
+    first_body = body(city.qr(person), "T-0002")
+    first = city.client.post("/api/medins/settlements", json=first_body, headers=terminal)
+    again = city.client.post("/api/medins/settlements", json=first_body, headers=terminal)
+    assert again.status_code == 200
+    assert again.json()["settlement_id"] == first.json()["settlement_id"]
+    assert again.json()["replayed"] is True
+    changed = dict(first_body, diagnosis="K29.7")
+    conflict = city.client.post("/api/medins/settlements", json=changed, headers=terminal)
+    assert conflict.status_code == 409
+    assert _count(city, settlements) == 1
+
+
+def test_an_item_above_its_standard_price_is_blocked_and_not_paid(city: City) -> None:
+    person, _, terminal = _ready(city)
+    day = (_now() - timedelta(minutes=40)).date().isoformat()
+    items = [
+        {
+            "code": CONSULTATION,
+            "kind": "service",
+            "quantity": 1,
+            "unit_price": 25.0,
+            "amount": 25.0,
+            "service_date": day,
+        },
+    ]
+    response = city.client.post(
+        "/api/medins/settlements",
+        json=body(city.qr(person), "T-0003", items=items),
+        headers=terminal,
+    )
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["outcome"] == "block" and answer["paid"] is False
+    assert answer["fund_amount"] == 0 and answer["personal_amount"] == 25.0
+    assert [f["rule_id"] for f in answer["findings"]] == ["MI02_over_price"]
+    assert "standard price" in answer["findings"][0]["reason"]
+    listed = city.client.get(
+        "/api/medins/findings", params={"source": "before_payment"}, headers=city.h()
+    ).json()
+    assert [f["rule_id"] for f in listed] == ["MI02_over_price"]
+    fund = city.client.get("/api/medins/panel", headers=city.h()).json()["fund"]
+    assert fund["blocked_settlements"] == 1 and fund["fund_paid"] == 0
+
+
+def test_the_same_drug_again_within_days_warns_and_is_still_paid(city: City) -> None:
+    person = city.people[0]
+    city.activate(person)
+    terminal = city.terminal(city.pharmacy())
+    earlier = _now() - timedelta(days=2)
+    drug = [
+        {
+            "code": DRUG,
+            "kind": "drug",
+            "quantity": 14,
+            "unit_price": 0.86,
+            "amount": 12.04,
+            "service_date": earlier.date().isoformat(),
+        }
+    ]
+    first = city.client.post(
+        "/api/medins/settlements",
+        json=body(city.qr(person), "P-1", kind="pharmacy", items=drug, start=earlier),
+        headers=terminal,
+    )
+    assert first.json()["outcome"] == "pass", first.text
+    today = _now() - timedelta(minutes=40)
+    again = [dict(drug[0], service_date=today.date().isoformat())]
+    second = city.client.post(
+        "/api/medins/settlements",
+        json=body(city.qr(person), "P-2", kind="pharmacy", items=again, start=today),
+        headers=terminal,
+    )
+    answer = second.json()
+    assert answer["outcome"] == "warn" and answer["paid"] is True, second.text
+    assert "MI06_repeated_dispensing" in {f["rule_id"] for f in answer["findings"]}
+
+
+def test_bad_settlements_are_422_with_reasons_and_nothing_is_stored(city: City) -> None:
+    person, _, terminal = _ready(city)
+    token = city.qr(person)
+    day = (_now() - timedelta(minutes=40)).date().isoformat()
+    future = _now() + timedelta(days=2)
+    cases = {
+        "negative": [
+            {
+                "code": DRUG,
+                "kind": "drug",
+                "quantity": 1,
+                "unit_price": -0.86,
+                "amount": -0.86,
+                "service_date": day,
+            }
+        ],
+        "unknown": [
+            {
+                "code": "XX99999",
+                "kind": "drug",
+                "quantity": 1,
+                "unit_price": 1.0,
+                "amount": 1.0,
+                "service_date": day,
+            }
+        ],
+        "mismatch": [
+            {
+                "code": DRUG,
+                "kind": "drug",
+                "quantity": 2,
+                "unit_price": 0.86,
+                "amount": 9.0,
+                "service_date": day,
+            }
+        ],
+    }
+    expected = {
+        "negative": "must not be negative",
+        "unknown": "is not in the catalogues",
+        "mismatch": "is not quantity x unit_price",
+    }
+    for name, items in cases.items():
+        response = city.client.post(
+            "/api/medins/settlements",
+            json=body(token, f"B-{name}", items=items),
+            headers=terminal,
+        )
+        assert response.status_code == 422, (name, response.text)
+        assert any(expected[name] in r for r in response.json()["detail"]["reasons"]), name
+    later = body(token, "B-future", start=future)
+    response = city.client.post("/api/medins/settlements", json=later, headers=terminal)
+    assert response.status_code == 422
+    assert "start: is in the future" in response.json()["detail"]["reasons"]
+    malformed = city.client.post(
+        "/api/medins/settlements", json={"txn_id": "B-m", "voucher": token}, headers=terminal
+    )
+    assert malformed.status_code == 422
+    assert any(r.startswith("kind") for r in malformed.json()["detail"]["reasons"])
+    not_json = city.client.post(
+        "/api/medins/settlements",
+        content=b"{",
+        headers={**terminal, "Content-Type": "application/json"},
+    )
+    assert not_json.status_code == 400
+    assert _count(city, settlements) == 0 and _count(city, voucher_uses) == 0
+    # the token was never used: it still settles
+    ok = city.client.post("/api/medins/settlements", json=body(token, "B-ok"), headers=terminal)
+    assert ok.status_code == 200 and ok.json()["paid"] is True
+
+
+def test_voucher_refusals_at_settlement(city: City) -> None:
+    person, _, terminal = _ready(city)
+    other = city.people[1]
+    token = city.qr(person)
+    wrong_person = city.client.post(
+        "/api/medins/settlements",
+        json=body(token, "V-1", person_id=other.person_id),
+        headers=terminal,
+    )
+    assert wrong_person.status_code == 403
+    assert wrong_person.json()["detail"]["voucher"] == "other_person"
+    first = city.client.post("/api/medins/settlements", json=body(token, "V-2"), headers=terminal)
+    assert first.status_code == 200
+    reused = city.client.post("/api/medins/settlements", json=body(token, "V-3"), headers=terminal)
+    assert reused.status_code == 409 and reused.json()["detail"]["voucher"] == "replayed"
+    citizen = city.client.post(
+        "/api/medins/settlements", json=body(city.qr(person), "V-4"), headers=city.citizen(person)
+    )
+    assert citizen.status_code == 403
+    assert _count(city, settlements) == 1
+
+
+def test_a_scanned_voucher_settles_at_the_same_institution_only(city: City) -> None:
+    person, _, terminal = _ready(city)
+    elsewhere = city.terminal(city.pharmacy())
+    token = city.qr(person)
+    scanned = city.client.post(
+        "/api/medins/vouchers/scan",
+        json={"token": token, "transaction": "outpatient"},
+        headers=terminal,
+    )
+    assert scanned.status_code == 200
+    other = city.client.post(
+        "/api/medins/settlements", json=body(token, "S-x", kind="pharmacy"), headers=elsewhere
+    )
+    assert other.status_code == 409
+    here = city.client.post("/api/medins/settlements", json=body(token, "S-1"), headers=terminal)
+    assert here.status_code == 200, here.text
+    engine = city.client.app.state.engine  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        use = conn.execute(select(voucher_uses)).one()
+    assert use.settlement_id == here.json()["settlement_id"]
+    twice = city.client.post("/api/medins/settlements", json=body(token, "S-2"), headers=terminal)
+    assert twice.status_code == 409
+    assert _count(city, findings) == 0
