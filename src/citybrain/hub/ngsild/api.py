@@ -7,19 +7,20 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from citybrain.core.errors import BadInput, CityBrainError, Conflict, NotFound
 from citybrain.federation import distributed
 from citybrain.governance.principal import Principal
-from citybrain.hub.ngsild import gated, geoquery, query, service, subscriptions, temporal
+from citybrain.hub.ngsild import commits, gated, geoquery, query, service, subscriptions, temporal
 from citybrain.hub.ngsild.entities import (
     ENTITY_MEMBERS,
     NGSI_NULL,
@@ -43,6 +44,7 @@ from citybrain.hub.ngsild.jsonld import (
 )
 
 PREFIX = "/ngsi-ld/v1"
+T = TypeVar("T")
 STARTED = time.monotonic()
 _ACCEPTABLE = {
     "*/*",
@@ -119,6 +121,11 @@ def _engine(request: Request) -> Engine:
 
 def _tenant(request: Request) -> str:
     return service.check_tenant(request.headers.get("NGSILD-Tenant"))
+
+
+async def _write(request: Request, work: Callable[[Connection], T]) -> T:
+    """Run a single-entity store write in this node's next group commit (see commits)."""
+    return await commits.committer(request.app.state, _engine(request)).run(work)
 
 
 class _Unsupported(CityBrainError):
@@ -385,7 +392,7 @@ async def create_entity(request: Request) -> Response:
     """Create an entity."""
     body, terms = await _read(request)
     entity = expand_entity(body, terms)
-    service.create_entity(engine=_engine(request), tenant=_tenant(request), entity=entity)
+    await _write(request, partial(service.create_entity_in, tenant=_tenant(request), entity=entity))
     return Response(
         status_code=201, headers={"Location": f"{PREFIX}/entities/{_iri_path(entity['id'])}"}
     )
@@ -675,7 +682,9 @@ async def delete_entity(request: Request, entity_id: str) -> Response:
     """Delete an entity."""
     validate_entity_id(entity_id)
     _type_selector(request, _terms_for_read(request), entity_id)
-    service.delete_entity(engine=_engine(request), tenant=_tenant(request), entity_id=entity_id)
+    await _write(
+        request, partial(service.delete_entity_in, tenant=_tenant(request), entity_id=entity_id)
+    )
     return Response(status_code=204)
 
 
@@ -732,13 +741,16 @@ async def merge_entity(request: Request, entity_id: str) -> Response:
         if "type" in fragment
         else None
     )
-    result = service.change_attributes(
-        engine=_engine(request),
-        tenant=_tenant(request),
-        entity_id=entity_id,
-        attrs=attrs,
-        mode="merge",
-        new_types=types,
+    result = await _write(
+        request,
+        partial(
+            service.change_attributes_in,
+            tenant=_tenant(request),
+            entity_id=entity_id,
+            attrs=attrs,
+            mode="merge",
+            new_types=types,
+        ),
     )
     return _update_response(result, terms)
 
@@ -751,12 +763,15 @@ async def append_attributes(request: Request, entity_id: str) -> Response:
     _type_selector(request, terms, entity_id)
     fragment = _fragment(body, entity_id)
     keep = "noOverwrite" in request.query_params.get("options", "")
-    result = service.change_attributes(
-        engine=_engine(request),
-        tenant=_tenant(request),
-        entity_id=entity_id,
-        attrs=expand_attributes(fragment, terms, nulls=True),
-        mode="append-keep" if keep else "append",
+    result = await _write(
+        request,
+        partial(
+            service.change_attributes_in,
+            tenant=_tenant(request),
+            entity_id=entity_id,
+            attrs=expand_attributes(fragment, terms, nulls=True),
+            mode="append-keep" if keep else "append",
+        ),
     )
     return _update_response(result, terms)
 
@@ -767,12 +782,15 @@ async def update_attributes(request: Request, entity_id: str) -> Response:
     validate_entity_id(entity_id)
     body, terms = await _read(request)
     _type_selector(request, terms, entity_id)
-    result = service.change_attributes(
-        engine=_engine(request),
-        tenant=_tenant(request),
-        entity_id=entity_id,
-        attrs=expand_attributes(_fragment(body, entity_id), terms, nulls=True),
-        mode="update",
+    result = await _write(
+        request,
+        partial(
+            service.change_attributes_in,
+            tenant=_tenant(request),
+            entity_id=entity_id,
+            attrs=expand_attributes(_fragment(body, entity_id), terms, nulls=True),
+            mode="update",
+        ),
     )
     return _update_response(result, terms)
 
@@ -787,33 +805,16 @@ async def partial_update_attribute(request: Request, entity_id: str, attr: str) 
         raise BadInput("the body must be an attribute fragment")
     if body.get("datasetId") == NGSI_NULL:
         raise BadInput("a datasetId cannot be deleted with the NGSI-LD Null")
-    name = terms.expand(attr)
-    current = service.get_entity(
-        engine=_engine(request), tenant=_tenant(request), entity_id=entity_id
-    )
-    if name not in current:
-        raise NotFound(f"entity {entity_id} has no attribute {attr}")
-    existing = current[name]
-    base = next(
-        (
-            i
-            for i in (existing if isinstance(existing, list) else [existing])
-            if i.get("datasetId") == body.get("datasetId")
+    await _write(
+        request,
+        partial(
+            service.partial_update_in,
+            tenant=_tenant(request),
+            entity_id=entity_id,
+            attr=attr,
+            fragment=body,
+            terms=terms,
         ),
-        None,
-    )
-    if base is None:
-        raise NotFound(f"attribute {attr} has no instance with that datasetId")
-    merged = {**base, **{k: v for k, v in body.items() if k != "@context"}}
-    merged.pop("createdAt", None)
-    merged.pop("modifiedAt", None)
-    attrs = expand_attributes({attr: merged}, terms, nulls=True)
-    service.change_attributes(
-        engine=_engine(request),
-        tenant=_tenant(request),
-        entity_id=entity_id,
-        attrs=attrs,
-        mode="update",
     )
     return Response(status_code=204)
 
@@ -850,13 +851,16 @@ async def delete_attribute(request: Request, entity_id: str, attr: str) -> Respo
     validate_entity_id(entity_id)
     terms = _terms_for_read(request)
     _type_selector(request, terms, entity_id)
-    service.delete_attribute(
-        engine=_engine(request),
-        tenant=_tenant(request),
-        entity_id=entity_id,
-        name=terms.expand(attr),
-        dataset_id=request.query_params.get("datasetId"),
-        delete_all=request.query_params.get("deleteAll", "false").lower() == "true",
+    await _write(
+        request,
+        partial(
+            service.delete_attribute_in,
+            tenant=_tenant(request),
+            entity_id=entity_id,
+            name=terms.expand(attr),
+            dataset_id=request.query_params.get("datasetId"),
+            delete_all=request.query_params.get("deleteAll", "false").lower() == "true",
+        ),
     )
     return Response(status_code=204)
 

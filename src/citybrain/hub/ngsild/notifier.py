@@ -168,9 +168,7 @@ async def run(
     while True:
         try:
             await asyncio.to_thread(periodic_once, engine=engine)
-            await asyncio.to_thread(
-                dispatch_once, engine=engine, store=store, data_dir=data_dir
-            )
+            await asyncio.to_thread(dispatch_once, engine=engine, store=store, data_dir=data_dir)
         except asyncio.CancelledError:
             raise
         except Exception:  # keep the loop alive; the rows stay queued

@@ -27,6 +27,7 @@ CELL = 0.01  # degrees per grid cell
 SPANNING = -1  # the cell of a geometry larger than one cell
 MAX_QUERY_CELLS = 2500  # beyond this, the box columns alone narrow the search
 _NUMERIC_OPS = ("==", "!=", "<", "<=", ">", ">=")
+GEO_COLUMNS = ("loc_minx", "loc_miny", "loc_maxx", "loc_maxy", "loc_cell")
 
 
 def cell_of(x: float, y: float) -> int:

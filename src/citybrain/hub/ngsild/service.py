@@ -8,7 +8,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Engine, Table, delete, func, insert, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from citybrain.core.db import json_dumps
 from citybrain.core.errors import BadInput, Conflict, NotFound
@@ -18,6 +29,7 @@ from citybrain.hub.ngsild.entities import (
     ENTITY_MEMBERS,
     clone,
     drop_null_keys,
+    expand_attributes,
     instances,
     is_delete,
     iso,
@@ -25,6 +37,7 @@ from citybrain.hub.ngsild.entities import (
     stamp,
 )
 from citybrain.hub.ngsild.errors import NonexistentTenant
+from citybrain.hub.ngsild.jsonld import TermMap
 from citybrain.hub.ngsild.models import (
     ngsild_entities,
     ngsild_entity_types,
@@ -60,13 +73,18 @@ def require_tenant(engine: Engine, tenant: str) -> None:
     if tenant == DEFAULT_TENANT:
         return
     with engine.connect() as conn:
-        if (
-            conn.execute(
-                select(ngsild_tenants.c.name).where(ngsild_tenants.c.name == tenant)
-            ).first()
-            is None
-        ):
-            raise NonexistentTenant(f"tenant {tenant!r} does not exist")
+        require_tenant_in(conn, tenant)
+
+
+def require_tenant_in(conn: Connection, tenant: str) -> None:
+    """Refuse a tenant that was never written to, on the caller's connection."""
+    if tenant == DEFAULT_TENANT:
+        return
+    if (
+        conn.execute(select(ngsild_tenants.c.name).where(ngsild_tenants.c.name == tenant)).first()
+        is None
+    ):
+        raise NonexistentTenant(f"tenant {tenant!r} does not exist")
 
 
 def _load(conn: Connection, tenant: str, entity_id: str) -> dict[str, Any] | None:
@@ -86,10 +104,12 @@ def _save(
     new: bool,
     history: bool = True,
     deleted: dict[str, list[dict[str, Any]]] | None = None,
+    types_changed: bool = True,
 ) -> None:
     """Write an entity, its types, its history and the notifications it triggers.
 
-    deleted: the attribute instances this change removed (notified as attributeDeleted).
+    deleted: the attribute instances this change removed (notified as attributeDeleted);
+    types_changed: False when the change kept the stored types (their rows stay as they are).
     """
     gated.check_write(entity.get("type") or [])
     moment = datetime.now(UTC)
@@ -106,24 +126,44 @@ def _save(
             )
         )
     else:
+        # a statement built once: building one per write costs more than running it
         conn.execute(
-            update(ngsild_entities)
-            .where(ngsild_entities.c.tenant == tenant, ngsild_entities.c.id == entity["id"])
-            .values(entity=entity, modified_at=moment, **geo)
+            _UPDATE_ENTITY,
+            {"b_tenant": tenant, "b_id": entity["id"], "entity": entity, "modified_at": moment}
+            | geo,
         )
+        if types_changed:
+            conn.execute(_DELETE_TYPES, {"b_tenant": tenant, "b_id": entity["id"]})
+    if new or types_changed:
         conn.execute(
-            delete(ngsild_entity_types).where(
-                ngsild_entity_types.c.tenant == tenant, ngsild_entity_types.c.id == entity["id"]
-            )
+            insert(ngsild_entity_types),
+            [
+                {"tenant": tenant, "id": entity["id"], "type": t}
+                for t in dict.fromkeys(entity["type"])
+            ],
         )
-    conn.execute(
-        insert(ngsild_entity_types),
-        [{"tenant": tenant, "id": entity["id"], "type": t} for t in dict.fromkeys(entity["type"])],
-    )
     if history:
         record_history(conn, tenant, entity)
     # notifications are queued in the same transaction as the change: never lost, never early
     subscriptions.enqueue(conn, tenant, entity, new=new, deleted=deleted)
+
+
+_UPDATE_ENTITY = (
+    update(ngsild_entities)
+    .where(
+        ngsild_entities.c.tenant == bindparam("b_tenant"),
+        ngsild_entities.c.id == bindparam("b_id"),
+    )
+    .values(
+        entity=bindparam("entity"),
+        modified_at=bindparam("modified_at"),
+        **{name: bindparam(name) for name in prefilter.GEO_COLUMNS},
+    )
+)
+_DELETE_TYPES = delete(ngsild_entity_types).where(
+    ngsild_entity_types.c.tenant == bindparam("b_tenant"),
+    ngsild_entity_types.c.id == bindparam("b_id"),
+)
 
 
 def record_history(conn: Connection, tenant: str, entity: dict[str, Any]) -> None:
@@ -156,10 +196,15 @@ def history_row(tenant: str, entity_id: str, name: str, inst: dict[str, Any]) ->
 def create_entity(*, engine: Engine, tenant: str, entity: dict[str, Any]) -> None:
     """Create an entity; 409 if its id exists."""
     with engine.begin() as conn:
-        _ensure_tenant(conn, tenant)
-        if _load(conn, tenant, entity["id"]) is not None:
-            raise Conflict(f"entity {entity['id']} exists already")
-        _save(conn, tenant, stamp(clone(entity)), new=True)
+        create_entity_in(conn, tenant=tenant, entity=entity)
+
+
+def create_entity_in(conn: Connection, *, tenant: str, entity: dict[str, Any]) -> None:
+    """Create an entity in the caller's transaction; 409 if its id exists."""
+    _ensure_tenant(conn, tenant)
+    if _load(conn, tenant, entity["id"]) is not None:
+        raise Conflict(f"entity {entity['id']} exists already")
+    _save(conn, tenant, stamp(clone(entity)), new=True)
 
 
 def get_entity(*, engine: Engine, tenant: str, entity_id: str) -> dict[str, Any]:
@@ -174,23 +219,28 @@ def get_entity(*, engine: Engine, tenant: str, entity_id: str) -> dict[str, Any]
 
 def delete_entity(*, engine: Engine, tenant: str, entity_id: str) -> None:
     """Delete an entity."""
-    require_tenant(engine, tenant)
     with engine.begin() as conn:
-        current = _load(conn, tenant, entity_id)
-        if current is None:
-            raise NotFound(f"entity {entity_id} not found")
-        gated.check_write(current.get("type") or [])
-        conn.execute(
-            delete(ngsild_entities).where(
-                ngsild_entities.c.tenant == tenant, ngsild_entities.c.id == entity_id
-            )
+        delete_entity_in(conn, tenant=tenant, entity_id=entity_id)
+
+
+def delete_entity_in(conn: Connection, *, tenant: str, entity_id: str) -> None:
+    """Delete an entity in the caller's transaction."""
+    require_tenant_in(conn, tenant)
+    current = _load(conn, tenant, entity_id)
+    if current is None:
+        raise NotFound(f"entity {entity_id} not found")
+    gated.check_write(current.get("type") or [])
+    conn.execute(
+        delete(ngsild_entities).where(
+            ngsild_entities.c.tenant == tenant, ngsild_entities.c.id == entity_id
         )
-        conn.execute(
-            delete(ngsild_entity_types).where(
-                ngsild_entity_types.c.tenant == tenant, ngsild_entity_types.c.id == entity_id
-            )
+    )
+    conn.execute(
+        delete(ngsild_entity_types).where(
+            ngsild_entity_types.c.tenant == tenant, ngsild_entity_types.c.id == entity_id
         )
-        subscriptions.enqueue_deleted(conn, tenant, current)
+    )
+    subscriptions.enqueue_deleted(conn, tenant, current)
 
 
 def replace_entity(*, engine: Engine, tenant: str, entity: dict[str, Any]) -> None:
@@ -237,59 +287,83 @@ def change_attributes(
 ) -> UpdateResult:
     """Apply attributes: 'append' (add or overwrite), 'append-keep' (noOverwrite),
     'update' (existing only), 'merge' (deep merge of sub-attributes and values)."""
+    with engine.begin() as conn:
+        return change_attributes_in(
+            conn,
+            tenant=tenant,
+            entity_id=entity_id,
+            attrs=attrs,
+            mode=mode,
+            new_types=new_types,
+            new_scope=new_scope,
+        )
+
+
+def change_attributes_in(
+    conn: Connection,
+    *,
+    tenant: str,
+    entity_id: str,
+    attrs: dict[str, Any],
+    mode: str,
+    new_types: list[str] | None = None,
+    new_scope: list[str] | None = None,
+    current: dict[str, Any] | None = None,
+) -> UpdateResult:
+    """Apply attributes as change_attributes does, in the caller's transaction.
+
+    current: the entity as this transaction already loaded it (it is changed in place).
+    """
     result = UpdateResult()
     removed: dict[str, list[dict[str, Any]]] = {}
-    with engine.begin() as conn:
-        entity = _load(conn, tenant, entity_id)
-        if entity is None:
-            raise NotFound(f"entity {entity_id} not found")
-        for name, incoming in attrs.items():
+    entity = current if current is not None else _load(conn, tenant, entity_id)
+    if entity is None:
+        raise NotFound(f"entity {entity_id} not found")
+    for name, incoming in attrs.items():
+        exists = name in entity
+        deletes = [i for i in instances(incoming) if is_delete(i)]
+        if deletes:
+            # clause 5.5.8 (4.5.0): an instance given as the NGSI-LD Null is deleted
+            if not exists:
+                if mode == "update":
+                    result.not_updated.append(
+                        {"attributeName": name, "reason": "attribute does not exist"}
+                    )
+                continue
+            gone = {i.get("datasetId") for i in deletes}
+            kept = [i for i in instances(entity[name]) if i.get("datasetId") not in gone]
+            removed[name] = [i for i in instances(entity[name]) if i.get("datasetId") in gone]
+            if kept:
+                entity[name] = kept[0] if len(kept) == 1 else kept
+            else:
+                del entity[name]
+            result.updated.append(name)
+            incoming = [i for i in instances(incoming) if not is_delete(i)]
+            if not incoming:
+                continue
             exists = name in entity
-            deletes = [i for i in instances(incoming) if is_delete(i)]
-            if deletes:
-                # clause 5.5.8 (4.5.0): an instance given as the NGSI-LD Null is deleted
-                if not exists:
-                    if mode == "update":
-                        result.not_updated.append(
-                            {"attributeName": name, "reason": "attribute does not exist"}
-                        )
-                    continue
-                gone = {i.get("datasetId") for i in deletes}
-                kept = [i for i in instances(entity[name]) if i.get("datasetId") not in gone]
-                removed[name] = [i for i in instances(entity[name]) if i.get("datasetId") in gone]
-                if kept:
-                    entity[name] = kept[0] if len(kept) == 1 else kept
-                else:
-                    del entity[name]
-                result.updated.append(name)
-                incoming = [i for i in instances(incoming) if not is_delete(i)]
-                if not incoming:
-                    continue
-                exists = name in entity
-                incoming = incoming[0] if len(incoming) == 1 else incoming
-            if mode == "update" and not exists:
-                result.not_updated.append(
-                    {"attributeName": name, "reason": "attribute does not exist"}
-                )
-                continue
-            if mode == "append-keep" and exists:
-                result.not_updated.append({"attributeName": name, "reason": "attribute exists"})
-                continue
-            if mode == "merge" and exists:
-                incoming = _deep_merge_attribute(entity[name], incoming)
-            entity[name] = _without_nulls(
-                _merge_instances(entity[name], incoming, keep_existing=False)
-                if exists
-                else incoming
-            )
-            if name not in result.updated:
-                result.updated.append(name)
-        if new_types:
-            entity["type"] = list(dict.fromkeys(entity["type"] + new_types))
-        if new_scope is not None:
-            entity["scope"] = list(dict.fromkeys(entity.get("scope", []) + new_scope))
-        if result.updated or new_types or new_scope is not None:
-            _save(conn, tenant, stamp(entity), new=False, deleted=removed)
+            incoming = incoming[0] if len(incoming) == 1 else incoming
+        if mode == "update" and not exists:
+            result.not_updated.append({"attributeName": name, "reason": "attribute does not exist"})
+            continue
+        if mode == "append-keep" and exists:
+            result.not_updated.append({"attributeName": name, "reason": "attribute exists"})
+            continue
+        if mode == "merge" and exists:
+            incoming = _deep_merge_attribute(entity[name], incoming)
+        entity[name] = _without_nulls(
+            _merge_instances(entity[name], incoming, keep_existing=False) if exists else incoming
+        )
+        if name not in result.updated:
+            result.updated.append(name)
+    if new_types:
+        entity["type"] = list(dict.fromkeys(entity["type"] + new_types))
+    if new_scope is not None:
+        entity["scope"] = list(dict.fromkeys(entity.get("scope", []) + new_scope))
+    if result.updated or new_types or new_scope is not None:
+        _save(
+            conn, tenant, stamp(entity), new=False, deleted=removed, types_changed=bool(new_types)
+        )
     return result
 
 
@@ -341,25 +415,86 @@ def delete_attribute(
 ) -> None:
     """Delete one attribute (one datasetId instance, or all of them)."""
     with engine.begin() as conn:
-        entity = _load(conn, tenant, entity_id)
-        if entity is None:
-            raise NotFound(f"entity {entity_id} not found")
-        if name not in entity or name in ENTITY_MEMBERS:
-            raise NotFound(f"entity {entity_id} has no attribute {name}")
-        before = instances(entity[name])
-        if delete_all:
-            del entity[name]
-            gone = before
+        delete_attribute_in(
+            conn,
+            tenant=tenant,
+            entity_id=entity_id,
+            name=name,
+            dataset_id=dataset_id,
+            delete_all=delete_all,
+        )
+
+
+def delete_attribute_in(
+    conn: Connection,
+    *,
+    tenant: str,
+    entity_id: str,
+    name: str,
+    dataset_id: str | None,
+    delete_all: bool,
+) -> None:
+    """Delete one attribute in the caller's transaction."""
+    entity = _load(conn, tenant, entity_id)
+    if entity is None:
+        raise NotFound(f"entity {entity_id} not found")
+    if name not in entity or name in ENTITY_MEMBERS:
+        raise NotFound(f"entity {entity_id} has no attribute {name}")
+    before = instances(entity[name])
+    if delete_all:
+        del entity[name]
+        gone = before
+    else:
+        remaining = [i for i in before if i.get("datasetId") != dataset_id]
+        gone = [i for i in before if i.get("datasetId") == dataset_id]
+        if not gone:
+            raise NotFound(f"attribute {name} has no instance with datasetId {dataset_id}")
+        if remaining:
+            entity[name] = remaining[0] if len(remaining) == 1 else remaining
         else:
-            remaining = [i for i in before if i.get("datasetId") != dataset_id]
-            gone = [i for i in before if i.get("datasetId") == dataset_id]
-            if not gone:
-                raise NotFound(f"attribute {name} has no instance with datasetId {dataset_id}")
-            if remaining:
-                entity[name] = remaining[0] if len(remaining) == 1 else remaining
-            else:
-                del entity[name]
-        _save(conn, tenant, stamp(entity), new=False, deleted={name: gone})
+            del entity[name]
+    _save(conn, tenant, stamp(entity), new=False, deleted={name: gone}, types_changed=False)
+
+
+def partial_update_in(
+    conn: Connection,
+    *,
+    tenant: str,
+    entity_id: str,
+    attr: str,
+    fragment: dict[str, Any],
+    terms: TermMap,
+) -> None:
+    """Partially update one attribute instance (clause 5.6.4) in the caller's transaction.
+
+    The fragment (compact names, as sent) goes over the stored instance of its datasetId;
+    the entity is read once, in the transaction that writes it.
+    """
+    require_tenant_in(conn, tenant)
+    entity = _load(conn, tenant, entity_id)
+    if entity is None:
+        raise NotFound(f"entity {entity_id} not found")
+    name = terms.expand(attr)
+    if name not in entity:
+        raise NotFound(f"entity {entity_id} has no attribute {attr}")
+    existing = entity[name]
+    base = next(
+        (
+            i
+            for i in (existing if isinstance(existing, list) else [existing])
+            if i.get("datasetId") == fragment.get("datasetId")
+        ),
+        None,
+    )
+    if base is None:
+        raise NotFound(f"attribute {attr} has no instance with that datasetId")
+    merged = {**base, **{k: v for k, v in fragment.items() if k != "@context"}}
+    merged.pop("createdAt", None)
+    merged.pop("modifiedAt", None)
+    attrs = expand_attributes({attr: merged}, terms, nulls=True)
+    change_attributes_in(
+        conn, tenant=tenant, entity_id=entity_id, attrs=attrs, mode="update", current=entity
+    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,385 @@
+"""The NGSI-LD write paths: the batch fast path, group commit, and durability under kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Connection, Engine, insert, select
+
+from citybrain.core.db import create_engine_for, upgrade
+from citybrain.core.errors import BadInput, NotFound
+from citybrain.hub.ngsild import commits, entities, service
+from citybrain.hub.ngsild.entities import NGSI_NULL, expand_entity
+from citybrain.hub.ngsild.jsonld import ContextStore, validate_entity_id
+from citybrain.hub.ngsild.models import ngsild_entities, ngsild_entity_types, ngsild_history
+from conftest import free_port
+
+SYSTEM = {"createdAt", "modifiedAt"}
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    made = create_engine_for(f"sqlite:///{tmp_path / 'store.db'}")
+    upgrade(made)
+    return made
+
+
+def _general(name: str, raw: Any, **flags: Any) -> Any:
+    """The general expansion walk alone (the plain-attribute shortcut switched off)."""
+    saved = entities._plain_attribute
+    entities._plain_attribute = lambda _name, _raw: None  # type: ignore[assignment]
+    try:
+        return _outcome(name, raw, **flags)
+    finally:
+        entities._plain_attribute = saved
+
+
+def _outcome(name: str, raw: Any, **flags: Any) -> Any:
+    terms = ContextStore().term_map(None)
+    try:
+        return entities._attribute(name, raw, terms, **flags)
+    except BadInput as exc:
+        return ("refused", exc.message)
+
+
+_values = st.one_of(
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(["text", NGSI_NULL, "urn:ngsi-ld:Device:1", "not a uri", ""]),
+    st.just({"type": "Point", "coordinates": [117.0, 36.6]}),
+    st.just({"type": "Point", "coordinates": [200.0, 36.6]}),
+    st.just({"type": "Point", "coordinates": [True, 36.6]}),
+    st.just({"type": "Point", "coordinates": [117.0, 36.6], "bbox": [1, 2, 3, 4]}),
+    st.just({"a": NGSI_NULL}),
+    st.lists(st.integers(), max_size=2),
+)
+_attributes = st.fixed_dictionaries(
+    {"type": st.sampled_from(["Property", "GeoProperty", "Relationship", "JsonProperty", "X"])},
+    optional={
+        "value": _values,
+        "object": _values,
+        "unitCode": st.sampled_from(["GQ", "CEL"]),
+        "observedAt": st.sampled_from(["2026-11-24T10:00:00Z", "2026-11-24T10:00:00", "x", 5]),
+        "datasetId": st.sampled_from(["urn:ngsi-ld:Dataset:a", NGSI_NULL]),
+        "createdAt": st.just("2020-01-01T00:00:00Z"),
+        "accuracy": st.just({"type": "Property", "value": 0.5}),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=_attributes, nulls=st.booleans(), history=st.booleans())
+def test_the_plain_attribute_shortcut_expands_as_the_general_walk(
+    raw: dict[str, Any], nulls: bool, history: bool
+) -> None:
+    # every input, accepted or refused, comes out the same either way
+    flags = {"nulls": nulls, "history": history}
+    assert _outcome("pm25", raw, **flags) == _general("pm25", raw, **flags)
+
+
+def test_entity_ids_with_control_characters_are_refused_in_ascii_too() -> None:
+    assert validate_entity_id("urn:ngsi-ld:Sensor:1") == "urn:ngsi-ld:Sensor:1"
+    for bad in ("urn:ngsi-ld:Sensor:\x01", "urn:ngsi-ld:Sensor:\x7f", "urn:ngsi-ld:Sensor:\x00x"):
+        with pytest.raises(BadInput, match="control, format or space"):
+            validate_entity_id(bad)
+    with pytest.raises(BadInput, match="not a URI"):
+        validate_entity_id("urn:ngsi-ld:Sensor: 1")
+
+
+def _mixed(i: int) -> dict[str, Any]:
+    """An entity of every kind the batch path meets: plain attributes and others."""
+    entity: dict[str, Any] = {
+        "id": f"urn:ngsi-ld:AirQualityObserved:{i:04d}",
+        "type": ["AirQualityObserved", "Device"] if i % 3 == 0 else "AirQualityObserved",
+        "pm25": {"type": "Property", "value": i % 7, "unitCode": "GQ"},
+        "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [117, 36]}},
+        "refDevice": {"type": "Relationship", "object": f"urn:ngsi-ld:Device:{i}"},
+        "name": {"type": "Property", "value": f"station {i}"},
+    }
+    if i % 2:
+        entity["no2"] = [
+            {"type": "Property", "value": 1.5, "datasetId": "urn:ngsi-ld:Dataset:a"},
+            {"type": "Property", "value": 2.5, "observedAt": "2026-11-24T10:00:00Z"},
+        ]
+        entity["address"] = {"type": "Property", "value": {"county": "370102"}}
+        entity["pm25"]["observedAt"] = "2026-11-24T09:00:00Z"
+        entity["pm25"]["accuracy"] = {"type": "Property", "value": 0.1}
+        entity["location"] = {
+            "type": "GeoProperty",
+            "value": {
+                "type": "Polygon",
+                "coordinates": [[[117, 36], [118, 36], [118, 37], [117, 36]]],
+            },
+        }
+    return entity
+
+
+def _without_stamps(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_stamps(v) for k, v in value.items() if k not in SYSTEM}
+    if isinstance(value, list):
+        return [_without_stamps(v) for v in value]
+    return value
+
+
+def _stored(conn: Connection, tenant: str) -> tuple[list[Any], list[Any], list[Any]]:
+    e, t, h = ngsild_entities.c, ngsild_entity_types.c, ngsild_history.c
+    rows = conn.execute(
+        select(e.id, e.entity, e.loc_minx, e.loc_miny, e.loc_maxx, e.loc_maxy, e.loc_cell)
+        .where(e.tenant == tenant)
+        .order_by(e.id)
+    )
+    found = [(r[0], _without_stamps(r[1]), *r[2:]) for r in rows]
+    types = list(
+        conn.execute(select(t.id, t.type).where(t.tenant == tenant).order_by(t.id, t.type))
+    )
+    history = [
+        (r.entity_id, r.attribute, r.dataset_id, r.number, _without_stamps(r.instance))
+        for r in conn.execute(
+            select(h).where(h.tenant == tenant).order_by(h.entity_id, h.attribute, h.dataset_id)
+        )
+    ]
+    observed = [
+        (r.entity_id, r.attribute, r.at.replace(tzinfo=None))
+        for r in conn.execute(select(h).where(h.tenant == tenant).order_by(h.seq))
+        if "observedAt" in r.instance
+    ]
+    return found, types, sorted(history, key=repr) + sorted(observed)
+
+
+def test_a_batch_writes_the_rows_one_create_at_a_time_writes(engine: Engine) -> None:
+    terms = ContextStore().term_map(None)
+    batch = [expand_entity(_mixed(i), terms) for i in range(12)]
+    created, updated, refused = service.upsert_many(
+        engine=engine, tenant="batch", entities=batch, mode="create"
+    )
+    assert len(created) == 12 and not updated and not refused
+    for i in range(12):
+        service.create_entity(
+            engine=engine, tenant="single", entity=expand_entity(_mixed(i), terms)
+        )
+    with engine.connect() as conn:
+        assert _stored(conn, "batch") == _stored(conn, "single")
+        stamps = {
+            r.entity["modifiedAt"]
+            for r in conn.execute(
+                select(ngsild_entities.c.entity).where(ngsild_entities.c.tenant == "batch")
+            )
+        }
+    assert len(stamps) == 1  # one write, one time stamp
+
+
+def test_a_batch_refuses_duplicates_and_existing_ids_and_notifies(engine: Engine) -> None:
+    terms = ContextStore().term_map(None)
+    service.create_entity(engine=engine, tenant="", entity=expand_entity(_mixed(1), terms))
+    with engine.begin() as conn:
+        from citybrain.hub.ngsild.models import ngsild_subscriptions
+
+        conn.execute(
+            insert(ngsild_subscriptions).values(
+                tenant="",
+                id="urn:ngsi-ld:Subscription:w",
+                subscription={
+                    "id": "urn:ngsi-ld:Subscription:w",
+                    "type": "Subscription",
+                    "entities": [
+                        {"type": "https://uri.etsi.org/ngsi-ld/default-context/AirQualityObserved"}
+                    ],
+                    "notification": {"endpoint": {"uri": "http://127.0.0.1:9/n"}},
+                },
+                context=[],
+                created_at=service.datetime.now(service.UTC),
+                times_sent=0,
+                times_failed=0,
+            )
+        )
+    batch = [expand_entity(_mixed(i), terms) for i in (1, 2, 2, 3)]
+    created, _, refused = service.upsert_many(
+        engine=engine, tenant="", entities=batch, mode="create"
+    )
+    assert created == [_mixed(2)["id"], _mixed(3)["id"]]
+    assert "exists already" in refused[_mixed(1)["id"]]
+    assert "twice" in refused[_mixed(2)["id"]]
+    from citybrain.hub.ngsild.models import ngsild_outbox
+
+    with engine.connect() as conn:
+        queued = [r.payload["entity"]["id"] for r in conn.execute(select(ngsild_outbox))]
+    assert sorted(queued) == [_mixed(2)["id"], _mixed(3)["id"]]
+
+
+def _put(conn: Connection, entity_id: str, fail: bool = False) -> str:
+    service.create_entity_in(
+        conn,
+        tenant="",
+        entity={"id": entity_id, "type": ["urn:x:T"], "urn:x:p": {"type": "Property", "value": 1}},
+    )
+    if fail:
+        raise NotFound("refused after writing")  # its savepoint takes the write back
+    return entity_id
+
+
+def test_concurrent_writes_share_one_commit_and_a_failure_stays_its_own(engine: Engine) -> None:
+    state = type("State", (), {})()
+
+    async def scenario() -> tuple[list[Any], int]:
+        committer = commits.committer(state, engine)
+        jobs = [
+            committer.run(lambda conn, i=i: _put(conn, f"urn:x:{i}", fail=i == 3)) for i in range(8)
+        ]
+        # the same id twice: the second is a 409 of its own, seeing the first's write
+        jobs.append(committer.run(lambda conn: _put(conn, "urn:x:0")))
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        return results, committer.rounds
+
+    results, rounds = asyncio.run(scenario())
+    assert rounds == 1  # queued together, committed together: one fsync for nine writes
+    assert isinstance(results[3], NotFound)
+    assert type(results[8]).__name__ == "Conflict"
+    assert [r for i, r in enumerate(results) if i not in (3, 8)] == [
+        f"urn:x:{i}" for i in range(8) if i != 3
+    ]
+    with engine.connect() as conn:
+        stored = set(conn.execute(select(ngsild_entities.c.id)).scalars())
+    assert stored == {f"urn:x:{i}" for i in range(8) if i != 3}
+
+
+def test_a_failed_commit_acknowledges_no_write_of_its_round(engine: Engine) -> None:
+    state = type("State", (), {})()
+
+    def poison(conn: Connection) -> None:
+        # a deferred failure: the unit itself succeeds, the commit then cannot
+        conn.exec_driver_sql("PRAGMA defer_foreign_keys=ON")
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS p (x INTEGER PRIMARY KEY)")
+        conn.exec_driver_sql(
+            "CREATE TABLE IF NOT EXISTS c (x INTEGER REFERENCES p(x) DEFERRABLE INITIALLY DEFERRED)"
+        )
+        conn.exec_driver_sql("INSERT INTO c VALUES (42)")
+
+    async def scenario() -> list[Any]:
+        committer = commits.committer(state, engine)
+        return await asyncio.gather(
+            committer.run(lambda conn: _put(conn, "urn:x:a")),
+            committer.run(poison),
+            return_exceptions=True,
+        )
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, Exception) for r in results)
+    with engine.connect() as conn:
+        assert conn.execute(select(ngsild_entities.c.id)).first() is None
+
+
+def _serve(data: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "citybrain",
+            "serve",
+            "--level",
+            "province",
+            "--code",
+            "370000",
+            "--data",
+            str(data),
+            "--port",
+            str(port),
+        ],
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "CITYBRAIN_ANONYMOUS_ROLE": "bureau_admin"},
+    )
+
+
+def test_acknowledged_patches_survive_kill_9(tmp_path: Path) -> None:
+    port = free_port()
+    node = _serve(tmp_path, port)
+    base = f"http://127.0.0.1:{port}/ngsi-ld/v1"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        batch = [
+            {
+                "id": f"urn:ngsi-ld:Sensor:{k}",
+                "type": "Sensor",
+                "level": {"type": "Property", "value": -1},
+            }
+            for k in range(4)
+        ]
+        r = httpx.post(f"{base}/entityOperations/upsert", json=batch, timeout=30)
+        assert r.status_code == 201, r.text
+        acked: list[tuple[int, int]] = []
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def patcher(k: int) -> None:
+            # concurrent clients, so that rounds hold several writes
+            with httpx.Client(timeout=10) as c:
+                n = 0
+                while not stop.is_set():
+                    value = k * 1_000_000 + n
+                    try:
+                        answer = c.patch(
+                            f"{base}/entities/urn:ngsi-ld:Sensor:{k}/attrs/level",
+                            json={"value": value},
+                        )
+                    except httpx.HTTPError:
+                        return
+                    if answer.status_code == 204:
+                        with lock:
+                            acked.append((k, value))
+                    n += 1
+
+        threads = [threading.Thread(target=patcher, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        while len(acked) < 200 and time.monotonic() < deadline + 60:
+            time.sleep(0.05)
+        node.send_signal(signal.SIGKILL)
+        node.wait()
+        stop.set()
+        for t in threads:
+            t.join()
+        with lock:
+            acknowledged = list(acked)
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    assert len(acknowledged) >= 50
+    with sqlite3.connect(tmp_path / "citybrain.db") as db:
+        kept = {
+            (int(entity_id.rsplit(":", 1)[1]), int(json.loads(instance)["value"]))
+            for entity_id, instance in db.execute(
+                "select entity_id, instance from ngsild_history where attribute like '%level'"
+            )
+        }
+        current = dict(db.execute("select id, entity from ngsild_entities"))
+    # every acknowledged PATCH is in the history, and each entity holds its last one
+    assert set(acknowledged) <= kept
+    for k in range(4):
+        last = max((v for kk, v in acknowledged if kk == k), default=-1)
+        level = json.loads(current[f"urn:ngsi-ld:Sensor:{k}"])[
+            "https://uri.etsi.org/ngsi-ld/default-context/level"
+        ]
+        assert level["value"] >= last
