@@ -25,6 +25,7 @@ from citybrain.scenes.enrollment.models import (
     F64,
     I32,
     UNPLACED,
+    BoolArray,
     Instance,
     IntArray,
     Overflow,
@@ -34,6 +35,7 @@ from citybrain.scenes.enrollment.models import (
 
 # lottery ranks and priority ranks pack into one int64 sort key per (child, school) entry
 _MAX_PRIORITY = 1 << 14
+_NO_CUTOFF = np.iinfo(np.int64).max
 
 
 def check_instance(instance: Instance) -> None:
@@ -111,6 +113,8 @@ def deferred_acceptance(
     held = np.full(n, UNPLACED, dtype=np.int32)
     held_k = np.full(n, -1, dtype=np.int64)
     span = int(entry_key.max()) + 1 if entry_key.shape[0] else 1
+    # a full school's worst held key: a proposal beyond it is refused without a sort
+    cutoff = np.where(capacity > 0, _NO_CUTOFF, -1).astype(np.int64)
     free = np.flatnonzero(next_k < ends)
     rounds = 0
     touched = np.zeros(m, dtype=bool)
@@ -118,29 +122,77 @@ def deferred_acceptance(
         rounds += 1
         k = next_k[free]
         schools = pref_school[k].astype(np.int64)
-        touched[schools] = True
-        # children already held at a school that receives proposals compete again
-        holders = np.flatnonzero(held >= 0)
-        holders = holders[touched[held[holders]]]
-        touched[schools] = False
-        cand = np.concatenate((free, holders))
-        cand_k = np.concatenate((k, held_k[holders]))
-        cand_s = np.concatenate((schools, held[holders].astype(np.int64)))
-        # keys are unique (one lottery rank per child), so an unstable sort is exact
-        order = np.argsort(cand_s * span + entry_key[cand_k])
-        cand, cand_k, cand_s = cand[order], cand_k[order], cand_s[order]
-        # position of each candidate inside its school's group
-        starts = np.flatnonzero(np.r_[True, cand_s[1:] != cand_s[:-1]])
-        group = np.repeat(starts, np.diff(np.r_[starts, cand.shape[0]]))
-        keep = (np.arange(cand.shape[0]) - group) < capacity[cand_s]
-        held[cand[keep]] = cand_s[keep].astype(np.int32)
-        held_k[cand[keep]] = cand_k[keep]
-        out = cand[~keep]
-        held[out] = UNPLACED
-        held_k[out] = -1
-        next_k[out] = cand_k[~keep] + 1
+        bounced = entry_key[k] > cutoff[schools]
+        refused = free[bounced]
+        next_k[refused] += 1
+        free, k, schools = free[~bounced], k[~bounced], schools[~bounced]
+        out = refused
+        if free.shape[0]:
+            out = np.concatenate(
+                (
+                    refused,
+                    _merge(
+                        free,
+                        k,
+                        schools,
+                        held,
+                        held_k,
+                        touched,
+                        entry_key,
+                        span,
+                        capacity,
+                        cutoff,
+                        next_k,
+                    ),
+                )
+            )
         free = out[next_k[out] < ends[out]]
     return held, held_k, rounds
+
+
+def _merge(
+    free: IntArray,
+    k: IntArray,
+    schools: IntArray,
+    held: I32,
+    held_k: IntArray,
+    touched: BoolArray,
+    entry_key: IntArray,
+    span: int,
+    capacity: I32,
+    cutoff: IntArray,
+    next_k: IntArray,
+) -> IntArray:
+    """One round at the schools that received proposals: keep the best, return the rejected."""
+    touched[schools] = True
+    # children already held at a school that receives proposals compete again
+    holders = np.flatnonzero(held >= 0)
+    holders = holders[touched[held[holders]]]
+    touched[schools] = False
+    cand = np.concatenate((free, holders))
+    cand_k = np.concatenate((k, held_k[holders]))
+    cand_s = np.concatenate((schools, held[holders].astype(np.int64)))
+    keys = entry_key[cand_k]
+    # keys are unique (one lottery rank per child), so an unstable sort is exact
+    order = np.argsort(cand_s * span + keys)
+    cand, cand_k, cand_s, keys = cand[order], cand_k[order], cand_s[order], keys[order]
+    # position of each candidate inside its school's group
+    starts = np.flatnonzero(np.r_[True, cand_s[1:] != cand_s[:-1]])
+    sizes = np.diff(np.r_[starts, cand.shape[0]])
+    group = np.repeat(starts, sizes)
+    seats = capacity[cand_s]
+    keep = (np.arange(cand.shape[0]) - group) < seats
+    held[cand[keep]] = cand_s[keep].astype(np.int32)
+    held_k[cand[keep]] = cand_k[keep]
+    school_of_group = cand_s[starts]
+    full = sizes >= capacity[school_of_group]
+    last = starts[full] + capacity[school_of_group[full]] - 1
+    cutoff[school_of_group[full]] = keys[last]
+    out = cand[~keep]
+    held[out] = UNPLACED
+    held_k[out] = -1
+    next_k[out] = cand_k[~keep] + 1
+    return out
 
 
 def allocate(instance: Instance) -> Result:
@@ -178,6 +230,21 @@ def _distance2(a: F64, b: F64) -> F64:
     return result
 
 
+def _nearest_with_seats(dist: F64, order_key: IntArray, seats: I32) -> I32:
+    """Serial dictatorship by distance: each child, in order_key order, takes the nearest seat.
+
+    Everyone ranks the open schools by distance and DA runs with one common order; with a
+    common order DA is exactly the serial dictatorship.
+    """
+    n, per = dist.shape
+    ranking = np.argsort(dist, axis=1, kind="stable")
+    ptr = np.arange(n + 1, dtype=np.int64) * per
+    got, _, _ = deferred_acceptance(
+        ptr, ranking.reshape(-1).astype(np.int32), np.repeat(order_key, per), seats
+    )
+    return got
+
+
 def _overflow(
     instance: Instance, over: Overflow, held: I32, stage: np.ndarray, ranks: IntArray
 ) -> None:
@@ -195,14 +262,11 @@ def _overflow(
         schools = np.flatnonzero(open_school & (over.school_market == market))
         if not schools.shape[0]:
             continue
-        # everyone ranks every open school of the market by distance; one common order
-        dist = _distance2(over.student_xy[kids], over.school_xy[schools])
-        ranking = np.argsort(dist, axis=1, kind="stable")
-        per = schools.shape[0]
-        ptr = np.arange(kids.shape[0] + 1, dtype=np.int64) * per
-        pref_school = ranking.reshape(-1).astype(np.int32)
-        key = np.repeat(order_key[kids], per)
-        got, _, _ = deferred_acceptance(ptr, pref_school, key, remaining[schools].astype(np.int32))
+        got = _nearest_with_seats(
+            _distance2(over.student_xy[kids], over.school_xy[schools]),
+            order_key[kids],
+            remaining[schools].astype(np.int32),
+        )
         placed = got >= 0
         held[kids[placed]] = schools[got[placed]].astype(np.int32)
         stage[kids[placed]] = Stage.overflow
