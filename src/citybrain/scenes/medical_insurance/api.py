@@ -290,6 +290,18 @@ def get_panel(
     return panel.figures(scene, days=days)
 
 
+@router.get("/api/medins/panel/dashboard")
+def dashboard_panel(
+    request: Request,
+    days: int = Query(30, ge=1, le=366),
+    principal: Principal = Depends(current_principal),
+) -> dict[str, Any]:
+    """The panel in the one screen's form, rolled up over this node's children."""
+    _government(principal)
+    scene = _scene(request)
+    return panel.dashboard_form(panel.rolled_up(scene, request.app.state.settings, days=days))
+
+
 @router.get("/api/medins/panel/export")
 def export_panel(
     request: Request,

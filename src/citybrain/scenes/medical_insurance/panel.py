@@ -242,3 +242,64 @@ def rolled_up(
         seconds=round(time.perf_counter() - start, 3),
     )
     return total
+
+
+def dashboard_form(data: dict[str, Any]) -> dict[str, Any]:
+    """Put panel figures in the one screen's panel form: cards, a table and bars."""
+    fund = data.get("fund", {})
+    found = data.get("findings", {})
+    case_figures = data.get("cases", {})
+    vouchers_used = data.get("vouchers", {})
+    open_cases = sum((case_figures.get("open_by_stage") or {}).values())
+    cards = [
+        {"label_zh": "结算笔数", "label_en": "Settlements", "value": fund.get("settlements", 0)},
+        {
+            "label_zh": "基金支付",
+            "label_en": "Fund paid",
+            "value": fund.get("fund_paid", 0),
+            "unit": "元",
+        },
+        {
+            "label_zh": "拦截笔数",
+            "label_en": "Blocked",
+            "value": fund.get("blocked_settlements", 0),
+        },
+        {"label_zh": "疑点", "label_en": "Findings", "value": found.get("total", 0)},
+        {"label_zh": "在办案件", "label_en": "Open cases", "value": open_cases},
+        {"label_zh": "超期案件", "label_en": "Overdue", "value": case_figures.get("overdue", 0)},
+        {
+            "label_zh": "凭证使用",
+            "label_en": "Vouchers used",
+            "value": sum((vouchers_used.get("uses") or {}).values()),
+        },
+        {
+            "label_zh": "凭证拒绝",
+            "label_en": "Vouchers refused",
+            "value": sum((vouchers_used.get("refused") or {}).values()),
+        },
+    ]
+    rows = [
+        {"rule": rule, "findings": v.get("findings", 0), "amount": v.get("amount", 0)}
+        for rule, v in sorted((found.get("by_rule") or {}).items())
+    ]
+    bars = [
+        {"name": r["institution_id"], "value": r["findings"]}
+        for r in found.get("top_institutions") or []
+    ]
+    return {
+        "cards": cards,
+        "table": {
+            "columns": [
+                {"key": "rule", "label_zh": "规则", "label_en": "Rule"},
+                {"key": "findings", "label_zh": "疑点", "label_en": "Findings"},
+                {"key": "amount", "label_zh": "金额", "label_en": "Amount"},
+            ],
+            "rows": rows,
+        },
+        "bars": {
+            "label_zh": "疑点最多的机构",
+            "label_en": "Institutions by findings",
+            "items": bars,
+        },
+        "missing": data.get("missing", {}),
+    }

@@ -26,6 +26,6 @@ def citybrain_dashboard_panels() -> list[dict[str, Any]]:
             "id": "medical_insurance",
             "title_zh": "医保基金监管",
             "title_en": "Medical-insurance fund supervision",
-            "data_url": "/api/medins/panel?scope=tree",
+            "data_url": "/api/medins/panel/dashboard",
         }
     ]
