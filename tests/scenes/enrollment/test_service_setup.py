@@ -48,9 +48,18 @@ FIELDS = {
 }
 
 
+_PREPARED: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="session")
 def synth_jinan(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Generate Jinan once at a tiny scale (deterministic, seed 11)."""
+    """Generate Jinan once at a tiny scale (deterministic, seed 11) and start it once.
+
+    The first start imports the tables into the hub; each test copies the prepared folder.
+    Every module binds this fixture under its own name, so the folder is kept here once.
+    """
+    if "jinan" in _PREPARED:
+        return _PREPARED["jinan"]
     out = tmp_path_factory.mktemp("enrollment-synth")
     subprocess.run(
         [sys.executable, "-m", "citybrain", "synth", "--scale", "0.0005", "--seed", "11"]
@@ -58,7 +67,13 @@ def synth_jinan(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
         capture_output=True,
     )
-    return out / "s" / CITY
+    data = out / "s" / CITY
+    with TestClient(create_app(load_settings(data_dir=data, code=CITY, level="city"))):
+        pass
+    sources.forget(data)
+    seasons.forget_plans(data)
+    _PREPARED["jinan"] = data
+    return data
 
 
 @dataclass
