@@ -19,8 +19,22 @@ def synth(
     force: bool = typer.Option(False, help="replace a non-empty output folder"),
     cities: str | None = typer.Option(None, help="only these city codes, comma-separated"),
     workers: int | None = typer.Option(None, help="processes (default: up to 2)"),
+    abuse_rate: str = typer.Option(
+        "0.01",
+        help="medical-insurance abuse per pattern, share of eligible insured persons: "
+        "0.01, or pattern=rate,... (others 0.01)",
+    ),
+    care_share: float = typer.Option(
+        1.0, help="share of insured persons with a year of care (0: no settlements)"
+    ),
 ) -> None:
     """Generate a synthetic Shandong: Parquet tables per node and department."""
+    from citybrain.synth.medical import parse_rates
+
+    try:
+        rates = parse_rates(abuse_rate)
+    except ValueError as exc:
+        raise BadInput(f"--abuse-rate: {exc}") from None
     wanted = [c.strip() for c in cities.split(",") if c.strip()] if cities else None
     if workers is not None and workers < 1:
         raise BadInput("--workers must be at least 1")
@@ -45,6 +59,8 @@ def synth(
             cities=wanted,
             progress=tick,
             workers=workers,
+            abuse_rates=rates,
+            care_share=care_share,
         )
     console.print(
         f"{summary.residents:,} residents in {len(summary.files)} files under {out} "

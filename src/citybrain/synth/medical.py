@@ -905,12 +905,16 @@ def _tables(
     l_order = np.lexsort((l_day, rank[l_ev]))
     l_rank = rank[l_ev][l_order]
     line_first = np.searchsorted(l_rank, l_rank, side="left")
+    line_no = (np.arange(len(l_rank)) - line_first + 1).astype(np.int32)
+    item_sid = pc.take(sid, pa.array(l_rank))
     items = pa.table(
         {
-            "settlement_id": pc.take(sid, pa.array(l_rank)),
-            "line": pa.array(
-                (np.arange(len(l_rank)) - line_first + 1).astype(np.int32), pa.int32()
+            # the first column is the key a node imports the table by
+            "item_id": pc.binary_join_element_wise(
+                item_sid, pc.cast(pa.array(line_no), pa.string()), "/"
             ),
+            "settlement_id": item_sid,
+            "line": pa.array(line_no, pa.int32()),
             "code": _take(cat.codes, l_code[l_order]),
             "kind": _take(np.asarray(["drug", "service", "consumable"]), cat.kind[l_code[l_order]]),
             "quantity": pa.array(l_qty[l_order], pa.float64()),
@@ -954,7 +958,7 @@ def _views(settlements: pa.Table, items: pa.Table) -> Tables:
     admissions = settlements.filter(pc.equal(kind, "inpatient")).select([*base, "start", "end"])
     admissions = admissions.rename_columns([*base, "admitted_at", "discharged_at"])
     drugs = items.filter(pc.equal(items["kind"], "drug")).select(
-        ["settlement_id", "line", "code", "quantity", "service_date"]
+        ["item_id", "settlement_id", "line", "code", "quantity", "service_date"]
     )
     outpatient_ids = visits["settlement_id"]
     pharmacy_ids = settlements.filter(pc.equal(kind, "pharmacy"))["settlement_id"]

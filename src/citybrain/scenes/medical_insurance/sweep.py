@@ -99,9 +99,7 @@ def _unbundled(rule: Rule, f: Frames) -> ir.Table:
 
 def _restricted(rule: Rule, f: Frames) -> ir.Table:
     t = f.i.join(f.catalogue, f.i.code == f.catalogue.c_code)
-    bad = (t.c_gender.notnull() & (t.c_gender != t.sex)) | (
-        t.c_max_age.notnull() & (t.age > t.c_max_age)
-    )
+    bad = ((t.c_gender != "") & (t.c_gender != t.sex)) | (t.age > t.c_max_age)
     t = t.filter(bad)
     return _out(t, rule, t.code)
 
@@ -110,7 +108,7 @@ def _over_quantity(rule: Rule, f: Frames) -> ir.Table:
     t = f.i.filter(f.i.kind.isin(list(rule.params["settlement_kinds"])) & (f.i.ikind == "drug"))
     t = t.group_by(["sid", "person", "inst", "code"]).aggregate(qty=t.qty.sum())
     t = t.join(f.catalogue, t.code == f.catalogue.c_code)
-    t = t.filter(t.c_max_q.notnull() & (t.qty > t.c_max_q))
+    t = t.filter(t.qty > t.c_max_q)
     return _out(t, rule, t.code)
 
 
@@ -221,15 +219,23 @@ def catalogue_folder(data: Path) -> Path:
     raise BadInput(f"no catalogues in {own} or {province}")
 
 
+NO_LIMIT = 1 << 40
+
+
+def _limit(value: int | None) -> int:
+    return NO_LIMIT if value is None else int(value)
+
+
 def _catalogue_tables(cat: Catalogue) -> tuple[pa.Table, pa.Table]:
     entries = sorted(cat.entries.values(), key=lambda e: e.code)
     table = pa.table(
         {
             "c_code": pa.array([e.code for e in entries], pa.string()),
             "c_price": pa.array([e.standard_price for e in entries], pa.float64()),
-            "c_gender": pa.array([e.gender for e in entries], pa.string()),
-            "c_max_age": pa.array([e.max_age for e in entries], pa.int64()),
-            "c_max_q": pa.array([e.max_quantity for e in entries], pa.int64()),
+            # no nulls: "" and NO_LIMIT stand for none (nulls in small tables differ by backend)
+            "c_gender": pa.array([e.gender or "" for e in entries], pa.string()),
+            "c_max_age": pa.array([_limit(e.max_age) for e in entries], pa.int64()),
+            "c_max_q": pa.array([_limit(e.max_quantity) for e in entries], pa.int64()),
         }
     )
     pairs = sorted((p, c) for p, cs in cat.bundles.items() for c in cs)
@@ -347,7 +353,8 @@ def spark_session() -> Any:
         SparkSession.builder.master("local[2]")
         .appName("citybrain-medins-sweep")
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
         .config("spark.ui.enabled", "false")
         .config("spark.driver.memory", "2g")
         .getOrCreate()
@@ -359,7 +366,9 @@ def spark_session() -> Any:
 def connect(backend: str) -> Any:
     """An Ibis connection of the named backend."""
     if backend == "duckdb":
-        return ibis.duckdb.connect()
+        con = ibis.duckdb.connect()
+        con.raw_sql("set enable_progress_bar = false")
+        return con
     if backend == "spark":
         return ibis.pyspark.connect(spark_session())
     raise BadInput(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -369,6 +378,7 @@ def sweep(data: Path, rulebase: RuleBase, *, backend: str = "duckdb") -> pa.Tabl
     """Run every rule over a node's settlements; return the findings as an Arrow table."""
     s_path, i_path = data_paths(data)
     con = connect(backend)
+
     settlements = con.read_parquet(str(s_path))
     items = con.read_parquet(str(i_path))
     return finish(_arrow(con.to_pyarrow(findings_expr(settlements, items, rulebase))), rulebase)
