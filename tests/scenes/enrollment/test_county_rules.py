@@ -199,6 +199,10 @@ def _no_classes(raw: dict[str, Any]) -> None:
     raw["priority_classes"] = []
 
 
+def _private_selects(raw: dict[str, Any]) -> None:
+    raw["private_schools"] = {"same_time": False, "lottery_when_oversubscribed": False}
+
+
 @pytest.mark.parametrize(
     ("spoil", "field", "reason"),
     [
@@ -215,6 +219,8 @@ def _no_classes(raw: dict[str, Any]) -> None:
         (_extra_key, "lottery_by_height", "Extra inputs are not permitted"),
         (_duplicate_class, "priority_classes.", "twice"),
         (_no_classes, "priority_classes", "at least 1"),
+        (_private_selects, "private_schools.same_time", "公民同招"),
+        (_private_selects, "private_schools.lottery_when_oversubscribed", "admits by lottery"),
     ],
 )
 def test_contradictions_are_reported_with_field_and_reason(

@@ -176,6 +176,19 @@ def test_the_same_seed_gives_the_same_result_and_another_seed_another(tmp_path: 
     assert any([p.school_id for p in o] != [p.school_id for p in first] for o in others)
 
 
+def test_a_private_school_admits_by_lottery_whatever_the_class() -> None:
+    seed_numbers = {c: lottery.lottery_number(SEED, c) for c in ("x1", "x2", "x3")}
+    best, *rest = sorted(seed_numbers, key=lambda c: seed_numbers[c])
+    apps = [
+        DrawApplication(c, Level.primary, [DrawChoice("P", 0 if c != best else 1)], 117.0, 36.6)
+        for c in seed_numbers
+    ]
+    placed = {p.child: p.school_id for p in draw.run(draw.build_inputs(_rules(), apps), SEED)}
+    # two seats: the best lottery number gets one although its class is worse
+    assert placed[best] == "P"
+    assert sorted(placed[c] for c in rest) == ["A", "P"]  # the loser overflows to A, nearest
+
+
 def _spoil_line(path: Path, child: str, key: str, value: object) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     out = []

@@ -178,21 +178,23 @@ def _check_inputs(inputs: DrawInputs) -> None:
             listed.add(choice.school_id)
 
 
+def _rank(inputs: DrawInputs, choice: DrawChoice, private: bool) -> int:
+    """Priority rank at one school; private schools (公民同招) admit by lottery, classes aside."""
+    klass = 0 if private else choice.priority_class
+    if inputs.sibling_first:
+        return klass * 2 + (0 if choice.sibling else 1)
+    return klass
+
+
 def _instance(inputs: DrawInputs, numbers: U64) -> Instance:
     """The allocation instance of a draw: one market per entry grade."""
     index = {s.school_id: i for i, s in enumerate(inputs.schools)}
+    private = {s.school_id for s in inputs.schools if s.ownership == Ownership.private.value}
     levels = [Level.primary, Level.junior]
     preferences, priorities = [], []
     for app in inputs.applications:
         preferences.append([index[c.school_id] for c in app.choices])
-        priorities.append(
-            [
-                c.priority_class * 2 + (0 if c.sibling else 1)
-                if inputs.sibling_first
-                else c.priority_class
-                for c in app.choices
-            ]
-        )
+        priorities.append([_rank(inputs, c, c.school_id in private) for c in app.choices])
     n = len(inputs.applications)
     overflow = None
     if inputs.overflow:

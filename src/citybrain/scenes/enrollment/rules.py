@@ -259,6 +259,21 @@ def _class_problems(rules: CountyRules) -> list[dict[str, str]]:
                         f"unknown criterion {criterion!r} (known: {', '.join(CRITERIA)})",
                     )
                 )
+    # national policy since 2020: no selection by private schools, a lottery when oversubscribed
+    if not rules.private_schools.same_time:
+        out.append(
+            _problem(
+                "private_schools.same_time",
+                "公民同招: private schools enroll at the same time as public ones",
+            )
+        )
+    if not rules.private_schools.lottery_when_oversubscribed:
+        out.append(
+            _problem(
+                "private_schools.lottery_when_oversubscribed",
+                "an oversubscribed private school admits by lottery, not by selection",
+            )
+        )
     levels = [g.level for g in rules.grades]
     for level in set(levels):
         if levels.count(level) > 1:
