@@ -24,7 +24,7 @@ from citybrain.core.errors import BadInput
 from citybrain.geo import service as geo
 from citybrain.governance.principal import Principal, Role
 from citybrain.node import service as node_service
-from citybrain.scenes.enrollment import appeals, run, stats
+from citybrain.scenes.enrollment import appeals, grants, run, stats
 from citybrain.scenes.enrollment import season as seasons
 
 season_app = typer.Typer(no_args_is_help=True, help="Open, close, draw and publish a season.")
@@ -152,6 +152,31 @@ def open_season(
         ),
         fmt,
     )
+
+
+@season_app.command("grants")
+def request_season_grants(
+    data: Path = DATA,
+    approve_demo: bool = typer.Option(
+        False, "--approve-demo", help="demo only: approve as the owners and the bureau too"
+    ),
+    database_url: str | None = DATABASE_URL,
+    node: str | None = NODE,
+    user: str = USER,
+) -> None:
+    """File the Education Bureau's access requests a season needs (records and verification)."""
+    n = Node(data, database_url, node, user)
+    made = grants.request_grants(
+        engine=n.engine,
+        data_dir=n.data_dir,
+        code=n.code,
+        counties=seasons.counties_of(n.code),
+        user=user,
+    )
+    if approve_demo:
+        grants.approve_for_demo(engine=n.engine, data_dir=n.data_dir, code=n.code, requests=made)
+    for request in made:
+        typer.echo(f"{request.id} {request.kind.value} {request.dataset_id} {request.status.value}")
 
 
 @season_app.command("status")
