@@ -48,6 +48,11 @@ def test_numbers_are_hmac_sha256_of_the_pseudonym_under_the_seed() -> None:
     assert many.dtype == np.uint64 and int(many[0]) == expected
     assert int(many[1]) != expected
     assert lottery.lottery_number(lottery.new_seed(), "c-0001") != expected
+    children = ["", "c-0002", "孩子-三", "x" * 200]  # empty, non-ASCII, longer than a block
+    batch = lottery.lottery_numbers(SEED, children)
+    for child, number in zip(children, batch.tolist(), strict=True):
+        mac = hmac.new(bytes.fromhex(SEED), child.encode(), hashlib.sha256).digest()
+        assert number == int.from_bytes(mac[:8], "big") == lottery.lottery_number(SEED, child)
 
 
 def _rules() -> CountyRules:
