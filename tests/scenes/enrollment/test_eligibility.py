@@ -28,6 +28,14 @@ CRITERIA += ["social_insurance", "lives_in_zone"]
 TERMS = eligibility.Terms(on_date=date(2027, 8, 31), insurance_months=12)
 
 
+def _zones(data: Path) -> dict[str, list[str]]:
+    zones = data / "education" / "catchment_zones.parquet"
+    return {
+        z: list(cs)
+        for z, cs in duckdb.sql(f"select zone_id, community_codes from '{zones}'").fetchall()
+    }
+
+
 def _facts(data: Path, n: int) -> list[eligibility.Facts]:
     """Children with their parents, half at their own address, half at a neighbour's."""
     residents = data / "public_security" / "residents.parquet"
@@ -35,7 +43,7 @@ def _facts(data: Path, n: int) -> list[eligibility.Facts]:
     rows = duckdb.sql(
         f"""
         select c.id_number, p.id_number, c.hukou_county, c.address_id, p.community_code,
-               z.community_codes
+               z.community_codes, z.zone_id
         from '{residents}' c join '{residents}' p using (household_id)
         join '{zones}' z on list_contains(z.community_codes, p.community_code)
         where c.relation_to_head = '子女' and p.relation_to_head = '户主' and z.level = 'primary'
@@ -43,7 +51,7 @@ def _facts(data: Path, n: int) -> list[eligibility.Facts]:
         """
     ).fetchall()
     out = []
-    for i, (child, parent, county, address, community, communities) in enumerate(rows):
+    for i, (child, parent, county, address, community, communities, zone) in enumerate(rows):
         out.append(
             eligibility.Facts(
                 application=f"a{i}",
@@ -51,7 +59,7 @@ def _facts(data: Path, n: int) -> list[eligibility.Facts]:
                 parent_id=parent,
                 county=county if i % 3 else "370102",
                 address_id=address if i % 2 else rows[(i + 1) % len(rows)][3],
-                communities=tuple(communities),
+                zone_id=zone,
                 lives_in_zone=community in communities,
             )
         )
@@ -76,6 +84,7 @@ def _audit(data: Path) -> list[dict[str, Any]]:
 def test_setwise_answers_equal_the_verification_service(scene: Scene) -> None:
     scene.grant_verification()
     facts = _facts(scene.data, 20)
+    zones = _zones(scene.data)
     assert len(facts) >= 15
     engine = scene.client.app.state.engine  # type: ignore[attr-defined]
     answers = eligibility.verify(
@@ -83,6 +92,7 @@ def test_setwise_answers_equal_the_verification_service(scene: Scene) -> None:
         data_dir=scene.data,
         principal=education(CITY),
         facts=facts,
+        zones=zones,
         criteria=CRITERIA,
         terms=TERMS,
         season="test",
@@ -99,7 +109,7 @@ def test_setwise_answers_equal_the_verification_service(scene: Scene) -> None:
             "property_in_zone": _ask(
                 scene,
                 "owns_property_in_communities",
-                {"id_number": f.parent_id, "community_codes": ",".join(f.communities)},
+                {"id_number": f.parent_id, "community_codes": ",".join(zones[f.zone_id])},
             ),
             "residence_permit": _ask(
                 scene, "residence_permit_valid", {"id_number": f.parent_id, "on_date": "2027-08-31"}
@@ -136,6 +146,7 @@ def test_no_grant_no_answers(scene: Scene) -> None:
             data_dir=scene.data,
             principal=education(CITY),
             facts=facts,
+            zones=_zones(scene.data),
             criteria=["property_in_zone"],
             terms=TERMS,
             season="test",
@@ -149,6 +160,7 @@ def test_no_grant_no_answers(scene: Scene) -> None:
             data_dir=scene.data,
             principal=Principal(subject="x", org="civil_affairs", role=Role.service, issuer=CITY),
             facts=facts,
+            zones={},
             criteria=["hukou_in_county"],
             terms=TERMS,
             season="test",

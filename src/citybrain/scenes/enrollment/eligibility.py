@@ -12,7 +12,7 @@ record (`verify`, the dataset, the grant, its purpose, how many were asked and a
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -105,8 +105,12 @@ class Facts:
     parent_id: str
     county: str
     address_id: str | None
-    communities: tuple[str, ...]
+    zone_id: str
     lives_in_zone: bool = False  # the parent's registered residence lies in the zone
+
+
+# the columns of an applications table given to verify_table
+FACT_COLUMNS = ("application", "child_id", "parent_id", "county", "address_id", "zone_id")
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,7 @@ _SETWISE: dict[str, str] = {
         "select distinct f.i from f join natural_resources.property_registry p "
         "on p.owner_id_number = f.parent_id "
         "join public_security.addresses a on a.address_id = p.address_id "
-        "join zc on zc.i = f.i and zc.community_code = a.community_code "
+        "join zc on zc.zone_id = f.zone_id and zc.community_code = a.community_code "
         "where p.usage in ('住宅', '商住')"
     ),
     "social_insurance_months": (
@@ -197,32 +201,36 @@ _SETWISE: dict[str, str] = {
 }
 
 
-def _facts_tables(facts: Sequence[Facts]) -> tuple[pa.Table, pa.Table]:
-    n = len(facts)
-    f = pa.table(
+def facts_table(facts: Sequence[Facts]) -> pa.Table:
+    """Return applications' facts as the table verify_table takes."""
+    return pa.table(
         {
-            "i": pa.array(range(n), pa.int64()),
+            "application": [x.application for x in facts],
             "child_id": [x.child_id for x in facts],
             "parent_id": [x.parent_id for x in facts],
             "county": [x.county for x in facts],
             "address_id": pa.array([x.address_id for x in facts], pa.string()),
+            "zone_id": [x.zone_id for x in facts],
+            "lives_in_zone": pa.array([x.lives_in_zone for x in facts], pa.bool_()),
         }
     )
-    lengths = [len(x.communities) for x in facts]
-    zc = pa.table(
+
+
+def zones_table(zones: Mapping[str, Sequence[str]]) -> pa.Table:
+    """Return catchment zones (zone id -> community codes) as one row per community."""
+    return pa.table(
         {
-            "i": np.repeat(np.arange(n, dtype=np.int64), lengths),
-            "community_code": [c for x in facts for c in x.communities],
+            "zone_id": [z for z, cs in zones.items() for _ in cs],
+            "community_code": [c for cs in zones.values() for c in cs],
         }
     )
-    return f, zc
 
 
-def _digest(facts: Sequence[Facts]) -> str:
+def _digest(applications: pa.ChunkedArray) -> str:
     """A digest of the applications asked about, so the audit record names them."""
     h = hashlib.sha256()
-    for x in facts:
-        h.update(x.application.encode() + b"\n")
+    for chunk in applications.chunks:
+        h.update(b"\n".join(v.encode() for v in chunk.to_pylist()) + b"\n")
     return h.hexdigest()[:32]
 
 
@@ -232,12 +240,57 @@ def verify(
     data_dir: Path,
     principal: Principal,
     facts: Sequence[Facts],
+    zones: Mapping[str, Sequence[str]],
     criteria: Sequence[str],
     terms: Terms,
     season: str,
     durable: bool = True,
 ) -> dict[str, BoolArray]:
-    """Answer each criterion for each application (yes/no arrays, in the order of `facts`).
+    """Answer each criterion for each application (yes/no arrays, in the order of `facts`)."""
+    return verify_table(
+        engine=engine,
+        data_dir=data_dir,
+        principal=principal,
+        facts=facts_table(facts),
+        zones=zones_table(zones),
+        criteria=criteria,
+        terms=terms,
+        season=season,
+        durable=durable,
+    )
+
+
+def _register_sources(con: Any, engine: Engine, data_dir: Path, names: Sequence[str]) -> None:
+    """Make the questions' tables visible as department.name views over their snapshots."""
+    registered: set[str] = set()
+    for q in names:
+        for dataset in QUESTIONS[q].tables:
+            if dataset in registered:
+                continue
+            department, table_name = dataset.split("/", 1)
+            table, _owner = sources.snapshot(engine=engine, data_dir=data_dir, dataset=dataset)
+            con.execute(f'create schema if not exists "{department}"')
+            con.register(f"__{department}__{table_name}", table)
+            con.execute(
+                f'create view "{department}"."{table_name}" as '
+                f'select * from "__{department}__{table_name}"'
+            )
+            registered.add(dataset)
+
+
+def verify_table(
+    *,
+    engine: Engine,
+    data_dir: Path,
+    principal: Principal,
+    facts: pa.Table,
+    zones: pa.Table,
+    criteria: Sequence[str],
+    terms: Terms,
+    season: str,
+    durable: bool = True,
+) -> dict[str, BoolArray]:
+    """Answer each criterion for a table of applications (FACT_COLUMNS and lives_in_zone).
 
     Refuses (403, with a refused audit record) when a grant is missing; durable=False leaves
     the records' fsync to the caller's next durable record.
@@ -246,29 +299,17 @@ def verify(
     grants = {
         q: _grant(engine=engine, data_dir=data_dir, principal=principal, name=q) for q in names
     }
+    n = facts.num_rows
     answers: dict[str, BoolArray] = {}
-    if facts:
-        f, zc = _facts_tables(facts)
+    if n:
+        f = facts.select(list(FACT_COLUMNS)).append_column(
+            "i", pa.array(np.arange(n, dtype=np.int64))
+        )
         con = duckdb.connect()
         try:
             con.register("f", f)
-            con.register("zc", zc)
-            registered: set[str] = set()
-            for q in names:
-                for dataset in QUESTIONS[q].tables:
-                    if dataset in registered:
-                        continue
-                    department, table_name = dataset.split("/", 1)
-                    table, _owner = sources.snapshot(
-                        engine=engine, data_dir=data_dir, dataset=dataset
-                    )
-                    con.execute(f'create schema if not exists "{department}"')
-                    con.register(f"__{department}__{table_name}", table)
-                    con.execute(
-                        f'create view "{department}"."{table_name}" as '
-                        f'select * from "__{department}__{table_name}"'
-                    )
-                    registered.add(dataset)
+            con.register("zc", zones)
+            _register_sources(con, engine, data_dir, names)
             for q in names:
                 sql = _SETWISE[q]
                 params: dict[str, Any] = {}
@@ -276,23 +317,19 @@ def verify(
                     params["months"] = terms.insurance_months
                 if "$on_date" in sql:
                     params["on_date"] = terms.on_date
-                yes = (
-                    con.execute(sql, params).fetchnumpy()["i"]
-                    if params
-                    else (con.execute(sql).fetchnumpy()["i"])
-                )
-                mask = np.zeros(len(facts), dtype=np.bool_)
+                yes = con.execute(sql, params).fetchnumpy()["i"]
+                mask = np.zeros(n, dtype=np.bool_)
                 mask[np.asarray(yes, dtype=np.int64)] = True
                 answers[q] = mask
         finally:
             con.close()
     for k, q in enumerate(names):
         mask = answers.get(q, np.zeros(0, dtype=np.bool_))
-        detail: dict[str, Any] = {"question": q, "season": season, "asked": len(facts)}
-        if len(facts) == 1:
-            detail.update(application=facts[0].application, answer=bool(mask[0]))
+        detail: dict[str, Any] = {"question": q, "season": season, "asked": n}
+        if n == 1:
+            detail.update(application=str(facts["application"][0]), answer=bool(mask[0]))
         else:
-            detail.update(yes=int(mask.sum()), applications_sha256=_digest(facts))
+            detail.update(yes=int(mask.sum()), applications_sha256=_digest(facts["application"]))
         grant = grants[q]
         audit.append(
             data_dir=data_dir,
@@ -307,12 +344,17 @@ def verify(
             durable=durable and k == len(names) - 1,
         )
     out: dict[str, BoolArray] = {}
+    lives = (
+        facts["lives_in_zone"].to_numpy(zero_copy_only=False).astype(np.bool_)
+        if "lives_in_zone" in facts.column_names
+        else np.zeros(n, dtype=np.bool_)
+    )
     for c in criteria:
         question = CRITERIA[c].question
         if question is None:
-            out[c] = np.fromiter((x.lives_in_zone for x in facts), dtype=np.bool_, count=len(facts))
+            out[c] = lives
         else:
-            out[c] = answers.get(question, np.zeros(len(facts), dtype=np.bool_))
+            out[c] = answers.get(question, np.zeros(n, dtype=np.bool_))
     return out
 
 

@@ -319,7 +319,7 @@ def submit(
         parent_id=parent.id_number,
         county=zone_county,
         address_id=address,
-        communities=tuple(zone.community_codes),
+        zone_id=zone.zone_id,
         lives_in_zone=parent.community_code in zone.community_codes,
     )
     criteria = sorted(set(plan.criteria) | {"hukou_in_county"})
@@ -331,7 +331,7 @@ def submit(
         parent_id=parent.id_number,
         county=child.hukou_county,
         address_id=None,
-        communities=(),
+        zone_id=zone.zone_id,
     )
     terms = eligibility.Terms(
         on_date=date(season.year, 8, 31), insurance_months=plan.insurance_months
@@ -341,6 +341,7 @@ def submit(
         data_dir=data_dir,
         principal=household.education(code),
         facts=[facts, member],
+        zones={zone.zone_id: zone.community_codes},
         criteria=criteria,
         terms=terms,
         season=season.id,
