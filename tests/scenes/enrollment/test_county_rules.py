@@ -199,6 +199,14 @@ def _no_classes(raw: dict[str, Any]) -> None:
     raw["priority_classes"] = []
 
 
+def _not_a_county(raw: dict[str, Any]) -> None:
+    raw["county"] = "999999"
+
+
+def _a_city(raw: dict[str, Any]) -> None:
+    raw["county"] = "370100"
+
+
 def _private_selects(raw: dict[str, Any]) -> None:
     raw["private_schools"] = {"same_time": False, "lottery_when_oversubscribed": False}
 
@@ -219,6 +227,8 @@ def _private_selects(raw: dict[str, Any]) -> None:
         (_extra_key, "lottery_by_height", "Extra inputs are not permitted"),
         (_duplicate_class, "priority_classes.", "twice"),
         (_no_classes, "priority_classes", "at least 1"),
+        (_not_a_county, "county", "999999 is not a county of Shandong"),
+        (_a_city, "county", "370100 is a city, not a county"),
         (_private_selects, "private_schools.same_time", "公民同招"),
         (_private_selects, "private_schools.lottery_when_oversubscribed", "admits by lottery"),
     ],

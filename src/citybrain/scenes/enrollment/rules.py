@@ -29,7 +29,9 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from citybrain.core.errors import NotFound, Unprocessable
+from citybrain.core.errors import CityBrainError, NotFound, Unprocessable
+from citybrain.geo import service as geo
+from citybrain.geo.models import Level as GeoLevel
 from citybrain.scenes.enrollment.models import Level
 
 # What the verification service can answer about a child's family (yes/no), with its meaning.
@@ -352,9 +354,24 @@ def _zone_problems(rules: CountyRules) -> list[dict[str, str]]:
     return out
 
 
+def _county_problems(rules: CountyRules) -> list[dict[str, str]]:
+    try:
+        unit = geo.get_unit(rules.county)
+    except CityBrainError:
+        return [_problem("county", f"{rules.county} is not a county of Shandong")]
+    if unit.level != GeoLevel.county:
+        return [_problem("county", f"{rules.county} is a {unit.level.value}, not a county")]
+    return []
+
+
 def check_rules(rules: CountyRules) -> list[dict[str, str]]:
     """Contradictions between the parts of valid-looking rules, each with field and reason."""
-    return _calendar_problems(rules) + _class_problems(rules) + _zone_problems(rules)
+    return (
+        _county_problems(rules)
+        + _calendar_problems(rules)
+        + _class_problems(rules)
+        + _zone_problems(rules)
+    )
 
 
 def _refuse(problems: list[dict[str, str]], source: str) -> Unprocessable:
