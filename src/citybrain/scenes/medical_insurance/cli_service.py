@@ -163,14 +163,11 @@ def settle(
     data: Path = DATA,
 ) -> None:
     """Submit a settlement as an institution's terminal; prints the check's answer."""
+    submitted = _json_file(file)
     scene, _ = _open(data)
     principal = _terminal(scene, institution)
     terminals.institution_of(scene, principal)
-    _echo(
-        settlement.submit(
-            scene, principal=principal, institution_id=institution, body=_json_file(file)
-        )
-    )
+    _echo(settlement.submit(scene, principal=principal, institution_id=institution, body=submitted))
 
 
 # --- findings and cases ----------------------------------------------------------------------

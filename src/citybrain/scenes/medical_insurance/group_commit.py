@@ -19,6 +19,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 Write = Callable[[Connection], Any]
+# called with the results of the writes of each commit, after the commit, before the callers
+# are answered (the scene audits a batch of settlements with one record)
+OnCommit = Callable[[list[Any]], None]
 MAX_BATCH = 256
 _log = logging.getLogger("citybrain.medins")
 
@@ -26,8 +29,9 @@ _log = logging.getLogger("citybrain.medins")
 class GroupWriter:
     """One writer thread per engine, committing queued writes in batches."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, on_commit: OnCommit | None = None) -> None:
         self.engine = engine
+        self.on_commit = on_commit
         self._cond = threading.Condition()
         self._queue: list[tuple[Write, Future[Any]]] = []
         self._thread: threading.Thread | None = None
@@ -83,8 +87,17 @@ class GroupWriter:
             for item in batch:
                 self._one(item)
             return
+        self._committed(results)
         for (_, future), result in zip(batch, results, strict=True):
             future.set_result(result)
+
+    def _committed(self, results: list[Any]) -> None:
+        if self.on_commit is None:
+            return
+        try:
+            self.on_commit(results)
+        except Exception:  # noqa: BLE001 - the writes are committed; say so and go on
+            _log.exception("after-commit step failed")
 
     def _one(self, item: tuple[Write, Future[Any]]) -> None:
         write, future = item
@@ -94,4 +107,5 @@ class GroupWriter:
         except Exception as exc:  # noqa: BLE001 - handed to the caller waiting on it
             future.set_exception(exc)
             return
+        self._committed([result])
         future.set_result(result)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,7 +75,10 @@ _scenes_lock = threading.Lock()
 
 def scene_for(*, engine: Engine, data_dir: Path, code: str) -> Scene:
     """Return the scene state of a node, made on first use in this process."""
-    key = (str(engine.url), str(data_dir.resolve()), code)
+    key = (str(id(engine)), str(data_dir), code)
+    scene = _scenes.get(key)
+    if scene is not None and scene.engine is engine:
+        return scene
     with _scenes_lock:
         scene = _scenes.get(key)
         if scene is None or scene.engine is not engine:
@@ -90,11 +94,38 @@ def scene_for(*, engine: Engine, data_dir: Path, code: str) -> Scene:
                 code=code,
                 key=private,
                 public=private.public_key(),
-                writer=GroupWriter(engine),
+                writer=GroupWriter(engine, on_commit=_audit_batch(data_dir)),
                 phone_key=hashlib.sha256(b"citybrain medins: voucher phones\0" + raw).digest(),
             )
             _scenes[key] = scene
         return scene
+
+
+def _audit_batch(data_dir: Path) -> Callable[[list[Any]], None]:
+    """Return the after-commit step: one audit record for the settlements of one commit."""
+
+    def audit_settlements(results: list[Any]) -> None:
+        from citybrain.governance.audit import service as audit
+
+        settled = [r for r in results if isinstance(r, dict) and r.get("audit") == "settle"]
+        if not settled:
+            return
+        audit.append(
+            data_dir=data_dir,
+            principal=None,
+            action="medins.settle",
+            resource="medins:settlements",
+            result="ok",
+            rows=len(settled),
+            detail={
+                "settlements": [
+                    [r["id"], r["institution"], r["txn"], r["outcome"]] for r in settled
+                ]
+            },
+            durable=False,
+        )
+
+    return audit_settlements
 
 
 def forget_scenes() -> None:

@@ -17,10 +17,12 @@ A terminal submits a settlement with the person's voucher token. In order:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
@@ -31,7 +33,6 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from citybrain.core.errors import Conflict, NotFound, Unprocessable
-from citybrain.governance.audit import service as audit
 from citybrain.governance.principal import Principal
 from citybrain.scenes.medical_insurance import voucher as vouchers
 from citybrain.scenes.medical_insurance import voucher_token
@@ -55,6 +56,10 @@ from citybrain.scenes.medical_insurance.service import (
 from citybrain.scenes.medical_insurance.tables import findings, settlements, voucher_uses
 
 CST = timezone(timedelta(hours=8))
+# built once: the store's statement cache then serves every settlement
+_INSERT_SETTLEMENT = insert(settlements)
+_INSERT_USE = insert(voucher_uses)
+_INSERT_FINDING = insert(findings)
 # a terminal may settle a voucher it scanned this long ago (the scan used the token)
 SCAN_GRACE = timedelta(minutes=30)
 # clocks of terminals run a little ahead sometimes: "in the future" means beyond this
@@ -317,28 +322,25 @@ def _voucher(
     """Check the token; return it and whether a scan at this institution used it already."""
     moment = at.timestamp()
     try:
-        try:
-            checked = vouchers.check(scene, parsed.voucher, person_id=parsed.person_id, now=moment)
-        except vouchers.VoucherRefused as exc:
-            if exc.reason is not vouchers.Refusal.expired:
-                raise
-            scanned = _scan_of(scene, parsed.voucher, institution_id, at)
-            if scanned is None:
-                raise
-            # valid when it was scanned here: the scan is the moment the person was present
-            checked = vouchers.check(
-                scene, parsed.voucher, person_id=parsed.person_id, now=scanned.timestamp()
-            )
-            return checked, True
-        try:
-            vouchers.claim(scene, checked, now=moment)
-        except vouchers.VoucherRefused:
-            if _scan_of(scene, parsed.voucher, institution_id, at) is None:
-                raise
-            return checked, True
-        return checked, False
+        checked = vouchers.check(scene, parsed.voucher, person_id=parsed.person_id, now=moment)
     except vouchers.VoucherRefused as exc:
-        raise vouchers.refused(scene, principal, exc, what="settle") from None
+        if exc.reason is not vouchers.Refusal.expired:
+            raise
+        scanned = _scan_of(scene, parsed.voucher, institution_id, at)
+        if scanned is None:
+            raise
+        # valid when it was scanned here: the scan is the moment the person was present
+        checked = vouchers.check(
+            scene, parsed.voucher, person_id=parsed.person_id, now=scanned.timestamp()
+        )
+        return checked, True
+    try:
+        vouchers.claim(scene, checked, now=moment)
+    except vouchers.VoucherRefused:
+        if _scan_of(scene, parsed.voucher, institution_id, at) is None:
+            raise
+        return checked, True
+    return checked, False
 
 
 def _scan_of(scene: Scene, token: str, institution_id: str, at: datetime) -> datetime | None:
@@ -427,25 +429,50 @@ def _finding_row(f: Finding, record: Settlement, source: str, at: datetime) -> d
     }
 
 
-def submit(
+@dataclass
+class _Pending:
+    """A checked settlement waiting for its commit."""
+
+    write: Callable[[Connection], Any]
+    answer: SettlementAnswer
+    answer_json: dict[str, Any]
+    record: Settlement | None
+    key: tuple[str, str]
+    digest: str
+    nonce: str
+    scanned: bool
+
+
+def _prepare(
     scene: Scene,
     *,
     principal: Principal,
     institution_id: str,
     body: Any,
     now: datetime | None = None,
-) -> SettlementAnswer:
-    """Settle one submission of a terminal, answering only after it is committed."""
+) -> SettlementAnswer | _Pending:
+    """Do everything but the commit: an answer for a retry, else the write to commit."""
     moment = now_utc(now)
     inst = institution(scene, institution_id)
     txn = body.get("txn_id") if isinstance(body, dict) else None
     digest = body_hash(body) if isinstance(body, dict) else ""
-    if isinstance(txn, str):
-        stored = _stored_answer(scene, (institution_id, txn))
-        if stored is not None:
-            return _replay(stored, digest, txn)
+    key = (institution_id, txn) if isinstance(txn, str) else None
+    if key is not None:
+        # answers of this process are in memory; older ones are looked up only when the
+        # token is refused or the transaction id is taken (a retry always meets one of them)
+        mem = memory(scene)
+        with mem.lock:
+            remembered = mem.answers.get(key)
+        if remembered is not None:
+            return _replay(remembered, digest, key[1])
     parsed = validate(scene, body, now=moment)
-    checked, scanned = _voucher(scene, principal, parsed, institution_id, moment)
+    try:
+        checked, scanned = _voucher(scene, principal, parsed, institution_id, moment)
+    except vouchers.VoucherRefused as exc:
+        stored = _stored_answer(scene, (institution_id, parsed.txn_id))
+        if stored is not None:
+            return _replay(stored, digest, parsed.txn_id)
+        raise vouchers.refused(scene, principal, exc, what="settle") from None
     settlement_id = "S" + uuid.uuid4().hex[:20]
     record = _record(scene, parsed, inst, checked.voucher, settlement_id, moment)
     history = history_of(scene, record.person_id, record.settled_at)
@@ -501,8 +528,8 @@ def submit(
         settlement_id=settlement_id,
     )
 
-    def write(conn: Connection) -> None:
-        conn.execute(insert(settlements).values(**row))
+    def write(conn: Connection) -> dict[str, str]:
+        conn.execute(_INSERT_SETTLEMENT, row)
         if scanned:
             done = conn.execute(
                 update(voucher_uses)
@@ -515,45 +542,92 @@ def submit(
             if done != 1:
                 raise IntegrityError("voucher use", {}, Exception("the scan was settled already"))
         else:
-            conn.execute(insert(voucher_uses).values(**use))
+            conn.execute(_INSERT_USE, use)
         if found_rows:
-            conn.execute(insert(findings), found_rows)
+            conn.execute(_INSERT_FINDING, found_rows)
+        return {
+            "audit": "settle",
+            "id": settlement_id,
+            "institution": institution_id,
+            "txn": parsed.txn_id,
+            "outcome": verdict.outcome.value,
+        }
 
-    try:
-        scene.writer.run(write)
-    except IntegrityError:
-        if not scanned:
-            vouchers.replay_store(scene).release(use["nonce"])
-        stored = _stored_answer(scene, (institution_id, parsed.txn_id))
+    return _Pending(
+        write=write,
+        answer=answer,
+        answer_json=answer_json,
+        record=record if paid else None,
+        key=(institution_id, parsed.txn_id),
+        digest=digest,
+        nonce=use["nonce"],
+        scanned=scanned,
+    )
+
+
+def _finish(
+    scene: Scene, principal: Principal, pending: _Pending, error: BaseException | None
+) -> SettlementAnswer:
+    """Answer after the commit, or turn its failure into the right answer."""
+    if isinstance(error, IntegrityError):
+        if not pending.scanned:
+            vouchers.replay_store(scene).release(pending.nonce)
+        stored = _stored_answer(scene, pending.key)
         if stored is not None:
             # the same transaction id committed by a concurrent request a moment ago
-            return _replay(stored, digest, parsed.txn_id)
+            return _replay(stored, pending.digest, pending.key[1])
         again = vouchers.VoucherRefused(
             vouchers.Refusal.replayed, "the e-voucher code has been used for another settlement"
         )
         raise vouchers.refused(scene, principal, again, what="settle") from None
-    except Exception:
-        if not scanned:
-            vouchers.replay_store(scene).release(use["nonce"])
-        raise
-    _remember(
-        scene, record if paid else None, (institution_id, parsed.txn_id), (digest, answer_json)
+    if error is not None:
+        if not pending.scanned:
+            vouchers.replay_store(scene).release(pending.nonce)
+        raise error
+    _remember(scene, pending.record, pending.key, (pending.digest, pending.answer_json))
+    return pending.answer
+
+
+def submit(
+    scene: Scene,
+    *,
+    principal: Principal,
+    institution_id: str,
+    body: Any,
+    now: datetime | None = None,
+) -> SettlementAnswer:
+    """Settle one submission of a terminal, answering only after it is committed."""
+    prepared = _prepare(
+        scene, principal=principal, institution_id=institution_id, body=body, now=now
     )
-    audit.append(
-        data_dir=scene.data_dir,
-        principal=principal,
-        action="medins.settle",
-        resource=f"settlement:{settlement_id}",
-        result="ok" if paid else "blocked",
-        detail={
-            "institution": institution_id,
-            "txn": parsed.txn_id,
-            "outcome": verdict.outcome.value,
-            "rules": sorted({f.rule_id for f in verdict.findings}),
-        },
-        durable=False,
+    if isinstance(prepared, SettlementAnswer):
+        return prepared
+    try:
+        scene.writer.run(prepared.write)
+    except Exception as exc:  # noqa: BLE001 - _finish answers or raises what fits
+        return _finish(scene, principal, prepared, exc)
+    return _finish(scene, principal, prepared, None)
+
+
+async def submit_async(
+    scene: Scene,
+    *,
+    principal: Principal,
+    institution_id: str,
+    body: Any,
+    now: datetime | None = None,
+) -> SettlementAnswer:
+    """The same as submit for the event loop: the commit is awaited, not waited for."""
+    prepared = _prepare(
+        scene, principal=principal, institution_id=institution_id, body=body, now=now
     )
-    return answer
+    if isinstance(prepared, SettlementAnswer):
+        return prepared
+    try:
+        await asyncio.wrap_future(scene.writer.submit(prepared.write))
+    except Exception as exc:  # noqa: BLE001 - _finish answers or raises what fits
+        return _finish(scene, principal, prepared, exc)
+    return _finish(scene, principal, prepared, None)
 
 
 def get_settlement(scene: Scene, *, settlement_id: str) -> dict[str, Any]:
