@@ -214,10 +214,13 @@ def allocate(instance: Instance) -> Result:
 
 def _best_priority(instance: Instance) -> IntArray:
     """Each child's best priority rank over its ranking (children with none come last)."""
-    n = instance.n_students
-    best = np.full(n, _MAX_PRIORITY, dtype=np.int64)
-    owner = np.repeat(np.arange(n, dtype=np.int64), np.diff(instance.pref_ptr))
-    np.minimum.at(best, owner, instance.pref_priority.astype(np.int64))
+    best = np.full(instance.n_students, _MAX_PRIORITY, dtype=np.int64)
+    lengths = np.diff(instance.pref_ptr)
+    some = lengths > 0
+    if some.any():
+        # reduceat over the CSR rows; rows that are empty would read their neighbour's entry
+        mins = np.minimum.reduceat(instance.pref_priority, instance.pref_ptr[:-1][some])
+        best[some] = mins
     return best
 
 
