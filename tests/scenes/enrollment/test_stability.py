@@ -14,7 +14,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from citybrain.scenes.enrollment.allocation import allocate
+from citybrain.scenes.enrollment.allocation import _nearest_with_seats, allocate
 from citybrain.scenes.enrollment.models import Instance, Overflow, Stage
 
 
@@ -139,3 +139,31 @@ def test_overflow_leaves_nobody_out_while_public_seats_remain(inst: Instance) ->
             same = over.school_market == over.student_market[child]
             open_seats = same & over.school_takes_overflow & (filled < inst.capacity)
             assert not open_seats.any(), f"child {child} left out beside empty public seats"
+
+
+def _serial_dictatorship(dist: np.ndarray, order_key: np.ndarray, seats: np.ndarray) -> list[int]:
+    """The overflow rule written plainly: in order, each child takes the nearest open seat."""
+    left = seats.tolist()
+    got = [-1] * dist.shape[0]
+    for child in np.argsort(order_key, kind="stable").tolist():
+        for school in np.argsort(dist[child], kind="stable").tolist():
+            if left[school] > 0:
+                left[school] -= 1
+                got[child] = school
+                break
+    return got
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.integers(1, 8),
+    st.integers(0, 2**32 - 1),
+)
+def test_overflow_is_the_serial_dictatorship_by_distance(n: int, m: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    dist = rng.random((n, m))
+    order_key = rng.permutation(n).astype(np.int64)
+    seats = rng.integers(0, 6, m).astype(np.int32)
+    got = _nearest_with_seats(dist, order_key, seats)
+    assert got.tolist() == _serial_dictatorship(dist, order_key, seats)
