@@ -168,9 +168,10 @@ def test_results_per_school_show_masked_names_only(tmp_path: Path) -> None:
     everything = "".join(p.read_text(encoding="utf-8") for p in folder.rglob("*") if p.is_file())
     for name in NAMES:
         assert name not in everything  # no full name anywhere in the published folder
-    # admitted lists are in priority order: class, then lottery number
+    # admitted lists are in priority order: class (siblings first), then lottery number
     rows = [r for r in lists["A"]["admitted"] if r["stage"] == "choice"]
-    assert rows == sorted(rows, key=lambda r: (r["class"], r["lottery"]))
+    assert rows == sorted(rows, key=lambda r: (r["rank"], r["lottery"]))
+    assert all(r["rank"] // 2 == r["class"] for r in rows)  # rank = 2 * class + not sibling
 
 
 def test_the_same_seed_gives_the_same_result_and_another_seed_another(tmp_path: Path) -> None:

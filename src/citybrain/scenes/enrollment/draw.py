@@ -430,6 +430,7 @@ def _school_files(
 ) -> dict[str, dict[str, Any]]:
     """Each school's published list: admitted children (masked names), in priority order."""
     by_child = {a.child: a for a in inputs.applications}
+    private = {s.school_id for s in inputs.schools if s.ownership == Ownership.private.value}
     admitted: dict[str, list[dict[str, Any]]] = {s.school_id: [] for s in inputs.schools}
     applicants = {s.school_id: 0 for s in inputs.schools}
     for app in inputs.applications:
@@ -440,11 +441,14 @@ def _school_files(
             continue
         choice = next((c for c in by_child[p.child].choices if c.school_id == p.school_id), None)
         name = names.get(p.child)
+        at_private = p.school_id in private
         admitted[p.school_id].append(
             {
                 "child": p.child,
                 "name": mask_text(MaskKind.name, name) if name else None,
-                "class": choice.priority_class if choice else None,
+                # the class the draw used: private schools admit by lottery alone
+                "class": (0 if at_private else choice.priority_class) if choice else None,
+                "rank": _rank(inputs, choice, at_private) if choice else None,
                 "sibling": choice.sibling if choice else False,
                 "stage": p.stage.name,
                 "lottery": f"{p.lottery:016x}",
@@ -454,7 +458,7 @@ def _school_files(
     for s in inputs.schools:
         rows = sorted(
             admitted[s.school_id],
-            key=lambda r: (r["stage"] != "choice", r["class"] or 0, r["lottery"]),
+            key=lambda r: (r["stage"] != "choice", r["rank"] or 0, r["lottery"]),
         )
         out[s.school_id] = {
             "school_id": s.school_id,
