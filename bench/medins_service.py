@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 SCALE = os.environ.get("CITYBRAIN_BENCH_MEDINS_SCALE", "0.0003")
 RATE = float(os.environ.get("CITYBRAIN_BENCH_MEDINS_RATE", "1000"))
 SECONDS = float(os.environ.get("CITYBRAIN_BENCH_MEDINS_SECONDS", "10"))
-TOKENS = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_TOKENS", "20000"))
-PEOPLE = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_PEOPLE", "300"))
+TOKENS = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_TOKENS", "5000"))
+PEOPLE = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_PEOPLE", "200"))
 CONNECTIONS = 32
 CITY, PROVINCE = "370100", "370000"
 CST = timezone(timedelta(hours=8))

@@ -294,3 +294,41 @@ def test_a_scanned_voucher_settles_at_the_same_institution_only(city: City) -> N
     twice = city.client.post("/api/medins/settlements", json=body(token, "S-2"), headers=terminal)
     assert twice.status_code == 409
     assert _count(city, findings) == 0
+
+
+def test_concurrent_submissions_pay_once(city: City) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from citybrain.core.errors import CityBrainError
+    from citybrain.governance.principal import Principal, Role
+    from citybrain.scenes.medical_insurance import service as scene_service
+    from citybrain.scenes.medical_insurance import settlement
+
+    person, institution, _ = _ready(city)
+    scene = scene_service.scene_for(
+        engine=city.client.app.state.engine,  # type: ignore[attr-defined]
+        data_dir=city.data,
+        code="370100",
+    )
+    terminal = Principal(
+        subject="t", org="inst-" + institution.lower(), role=Role.service, issuer="370100"
+    )
+    same = body(city.qr(person), "R-1")
+
+    def submit(b: dict[str, Any]) -> str:
+        try:
+            return settlement.submit(
+                scene, principal=terminal, institution_id=institution, body=b
+            ).settlement_id
+        except CityBrainError as exc:
+            return f"refused {exc.status}"
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(submit, [same] * 8))
+    assert len(set(answers)) == 1 and not answers[0].startswith("refused"), answers
+    token = city.qr(person)
+    with ThreadPoolExecutor(8) as pool:
+        others = list(pool.map(submit, [body(token, f"R-{i + 2}") for i in range(8)]))
+    assert sum(not a.startswith("refused") for a in others) == 1, others
+    assert sorted(a for a in others if a.startswith("refused"))[0] == "refused 409"
+    assert _count(city, settlements) == 2

@@ -23,7 +23,8 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
@@ -207,6 +208,10 @@ class Memory:
     lock: threading.Lock
     history: OrderedDict[str, list[Settlement]]
     answers: OrderedDict[tuple[str, str], tuple[str, dict[str, Any]]]
+    # submissions of a transaction id being settled right now: a retry waits for the first
+    inflight: dict[tuple[str, str], Future[tuple[str, dict[str, Any]]]] = field(
+        default_factory=dict
+    )
 
 
 def memory(scene: Scene) -> Memory:
@@ -454,17 +459,7 @@ def _prepare(
     """Do everything but the commit: an answer for a retry, else the write to commit."""
     moment = now_utc(now)
     inst = institution(scene, institution_id)
-    txn = body.get("txn_id") if isinstance(body, dict) else None
     digest = body_hash(body) if isinstance(body, dict) else ""
-    key = (institution_id, txn) if isinstance(txn, str) else None
-    if key is not None:
-        # answers of this process are in memory; older ones are looked up only when the
-        # token is refused or the transaction id is taken (a retry always meets one of them)
-        mem = memory(scene)
-        with mem.lock:
-            remembered = mem.answers.get(key)
-        if remembered is not None:
-            return _replay(remembered, digest, key[1])
     parsed = validate(scene, body, now=moment)
     try:
         checked, scanned = _voucher(scene, principal, parsed, institution_id, moment)
@@ -588,6 +583,53 @@ def _finish(
     return pending.answer
 
 
+_Entry = tuple[str, Any]
+
+
+def _enter(scene: Scene, key: tuple[str, str] | None) -> _Entry:
+    """Say how to go on: ("answer", stored), ("wait", future of the first) or ("own", future)."""
+    if key is None:
+        return ("own", None)
+    mem = memory(scene)
+    with mem.lock:
+        # answers of this process are in memory; older ones are looked up only when the
+        # token is refused or the transaction id is taken (a retry always meets one of them)
+        remembered = mem.answers.get(key)
+        if remembered is not None:
+            return ("answer", remembered)
+        running = mem.inflight.get(key)
+        if running is not None:
+            return ("wait", running)
+        mine: Future[tuple[str, dict[str, Any]]] = Future()
+        mem.inflight[key] = mine
+        return ("own", mine)
+
+
+def _leave(
+    scene: Scene,
+    key: tuple[str, str] | None,
+    mine: Future[tuple[str, dict[str, Any]]] | None,
+    outcome: SettlementAnswer | BaseException,
+    digest: str,
+) -> None:
+    """Hand the outcome to submissions of the same transaction id that waited for it."""
+    if key is None or mine is None:
+        return
+    mem = memory(scene)
+    with mem.lock:
+        mem.inflight.pop(key, None)
+    if isinstance(outcome, BaseException):
+        mine.set_exception(outcome)
+    else:
+        mine.set_result((digest, outcome.model_dump(mode="json", exclude={"replayed"})))
+
+
+def _key_of(body: Any, institution_id: str) -> tuple[tuple[str, str] | None, str]:
+    txn = body.get("txn_id") if isinstance(body, dict) else None
+    key = (institution_id, txn) if isinstance(txn, str) else None
+    return key, body_hash(body) if isinstance(body, dict) else ""
+
+
 def submit(
     scene: Scene,
     *,
@@ -597,6 +639,29 @@ def submit(
     now: datetime | None = None,
 ) -> SettlementAnswer:
     """Settle one submission of a terminal, answering only after it is committed."""
+    key, digest = _key_of(body, institution_id)
+    while True:
+        how, value = _enter(scene, key)
+        if how == "answer":
+            return _replay(value, digest, str(body["txn_id"]))
+        if how == "wait":
+            try:
+                stored = value.result()
+            except Exception:  # noqa: BLE001 - the first failed: this one tries on its own
+                continue
+            return _replay(stored, digest, str(body["txn_id"]))
+        try:
+            answer = _settle_now(scene, principal, institution_id, body, now)
+        except BaseException as exc:
+            _leave(scene, key, value, exc, digest)
+            raise
+        _leave(scene, key, value, answer, digest)
+        return answer
+
+
+def _settle_now(
+    scene: Scene, principal: Principal, institution_id: str, body: Any, now: datetime | None
+) -> SettlementAnswer:
     prepared = _prepare(
         scene, principal=principal, institution_id=institution_id, body=body, now=now
     )
@@ -618,16 +683,35 @@ async def submit_async(
     now: datetime | None = None,
 ) -> SettlementAnswer:
     """The same as submit for the event loop: the commit is awaited, not waited for."""
-    prepared = _prepare(
-        scene, principal=principal, institution_id=institution_id, body=body, now=now
-    )
-    if isinstance(prepared, SettlementAnswer):
-        return prepared
-    try:
-        await asyncio.wrap_future(scene.writer.submit(prepared.write))
-    except Exception as exc:  # noqa: BLE001 - _finish answers or raises what fits
-        return _finish(scene, principal, prepared, exc)
-    return _finish(scene, principal, prepared, None)
+    key, digest = _key_of(body, institution_id)
+    while True:
+        how, value = _enter(scene, key)
+        if how == "answer":
+            return _replay(value, digest, str(body["txn_id"]))
+        if how == "wait":
+            try:
+                stored = await asyncio.wrap_future(value)
+            except Exception:  # noqa: BLE001 - the first failed: this one tries on its own
+                continue
+            return _replay(stored, digest, str(body["txn_id"]))
+        try:
+            prepared = _prepare(
+                scene, principal=principal, institution_id=institution_id, body=body, now=now
+            )
+            if isinstance(prepared, SettlementAnswer):
+                answer = prepared
+            else:
+                try:
+                    await asyncio.wrap_future(scene.writer.submit(prepared.write))
+                except Exception as exc:  # noqa: BLE001 - _finish answers or raises what fits
+                    answer = _finish(scene, principal, prepared, exc)
+                else:
+                    answer = _finish(scene, principal, prepared, None)
+        except BaseException as exc:
+            _leave(scene, key, value, exc, digest)
+            raise
+        _leave(scene, key, value, answer, digest)
+        return answer
 
 
 def get_settlement(scene: Scene, *, settlement_id: str) -> dict[str, Any]:
