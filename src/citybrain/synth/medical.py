@@ -340,6 +340,7 @@ def care_year(
     adm_person = np.flatnonzero(admitted & (counts > 0))
     adm_event = starts[adm_person] + rng.integers(0, counts[adm_person])
     kind[adm_event] = 1
+    kind[(kind == 1) & (day >= YEAR_DAYS - 1)] = 0  # no admission on the year's last day
     # institutions: hospitals weighted by grade, clinics, pharmacies
     hw = np.asarray([{"三级": 4.0, "二级": 2.0}.get(g, 1.0) for g in institutions.grade[hosp]])
     # every county has hospitals, clinics and pharmacies (see county._institutions)
@@ -786,10 +787,10 @@ def _inject(
             free = [c for c in valuable if c not in taken]
             if len(free) < 3 * k:
                 continue
-            codes = rng.choice(free, size=(k, 3), replace=False)
+            codes = rng.permutation(free[: 3 * k]).reshape(k, 3)  # the dearest, spread
             offsets = np.sort(rng.choice(np.arange(1, 21), size=k, replace=False))
             base = (care.start[e] - BASE_S) // DAY * DAY + BASE_S
-            for place, code, off in zip(
+            for place, three_codes, off in zip(
                 places.tolist(), codes.tolist(), offsets.tolist(), strict=True
             ):
                 t = base + off * DAY + int(rng.integers(18 * 60, 20 * 60 + 30)) * 60
@@ -802,7 +803,7 @@ def _inject(
                     dx=np.asarray([""], dtype=object),
                     county=np.asarray([ctx.inst.county[place]], dtype=object),
                 )
-                three = np.asarray(code, np.int64)
+                three = np.asarray(three_codes, np.int64)
                 care.add_lines(
                     np.repeat(new, 3),
                     three,

@@ -76,6 +76,10 @@ def _pairs(f: Frames, left: ir.Table, extra: Conditions) -> ir.Table:
 
 def _duplicate_charge(rule: Rule, f: Frames) -> ir.Table:
     t = f.i.select("sid", "person", "inst", "code", "day", "t", "line")
+    keys = ["person", "inst", "code", "day"]
+    # only lines whose (person, institution, code, day) occurs twice can be duplicates
+    twice = t.group_by(keys).aggregate(n=t.count()).filter(lambda g: g.n > 1).select(*keys)
+    t = t.semi_join(twice, keys)
     w = ibis.window(group_by=[t.person, t.inst, t.code, t.day], order_by=[t.t, t.sid, t.line])
     t = t.mutate(prev_sid=t.sid.lag().over(w), prev_t=t.t.lag().over(w))
     hit = t.prev_sid.notnull() & ((t.prev_sid == t.sid) | (t.t - t.prev_t <= f.history_s))
@@ -265,7 +269,9 @@ def travel_table(cat: Catalogue, speed_kmh: float) -> pa.Table:
     )
 
 
-def _frames(settlements: ir.Table, items: ir.Table, rulebase: RuleBase) -> Frames:
+def _frames(
+    settlements: ir.Table, items: ir.Table, rulebase: RuleBase, *, cache: bool = False
+) -> Frames:
     s = settlements.select(
         sid=settlements.settlement_id,
         person=settlements.person_id,
@@ -290,6 +296,8 @@ def _frames(settlements: ir.Table, items: ir.Table, rulebase: RuleBase) -> Frame
         day=items.service_date,
     )
     i = s.join(it, s.sid == it.i_sid).drop("i_sid")
+    if cache:  # every rule reads these two: materialise them once on the backend
+        s, i = s.cache(), i.cache()
     cat, bundles = _catalogue_tables(rulebase.catalogue)
     return Frames(
         s=s,
@@ -301,9 +309,11 @@ def _frames(settlements: ir.Table, items: ir.Table, rulebase: RuleBase) -> Frame
     )
 
 
-def findings_expr(settlements: ir.Table, items: ir.Table, rulebase: RuleBase) -> ir.Table:
+def findings_expr(
+    settlements: ir.Table, items: ir.Table, rulebase: RuleBase, *, cache: bool = False
+) -> ir.Table:
     """One Ibis expression giving every rule's findings over these tables."""
-    f = _frames(settlements, items, rulebase)
+    f = _frames(settlements, items, rulebase, cache=cache)
     parts = []
     for rule in rulebase.rules:
         frames = f

@@ -42,10 +42,13 @@ def _select(rule: Rule, code: str = "''") -> str:
 
 
 def _duplicate(rule: Rule, h: int) -> str:
+    # only lines whose (person, institution, code, day) occurs twice can be duplicates
     return f"""{_select(rule, "code")} from (
       select sid, person, inst, code, t,
              lag(sid) over w as prev_sid, lag(t) over w as prev_t
-      from i window w as (partition by person, inst, code, day order by t, sid, line))
+      from i semi join (select person, inst, code, day from i group by all having count(*) > 1) d
+        using (person, inst, code, day)
+      window w as (partition by person, inst, code, day order by t, sid, line))
     where prev_sid is not null and (prev_sid = sid or t - prev_t <= {h})"""
 
 
@@ -82,7 +85,7 @@ def _repeated(rule: Rule, h: int) -> str:
       select sid, person, inst, code, t, lag(t) over (partition by person, code order by t, sid)
              as prev_t
       from (select distinct sid, person, inst, code, t from i
-            where kind in {kinds} and ikind = 'drug'))
+            where kind in {kinds} and ikind = 'drug') d)
     where prev_t is not null and t - prev_t <= {window}"""
 
 
@@ -154,13 +157,13 @@ def prepare(con: duckdb.DuckDBPyConnection, data: Path, rulebase: RuleBase) -> N
     """Create the views s and i and the small tables the statements read."""
     s_path, i_path = data_paths(data)
     con.execute(
-        f"""create or replace view s as select settlement_id as sid, person_id as person,
+        f"""create or replace temp table s as select settlement_id as sid, person_id as person,
         institution_id as inst, city_code as city, kind, diagnosis as dx, sex,
         cast(age as bigint) as age, epoch(settled_at)::bigint as t, epoch(start)::bigint as ts,
         epoch("end")::bigint as te, total from read_parquet('{s_path}')"""
     )
     con.execute(
-        f"""create or replace view i as select s.*, it.line, it.code, it.kind as ikind,
+        f"""create or replace temp table i as select s.*, it.line, it.code, it.kind as ikind,
         it.quantity as qty, it.unit_price as price, it.service_date as day
         from s join read_parquet('{i_path}') it on it.settlement_id = s.sid"""
     )
