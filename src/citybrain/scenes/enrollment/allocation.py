@@ -8,8 +8,8 @@ child-optimal stable matching, so the result does not depend on the order of pro
 
 Stage 2 (统筹) offers children placed nowhere a seat at the nearest public school of their
 market with seats left. Children are served in the order of their best priority rank, then
-lottery; that is deferred acceptance again, with everyone ranking the schools by distance and
-every school ranking children in that one common order (a serial dictatorship).
+lottery, each taking the nearest open seat (a serial dictatorship), computed in vector steps
+between the moments a school fills.
 """
 
 from __future__ import annotations
@@ -236,15 +236,46 @@ def _distance2(a: F64, b: F64) -> F64:
 def _nearest_with_seats(dist: F64, order_key: IntArray, seats: I32) -> I32:
     """Serial dictatorship by distance: each child, in order_key order, takes the nearest seat.
 
-    Everyone ranks the open schools by distance and DA runs with one common order; with a
-    common order DA is exactly the serial dictatorship.
+    Done in steps between school closings: every child waiting picks its nearest open school;
+    in order, the children before the first one who finds its pick full are final (no school
+    closed before them); the schools that just filled close, the children who picked them pick
+    again, and the next step starts at that first refused child.
     """
     n, per = dist.shape
-    ranking = np.argsort(dist, axis=1, kind="stable")
-    ptr = np.arange(n + 1, dtype=np.int64) * per
-    got, _, _ = deferred_acceptance(
-        ptr, ranking.reshape(-1).astype(np.int32), np.repeat(order_key, per), seats
-    )
+    got = np.full(n, UNPLACED, dtype=np.int32)
+    left = seats.astype(np.int64).copy()
+    shut = left <= 0
+    if shut.all():
+        return got
+    masked = np.where(shut, np.inf, dist)
+    order = np.argsort(order_key, kind="stable")
+    choice = np.argmin(masked[order], axis=1)
+    start = 0
+    while start < n:
+        pick = choice[start:]
+        # position of each waiting child among those picking the same school, in order
+        by_school = np.argsort(pick.astype(np.int16 if per < 32_000 else np.int64), kind="stable")
+        sorted_pick = pick[by_school]
+        first = np.flatnonzero(np.r_[True, sorted_pick[1:] != sorted_pick[:-1]])
+        position = np.empty(pick.shape[0], dtype=np.int64)
+        position[by_school] = np.arange(pick.shape[0]) - np.repeat(
+            first, np.diff(np.r_[first, pick.shape[0]])
+        )
+        refused = np.flatnonzero(position >= left[pick])
+        stop = int(refused[0]) if refused.shape[0] else pick.shape[0]
+        final = pick[:stop]
+        got[order[start : start + stop]] = final.astype(np.int32)
+        left -= np.bincount(final, minlength=per)
+        start += stop
+        if start >= n:
+            break
+        closed = left <= 0
+        if closed.all():
+            break
+        masked[:, closed & ~shut] = np.inf  # only the newly closed columns
+        shut = closed
+        again = start + np.flatnonzero(closed[choice[start:]])
+        choice[again] = np.argmin(masked[order[again]], axis=1)
     return got
 
 
