@@ -297,3 +297,38 @@ def test_an_acknowledged_settlement_survives_kill_9(prepared_root: Path, tmp_pat
     finally:
         node.kill()
         node.wait(timeout=10)
+
+
+def test_findings_of_a_sweep_file_become_cases(prepared_root: Path, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = fresh_nodes(prepared_root, tmp_path)
+    scene_service.forget_scenes()
+    rows = [
+        {
+            "rule_id": "MI09_time_conflict",
+            "rule_version": 1,
+            "grade": "block",
+            "settlement_id": f"S{i}",
+            "person_id": f"P{i}",
+            "institution_id": "M370102H20000",
+            "item_code": "",
+            "reason": "MI09_time_conflict v1: two places at once",
+        }
+        for i in range(4)
+    ]
+    file = tmp_path / "findings.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), file)
+    assert cli("medins", "findings", "import", str(file), "--data", str(data))["stored"] == 4
+    assert cli("medins", "findings", "import", str(file), "--data", str(data))["skipped"] == 4
+    opened = cli("medins", "cases", "open", "--source", "sweep", "--data", str(data))
+    assert opened["opened"] == 4
+    listed = cli("medins", "cases", "list", "--stage", "first_review", "--data", str(data))
+    assert {c["rule_id"] for c in listed} == {"MI09_time_conflict"}
+    assert all(c["event_case_id"] for c in listed)
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist([{"rule_id": "x"}]), bad)
+    result = runner.invoke(app, ["medins", "findings", "import", str(bad), "--data", str(data)])
+    assert result.exit_code != 0 and "finding" in str(result.exception)
+    scene_service.forget_scenes()

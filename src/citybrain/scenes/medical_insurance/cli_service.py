@@ -82,6 +82,15 @@ def _json_file(path: str) -> Any:
             raise BadInput(f"{path} is neither JSON nor JSON Lines: {exc}") from None
 
 
+def _parquet_rows(path: str) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_table(path).to_pylist())
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot read the Parquet file {path}: {exc}") from None
+
+
 def _echo(value: Any) -> None:
     if hasattr(value, "model_dump"):
         value = value.model_dump(mode="json")
@@ -175,12 +184,14 @@ def settle(
 
 @findings_app.command("import")
 def import_findings(
-    file: str = typer.Argument(..., help="findings of a sweep: a JSON list or JSON Lines"),
+    file: str = typer.Argument(
+        ..., help="findings of a sweep: Parquet (medins sweep --out), a JSON list or JSON Lines"
+    ),
     data: Path = DATA,
 ) -> None:
     """Store the findings of a batch sweep (each once)."""
     scene, _ = _open(data)
-    raw = _json_file(file)
+    raw = _parquet_rows(file) if file.endswith(".parquet") else _json_file(file)
     if isinstance(raw, dict):
         raw = raw.get("findings", [raw])
     try:

@@ -84,6 +84,14 @@ def institution_of(scene: Scene, principal: Principal) -> str:
             orgs = {r.org: r.institution_id for r in conn.execute(select(terminals))}
         scene.extra["terminal_orgs"] = orgs
     found = orgs.get(principal.org)
+    if found is None and principal.role is Role.service:
+        # a terminal added by another process of the node (the command line) since
+        with scene.engine.connect() as conn:
+            row = conn.execute(
+                select(terminals.c.institution_id).where(terminals.c.org == principal.org)
+            ).first()
+        if row is not None:
+            found = orgs[principal.org] = str(row.institution_id)
     if found is None or principal.role is not Role.service:
         raise Forbidden(
             "only a registered terminal of a designated institution may do this "

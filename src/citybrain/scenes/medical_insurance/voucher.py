@@ -337,16 +337,21 @@ def issue_token(
 # the voucher cache and the replay store
 
 
-def _cache(scene: Scene) -> dict[str, VoucherInfo | None]:
-    cache: dict[str, VoucherInfo | None] = scene.extra.setdefault("vouchers", {})
+# a device change made by another process of the node takes effect here within this time
+CACHE_SECONDS = 10.0
+
+
+def _cache(scene: Scene) -> dict[str, tuple[float, VoucherInfo | None]]:
+    cache: dict[str, tuple[float, VoucherInfo | None]] = scene.extra.setdefault("vouchers", {})
     return cache
 
 
 def voucher_info(scene: Scene, voucher_id: str) -> VoucherInfo | None:
-    """Return a voucher's binding and masked view, cached in the process."""
+    """Return a voucher's binding and masked view, cached in the process for a few seconds."""
     cache = _cache(scene)
-    if voucher_id in cache:
-        return cache[voucher_id]
+    cached = cache.get(voucher_id)
+    if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
+        return cached[1]
     with scene.engine.connect() as conn:
         row = conn.execute(select(vouchers).where(vouchers.c.voucher_id == voucher_id)).first()
     info = None
@@ -371,7 +376,7 @@ def voucher_info(scene: Scene, voucher_id: str) -> VoucherInfo | None:
         )
     if len(cache) > 200_000:
         cache.clear()
-    cache[voucher_id] = info
+    cache[voucher_id] = (time.monotonic(), info)
     return info
 
 
