@@ -18,7 +18,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
@@ -260,22 +259,13 @@ def verify(
     )
 
 
-def _register_sources(con: Any, engine: Engine, data_dir: Path, names: Sequence[str]) -> None:
-    """Make the questions' tables visible as department.name views over their snapshots."""
-    registered: set[str] = set()
-    for q in names:
-        for dataset in QUESTIONS[q].tables:
-            if dataset in registered:
-                continue
-            department, table_name = dataset.split("/", 1)
-            table, _owner = sources.snapshot(engine=engine, data_dir=data_dir, dataset=dataset)
-            con.execute(f'create schema if not exists "{department}"')
-            con.register(f"__{department}__{table_name}", table)
-            con.execute(
-                f'create view "{department}"."{table_name}" as '
-                f'select * from "__{department}__{table_name}"'
-            )
-            registered.add(dataset)
+def _sql_for(engine: Engine, data_dir: Path, question: str) -> str:
+    """The question's set-wise SQL over the current snapshots of its tables."""
+    sql = _SETWISE[question]
+    for dataset in QUESTIONS[question].tables:
+        relation, _owner = sources.snapshot(engine=engine, data_dir=data_dir, dataset=dataset)
+        sql = sql.replace(dataset.replace("/", ".") + " ", f'"{relation}" ')
+    return sql
 
 
 def verify_table(
@@ -305,21 +295,26 @@ def verify_table(
         f = facts.select(list(FACT_COLUMNS)).append_column(
             "i", pa.array(np.arange(n, dtype=np.int64))
         )
-        con = duckdb.connect()
+        sqls = {q: _sql_for(engine, data_dir, q) for q in names}
+        con = sources.cursor()
         try:
             con.register("f", f)
             con.register("zc", zones)
-            _register_sources(con, engine, data_dir, names)
-            for q in names:
-                sql = _SETWISE[q]
-                params: dict[str, Any] = {}
-                if "$months" in sql:
-                    params["months"] = terms.insurance_months
-                if "$on_date" in sql:
-                    params["on_date"] = terms.on_date
-                yes = con.execute(sql, params).fetchnumpy()["i"]
+            # one statement for every question: one execution instead of one per question
+            union = " union all ".join(
+                f"select {k} as q, i from ({sqls[q]})" for k, q in enumerate(names)
+            )
+            params: dict[str, Any] = {}
+            if "$months" in union:
+                params["months"] = terms.insurance_months
+            if "$on_date" in union:
+                params["on_date"] = terms.on_date
+            found = con.execute(union, params).fetchnumpy()
+            which = np.asarray(found["q"], dtype=np.int64)
+            rows = np.asarray(found["i"], dtype=np.int64)
+            for k, q in enumerate(names):
                 mask = np.zeros(n, dtype=np.bool_)
-                mask[np.asarray(yes, dtype=np.int64)] = True
+                mask[rows[which == k]] = True
                 answers[q] = mask
         finally:
             con.close()

@@ -45,20 +45,28 @@ VERIFICATION: dict[str, tuple[list[str], list[str], str | None]] = {
 
 
 def request_grants(
-    *, engine: Engine, data_dir: Path, code: str, counties: list[str], user: str = "enrollment"
+    *,
+    engine: Engine,
+    data_dir: Path,
+    code: str,
+    counties: list[str],
+    user: str = "enrollment",
+    prefill: bool = True,
 ) -> list[AccessRequestRead]:
-    """File the Education Bureau's records and verification requests for a season."""
+    """File the Education Bureau's verification (and, with prefill, records) requests."""
     steward = Principal(subject=f"user:{user}", org="education", role=Role.steward, issuer=code)
-    bodies = [
-        AccessRequestCreate(
-            dataset_id=RESIDENTS,
-            fields=list(PREFILL_FIELDS),
-            row_scope={"residence_county": list(counties)},
-            purpose=PURPOSE,
-            legal_basis=LEGAL_BASIS,
-            duration_days=DAYS,
+    bodies = []
+    if prefill:
+        bodies.append(
+            AccessRequestCreate(
+                dataset_id=RESIDENTS,
+                fields=list(PREFILL_FIELDS),
+                row_scope={"residence_county": list(counties)},
+                purpose=PURPOSE,
+                legal_basis=LEGAL_BASIS,
+                duration_days=DAYS,
+            )
         )
-    ]
     for dataset, (questions, fields, scope) in VERIFICATION.items():
         bodies.append(
             AccessRequestCreate(

@@ -9,6 +9,7 @@ subject filter, the gate's own SQL) and leaves its audit record.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 from deltalake import DeltaTable
 from sqlalchemy import Engine
 
@@ -33,49 +33,83 @@ REFRESH_SECONDS = 2.0
 class _Snapshot:
     version: int
     checked: float
-    table: pa.Table
+    relation: str  # the table holding this version in the process's DuckDB database
     owner: str
 
 
 _cache: dict[tuple[str, str], _Snapshot] = {}
 _lock = threading.Lock()
+# one in-memory DuckDB database per process: opening a connection costs tens of milliseconds,
+# a cursor on this one almost nothing; each snapshot is a table of it
+_db: duckdb.DuckDBPyConnection | None = None
 
 
-def snapshot(*, engine: Engine, data_dir: Path, dataset: str) -> tuple[pa.Table, str]:
-    """Return the current rows of a departmental table (cached per version) and its owner."""
+def cursor() -> duckdb.DuckDBPyConnection:
+    """Return a new cursor (its own connection) on the process's snapshot database."""
+    global _db
+    with _lock:
+        if _db is None:
+            _db = duckdb.connect()
+        return _db.cursor()
+
+
+def snapshot(*, engine: Engine, data_dir: Path, dataset: str) -> tuple[str, str]:
+    """Return the table name of a dataset's current rows (kept per version) and its owner."""
     key = (str(data_dir.resolve()), dataset)
     moment = time.monotonic()
     cached = _cache.get(key)
     if cached is not None and moment - cached.checked < REFRESH_SECONDS:
-        return cached.table, cached.owner
+        return cached.relation, cached.owner
+    department, name = dataset.split("/", 1)
+    path = tables.table_path(data_dir, department, name)
+    try:
+        dt = DeltaTable(str(path))
+    except Exception:  # deltalake raises its own TableNotFoundError and plain errors
+        raise NotFound(f"the table {dataset} is not on this node") from None
+    version = dt.version()
     with _lock:
         cached = _cache.get(key)
-        if cached is not None and moment - cached.checked < REFRESH_SECONDS:
-            return cached.table, cached.owner
-        department, name = dataset.split("/", 1)
-        path = tables.table_path(data_dir, department, name)
-        try:
-            dt = DeltaTable(str(path))
-        except Exception:  # deltalake raises its own TableNotFoundError and plain errors
-            raise NotFound(f"the table {dataset} is not on this node") from None
-        version = dt.version()
         if cached is not None and cached.version == version:
             cached.checked = moment
-            return cached.table, cached.owner
-        described = tables.describe_table(
-            engine=engine, data_dir=data_dir, department=department, name=name
-        )
-        table = tables.snapshot(dt, described.columns).to_table()
-        _cache[key] = _Snapshot(version, moment, table, described.owner_department)
-        return table, described.owner_department
+            return cached.relation, cached.owner
+    described = tables.describe_table(
+        engine=engine, data_dir=data_dir, department=department, name=name
+    )
+    rows = tables.snapshot(dt, described.columns).to_table()
+    digest = hashlib.sha256("|".join(key).encode()).hexdigest()[:16]
+    relation = f"snap_{digest}_{version}"
+    con = cursor()
+    try:
+        con.register("__incoming", rows)
+        con.execute(f'create or replace table "{relation}" as select * from __incoming')
+        con.unregister("__incoming")
+    finally:
+        con.close()
+    with _lock:
+        old = _cache.get(key)
+        _cache[key] = _Snapshot(version, moment, relation, described.owner_department)
+    if old is not None and old.relation != relation:
+        drop = cursor()
+        try:
+            drop.execute(f'drop table if exists "{old.relation}"')
+        finally:
+            drop.close()
+    return relation, described.owner_department
 
 
 def forget(data_dir: Path) -> None:
     """Drop the cached snapshots of one node (tests that replace a node's files)."""
     root = str(data_dir.resolve())
     with _lock:
-        for key in [k for k in _cache if k[0] == root]:
-            del _cache[key]
+        gone = [k for k in _cache if k[0] == root]
+        relations = [_cache.pop(k).relation for k in gone]
+    if relations:
+        con = cursor()
+        try:
+            for relation in relations:
+                con.execute(f'drop table if exists "{relation}"')
+        finally:
+            con.close()
 
 
 def record(
@@ -122,7 +156,7 @@ def gated_rows(
     `where` applies to what the reader sees (masked values stay masked), like the records API;
     `fields` are the fields it uses, refused (403, audited) when outside the reader's grant.
     """
-    table, owner = snapshot(engine=engine, data_dir=data_dir, dataset=dataset)
+    relation_name, owner = snapshot(engine=engine, data_dir=data_dir, dataset=dataset)
     decision = gate.authorize_read(
         engine=engine,
         data_dir=data_dir,
@@ -131,10 +165,17 @@ def gated_rows(
         fields=fields,
         owner=owner,
     )
-    relation, gate_params = decision.select_sql("t", table.column_names)
-    con = duckdb.connect()
+    con = cursor()
     try:
-        con.register("t", table)
+        columns = [
+            str(r[0])
+            for r in con.execute(
+                "select column_name from information_schema.columns where table_name = ? "
+                "order by ordinal_position",
+                [relation_name],
+            ).fetchall()
+        ]
+        relation, gate_params = decision.select_sql(f'"{relation_name}"', columns)
         fetched = con.sql(
             f"select * from ({relation}) where {where}", params=gate_params + params
         ).to_arrow_table()
