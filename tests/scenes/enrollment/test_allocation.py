@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from citybrain.core.errors import Unprocessable
-from citybrain.scenes.enrollment.allocation import allocate, allocate_markets
+from citybrain.scenes.enrollment.allocation import allocate, allocate_markets, lottery_ranks
 from citybrain.scenes.enrollment.models import UNPLACED, Instance, Overflow, Stage
 
 
@@ -154,3 +154,10 @@ def test_markets_in_two_processes_give_the_same_result() -> None:
 def test_inconsistent_instances_are_refused(inst: Instance, reason: str) -> None:
     with pytest.raises(Unprocessable, match=reason):
         allocate(inst)
+
+
+def test_equal_lottery_numbers_fall_back_to_the_order_of_the_children() -> None:
+    ranks = lottery_ranks(np.asarray([5, 3, 5, 1, 5], dtype=np.uint64))
+    assert ranks.tolist() == [2, 1, 3, 0, 4]
+    inst = _instance([1], [[0], [0]], lottery=[7, 7])
+    assert allocate(inst).assigned.tolist() == [0, UNPLACED]

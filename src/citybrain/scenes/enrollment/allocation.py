@@ -92,7 +92,10 @@ def _has_duplicate_choice(pref_ptr: IntArray, pref_school: I32, m: int) -> bool:
 
 def lottery_ranks(lottery: np.ndarray) -> IntArray:
     """Rank of each child's lottery number (0 = best); equal numbers fall back to the index."""
-    order = np.argsort(lottery, kind="stable")  # stable: equal numbers keep index order
+    order = np.argsort(lottery)
+    ordered = lottery[order]
+    if (ordered[1:] == ordered[:-1]).any():
+        order = np.argsort(lottery, kind="stable")  # equal numbers keep index order
     ranks = np.empty(lottery.shape[0], dtype=np.int64)
     ranks[order] = np.arange(lottery.shape[0], dtype=np.int64)
     return ranks
