@@ -65,7 +65,8 @@ def _strings(
     import pyarrow.compute as pc
 
     num = pc.utf8_lpad(pa.array(numbers.astype(str)), 8, "0")
-    return pc.binary_join_element_wise(pa.array(counties), pa.scalar(prefix), num, "")
+    joined = pc.binary_join_element_wise(pa.array(counties), pa.scalar(prefix), num, "")
+    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
 
 
 def _generate(counties_all: list[str]) -> dict[str, Any]:
