@@ -333,6 +333,13 @@ def test_cli_sample_commit_run_verify_and_tamper(tmp_path: Path) -> None:
     assert seed_file.stat().st_mode & 0o077 == 0  # the secret seed is readable by its owner only
     assert not (folder / draw.SEED).exists()
     assert runner.invoke(cli_app, ["enrollment", "draw", "commit", str(folder)]).exception
+    other = tmp_path / "other.seed"
+    again = runner.invoke(
+        cli_app, ["enrollment", "draw", "commit", str(folder), "--seed-file", str(other)]
+    )
+    assert isinstance(again.exception, Conflict) and not other.exists()  # no stray seed kept
+    absent = runner.invoke(cli_app, ["enrollment", "draw", "commit", str(tmp_path / "none")])
+    assert isinstance(absent.exception, NotFound)
     done = runner.invoke(cli_app, ["enrollment", "draw", "run", str(folder)])
     assert done.exit_code == 0 and "published: 15 children" in done.output, done.output
     done = runner.invoke(cli_app, ["enrollment", "verify", str(folder), "--commitment", commitment])

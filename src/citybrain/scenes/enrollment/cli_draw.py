@@ -20,6 +20,7 @@ from rich.table import Table
 from citybrain.core.errors import BadInput, NotFound
 from citybrain.geo import service as geo
 from citybrain.scenes.enrollment import draw as draws
+from citybrain.scenes.enrollment import lottery
 from citybrain.scenes.enrollment.models import DrawApplication, DrawChoice
 from citybrain.scenes.enrollment.rules import (
     CountyRules,
@@ -177,12 +178,23 @@ def commit(
 ) -> None:
     """Draw the secret seed, keep it outside the folder and print the commitment to publish."""
     path = _seed_path(folder, seed_file)
+    if not folder.is_dir():
+        raise NotFound(f"there is no draw folder {folder}: prepare the draw first")
     if path.exists():
         raise BadInput(f"{path} exists already: a seed is never drawn twice for one draw")
-    made = draws.commit(folder)
+    # the seed is kept before the commitment is written: a commitment without its seed would
+    # leave a draw that can never run
+    seed = lottery.new_seed()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(made.seed + "\n")
+        fh.write(seed + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        made = draws.commit(folder, seed=seed)
+    except BaseException:
+        path.unlink()
+        raise
     typer.echo(f"commitment (publish before the draw): {made.seed_sha256}")
     typer.echo(f"inputs sha256: {made.inputs_sha256}")
     typer.echo(f"secret seed kept in {path} until the draw")
