@@ -209,6 +209,13 @@ def publish(
     if season.status != "drawn":
         raise Conflict(f"the season {season_id} is {season.status}; run the draw first")
     moment = datetime.now(UTC)
+    names = {
+        school_id: school.name
+        for county in season.counties
+        for school_id, school in seasons.plan_of(
+            engine=engine, data_dir=data_dir, code=season.node_code, county=county
+        ).schools.items()
+    }
     cols = enrollment_applications.c
     with engine.begin() as conn:
         rows = conn.execute(
@@ -225,7 +232,7 @@ def publish(
                         "parent_phone": r.parent_phone,
                         "kind": "result",
                         "message": (
-                            f"录取结果已公布：{r.school_id}"
+                            f"录取结果已公布：{names.get(r.school_id, r.school_id)}"
                             + ("（统筹安排）" if r.stage == "overflow" else "")
                             if r.school_id
                             else "录取结果已公布：暂未安排学位，教育局将联系您统筹安排"

@@ -183,6 +183,9 @@ def open_season(
         year = first.year
     if not 2000 <= year <= 2100:
         raise Unprocessable(f"the year {year} is out of range (2000-2100)")
+    for name, value in (("opens_at", opens_at), ("deadline", deadline)):
+        if value is not None and not 2000 <= value.year <= 2100:
+            raise Unprocessable(f"{name} {value.isoformat()} is out of range (years 2000-2100)")
     start = _utc(opens_at) or moment
     # the rules' deadline day, to its end in China Standard Time
     ruled = datetime.combine(first.calendar.deadline, datetime.max.time(), tzinfo=CST)

@@ -35,6 +35,7 @@ class _Snapshot:
     checked: float
     relation: str  # the table holding this version in the process's DuckDB database
     owner: str
+    columns: list[str]
 
 
 _cache: dict[tuple[str, str], _Snapshot] = {}
@@ -55,11 +56,16 @@ def cursor() -> duckdb.DuckDBPyConnection:
 
 def snapshot(*, engine: Engine, data_dir: Path, dataset: str) -> tuple[str, str]:
     """Return the table name of a dataset's current rows (kept per version) and its owner."""
+    found = _current(engine=engine, data_dir=data_dir, dataset=dataset)
+    return found.relation, found.owner
+
+
+def _current(*, engine: Engine, data_dir: Path, dataset: str) -> _Snapshot:
     key = (str(data_dir.resolve()), dataset)
     moment = time.monotonic()
     cached = _cache.get(key)
     if cached is not None and moment - cached.checked < REFRESH_SECONDS:
-        return cached.relation, cached.owner
+        return cached
     department, name = dataset.split("/", 1)
     path = tables.table_path(data_dir, department, name)
     try:
@@ -71,7 +77,7 @@ def snapshot(*, engine: Engine, data_dir: Path, dataset: str) -> tuple[str, str]
         cached = _cache.get(key)
         if cached is not None and cached.version == version:
             cached.checked = moment
-            return cached.relation, cached.owner
+            return cached
     described = tables.describe_table(
         engine=engine, data_dir=data_dir, department=department, name=name
     )
@@ -87,14 +93,16 @@ def snapshot(*, engine: Engine, data_dir: Path, dataset: str) -> tuple[str, str]
         con.close()
     with _lock:
         old = _cache.get(key)
-        _cache[key] = _Snapshot(version, moment, relation, described.owner_department)
+        made = _cache[key] = _Snapshot(
+            version, moment, relation, described.owner_department, rows.column_names
+        )
     if old is not None and old.relation != relation:
         drop = cursor()
         try:
             drop.execute(f'drop table if exists "{old.relation}"')
         finally:
             drop.close()
-    return relation, described.owner_department
+    return made
 
 
 def forget(data_dir: Path) -> None:
@@ -156,26 +164,18 @@ def gated_rows(
     `where` applies to what the reader sees (masked values stay masked), like the records API;
     `fields` are the fields it uses, refused (403, audited) when outside the reader's grant.
     """
-    relation_name, owner = snapshot(engine=engine, data_dir=data_dir, dataset=dataset)
+    found = _current(engine=engine, data_dir=data_dir, dataset=dataset)
     decision = gate.authorize_read(
         engine=engine,
         data_dir=data_dir,
         principal=principal,
         dataset_id=dataset,
         fields=fields,
-        owner=owner,
+        owner=found.owner,
     )
     con = cursor()
     try:
-        columns = [
-            str(r[0])
-            for r in con.execute(
-                "select column_name from information_schema.columns where table_name = ? "
-                "order by ordinal_position",
-                [relation_name],
-            ).fetchall()
-        ]
-        relation, gate_params = decision.select_sql(f'"{relation_name}"', columns)
+        relation, gate_params = decision.select_sql(f'"{found.relation}"', found.columns)
         fetched = con.sql(
             f"select * from ({relation}) where {where}", params=gate_params + params
         ).to_arrow_table()
