@@ -25,4 +25,3 @@ def test_empty_or_dot_segments_are_bad_requests(tmp_path: Path, path: str) -> No
         response = client.patch(path, json={"a": {"type": "Property", "value": 1}})
     assert response.status_code == 400
     assert response.json()["type"].endswith("/BadRequestData")
-

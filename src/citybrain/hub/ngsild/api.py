@@ -66,8 +66,12 @@ KNOWN_PARAMETERS = frozenset(
 )
 
 
-def check_headers(request: Request) -> None:
-    """Refuse unknown parameters, an Accept no endpoint can meet, a body without a length."""
+async def check_headers(request: Request) -> None:
+    """Refuse unknown parameters, an Accept no endpoint can meet, a body without a length.
+
+    Async though it awaits nothing: FastAPI runs a plain function dependency in its thread
+    pool, a thread hop on every NGSI-LD request for a few dictionary lookups.
+    """
     unknown = sorted(set(request.query_params) - KNOWN_PARAMETERS)
     if unknown:
         raise _invalid(f"unknown query parameter(s): {', '.join(unknown)}")
