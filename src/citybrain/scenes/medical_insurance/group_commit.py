@@ -14,9 +14,25 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine
+
+
+@dataclass(frozen=True)
+class Inserts:
+    """A write that is only inserts: those of one batch go as one executemany per statement."""
+
+    rows: list[tuple[Any, list[dict[str, Any]]]]
+    result: Any = None
+
+    def __call__(self, conn: Connection) -> Any:
+        for statement, rows in self.rows:
+            if rows:
+                conn.execute(statement, rows)
+        return self.result
+
 
 Write = Callable[[Connection], Any]
 # called with the results of the writes of each commit, after the commit, before the callers
@@ -78,8 +94,17 @@ class GroupWriter:
         results: list[Any] = []
         try:
             with self.engine.begin() as conn:
+                merged: dict[Any, list[dict[str, Any]]] = {}
                 for write, _ in batch:
-                    results.append(write(conn))
+                    if isinstance(write, Inserts):
+                        for statement, rows in write.rows:
+                            merged.setdefault(statement, []).extend(rows)
+                        results.append(write.result)
+                    else:
+                        results.append(write(conn))
+                for statement, rows in merged.items():
+                    if rows:
+                        conn.execute(statement, rows)
         except Exception:  # noqa: BLE001 - retried one by one below, each error to its caller
             if len(batch) == 1:
                 self._one(batch[0])

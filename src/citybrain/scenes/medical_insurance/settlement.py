@@ -37,6 +37,7 @@ from citybrain.core.errors import Conflict, NotFound, Unprocessable
 from citybrain.governance.principal import Principal
 from citybrain.scenes.medical_insurance import voucher as vouchers
 from citybrain.scenes.medical_insurance import voucher_token
+from citybrain.scenes.medical_insurance.group_commit import Inserts
 from citybrain.scenes.medical_insurance.models import (
     Finding,
     Item,
@@ -523,10 +524,19 @@ def _prepare(
         settlement_id=settlement_id,
     )
 
-    def write(conn: Connection) -> dict[str, str]:
-        conn.execute(_INSERT_SETTLEMENT, row)
-        if scanned:
-            done = conn.execute(
+    done = {
+        "audit": "settle",
+        "id": settlement_id,
+        "institution": institution_id,
+        "txn": parsed.txn_id,
+        "outcome": verdict.outcome.value,
+    }
+    write: Callable[[Connection], Any]
+    if scanned:
+
+        def write(conn: Connection) -> dict[str, str]:
+            conn.execute(_INSERT_SETTLEMENT, row)
+            attached = conn.execute(
                 update(voucher_uses)
                 .where(
                     voucher_uses.c.nonce == use["nonce"],
@@ -534,20 +544,18 @@ def _prepare(
                 )
                 .values(settlement_id=settlement_id)
             ).rowcount
-            if done != 1:
+            if attached != 1:
                 raise IntegrityError("voucher use", {}, Exception("the scan was settled already"))
-        else:
-            conn.execute(_INSERT_USE, use)
-        if found_rows:
-            conn.execute(_INSERT_FINDING, found_rows)
-        return {
-            "audit": "settle",
-            "id": settlement_id,
-            "institution": institution_id,
-            "txn": parsed.txn_id,
-            "outcome": verdict.outcome.value,
-        }
+            if found_rows:
+                conn.execute(_INSERT_FINDING, found_rows)
+            return done
 
+    else:
+        # plain inserts: the settlements of one commit go in one executemany per table
+        write = Inserts(
+            [(_INSERT_SETTLEMENT, [row]), (_INSERT_USE, [use]), (_INSERT_FINDING, found_rows)],
+            result=done,
+        )
     return _Pending(
         write=write,
         answer=answer,
