@@ -295,7 +295,9 @@ def _frames(
         price=items.unit_price,
         day=items.service_date,
     )
-    i = s.join(it, s.sid == it.i_sid).drop("i_sid")
+    # items carry only the settlement fields item rules read
+    slim = s.select("sid", "person", "inst", "kind", "sex", "age", "t")
+    i = slim.join(it, slim.sid == it.i_sid).drop("i_sid")
     if cache:  # every rule reads these two: materialise them once on the backend
         s, i = s.cache(), i.cache()
     cat, bundles = _catalogue_tables(rulebase.catalogue)
@@ -378,6 +380,7 @@ def connect(backend: str) -> Any:
     if backend == "duckdb":
         con = ibis.duckdb.connect()
         con.raw_sql("set enable_progress_bar = false")
+        con.raw_sql("set preserve_insertion_order = false")  # the findings are sorted at the end
         return con
     if backend == "spark":
         return ibis.pyspark.connect(spark_session())

@@ -163,7 +163,8 @@ def prepare(con: duckdb.DuckDBPyConnection, data: Path, rulebase: RuleBase) -> N
         epoch("end")::bigint as te, total from read_parquet('{s_path}')"""
     )
     con.execute(
-        f"""create or replace temp table i as select s.*, it.line, it.code, it.kind as ikind,
+        f"""create or replace temp table i as select s.sid, s.person, s.inst, s.kind, s.sex,
+        s.age, s.t, it.line, it.code, it.kind as ikind,
         it.quantity as qty, it.unit_price as price, it.service_date as day
         from s join read_parquet('{i_path}') it on it.settlement_id = s.sid"""
     )
@@ -189,5 +190,6 @@ def sweep_sql(data: Path, rulebase: RuleBase) -> pa.Table:
     """Run every rule as raw DuckDB SQL; the same findings as the Ibis sweep."""
     con = duckdb.connect()
     con.execute("set enable_progress_bar = false")
+    con.execute("set preserve_insertion_order = false")  # the findings are sorted at the end
     prepare(con, data, rulebase)
     return finish(con.sql(statement(rulebase)).to_arrow_table(), rulebase)
