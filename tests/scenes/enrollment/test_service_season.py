@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import test_service_setup as setup
 from test_service_setup import CITY, Scene
 
@@ -107,3 +108,32 @@ def test_close_commit_draw_publish(opened: Scene) -> None:
     assert rates["hukou_in_county"]["asked"] == len(apps)
     assert all(0 <= r["rate"] <= 1 for r in rates.values())
     assert opened.get("/api/enrollment/stats", opened.parent(apps[0]["phone"])).status_code == 403
+
+
+def test_a_commit_cut_short_resumes_with_the_seeds_it_kept(
+    opened: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _apply_all(opened)
+    assert _step(opened, "close").status_code == 200
+    real = draw.commit
+    calls = {"n": 0}
+
+    def fail_second(folder: Any, seed: str | None = None) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        return real(folder, seed)
+
+    monkeypatch.setattr(draw, "commit", fail_second)
+    with pytest.raises(OSError):
+        _step(opened, "commit")
+    folders = (opened.data / "enrollment" / "draws" / SEASON).iterdir()
+    first = next(p for p in folders if (p / draw.COMMITMENT).exists())
+    kept = draw.read_commitment(first)["seed_sha256"]
+    monkeypatch.setattr(draw, "commit", real)
+    done = _step(opened, "commit")
+    assert done.status_code == 200, done.text
+    assert done.json()["draws"][first.name]["seed_sha256"] == kept
+    assert _step(opened, "draw").status_code == 200
+    report = draw.verify(first, kept)
+    assert report.ok, report.problems

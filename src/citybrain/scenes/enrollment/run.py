@@ -26,7 +26,7 @@ from sqlalchemy import Engine, insert, select, update
 
 from citybrain.core.errors import Conflict
 from citybrain.governance.principal import Principal
-from citybrain.scenes.enrollment import draw
+from citybrain.scenes.enrollment import draw, lottery
 from citybrain.scenes.enrollment import season as seasons
 from citybrain.scenes.enrollment.models import DrawApplication, DrawChoice, Level
 from citybrain.scenes.enrollment.store import (
@@ -119,15 +119,31 @@ def commit(
                 )
             )
         folder = draws_dir(data_dir, season_id) / county
-        draw.prepare(folder, draw.build_inputs(plan.rules, entries))
-        made = draw.commit(folder)
         seed_file = _seed_path(data_dir, season_id, county)
+        if (folder / draw.COMMITMENT).exists() and seed_file.exists():
+            # committed by an earlier run of this step that stopped part-way: keep it
+            committed = draw.read_commitment(folder)
+            draws[county] = {
+                "folder": str(folder.relative_to(data_dir)),
+                **committed,
+                "children": len(entries),
+            }
+            continue
+        draw.prepare(folder, draw.build_inputs(plan.rules, entries))
+        # the seed is on disk before the commitment exists: a crash in between cannot leave
+        # a commitment whose seed is lost
+        seed = lottery.new_seed()
         seed_file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(seed_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(made.seed + "\n")
+            fh.write(seed + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        try:
+            made = draw.commit(folder, seed)
+        except Exception:
+            seed_file.unlink(missing_ok=True)
+            raise
         draws[county] = {
             "folder": str(folder.relative_to(data_dir)),
             "seed_sha256": made.seed_sha256,
