@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import signal
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -353,3 +358,110 @@ def test_query_bad_input(tmp_path: Path) -> None:
     with pytest.raises(BadInput):
         service.query(data_dir=tmp_path, after_seq=-1)
     assert service.query(data_dir=tmp_path).records == []  # no log yet
+
+
+# ---------------------------------------------------------------------------------------------
+# batch append
+
+
+def _entries(n: int, start: int = 0) -> list[dict[str, object]]:
+    return [
+        service.entry(
+            principal=STEWARD,
+            action="verify",
+            resource="enrollment/test",
+            result="allowed",
+            grant_id="g1",
+            purpose="enrollment",
+            rows=0,
+            detail={"application": f"a{i}", "answers": {"q": i % 2 == 0}},
+        )
+        for i in range(start, start + n)
+    ]
+
+
+def test_append_many_chains_checkpoints_and_fsyncs_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "BATCH_WRITE", 7)  # several pieces in one batch
+    _fill(tmp_path, 12)  # the node key exists (the first checkpoint made it)
+    synced: list[int] = []
+    real_fsync = service.os.fsync
+    monkeypatch.setattr(service.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    batch = _entries(45)
+    assert service.append_many(data_dir=tmp_path, records=batch) == 45
+    # one fsync of the log and one of the checkpoints file, for 45 records in 7 writes
+    assert len(synced) == 2
+    assert [r["seq"] for r in batch] == list(range(13, 58))
+    service.append(data_dir=tmp_path, principal=None, action="a", resource="r", result="ok")
+    report = service.verify(data_dir=tmp_path)
+    assert report.ok, report
+    assert (report.records, report.checkpoints, report.last_seq) == (58, 5, 58)
+    lines = _lines(tmp_path)
+    # the same bytes append would have written: canonical JSON, linked, hashed
+    assert lines[20] == service.canonical(batch[8]) + b"\n"
+    assert batch[0]["prev"] == orjson.loads(lines[11])["hash"]
+    assert batch[10]["hash"] == service.record_hash(batch[10])
+    cps = [orjson.loads(x) for x in service.checkpoints_path(tmp_path).read_bytes().splitlines()]
+    assert [c["seq"] for c in cps] == [10, 20, 30, 40, 50]
+    for cp in cps:
+        assert cp["hash"] == orjson.loads(lines[cp["seq"] - 1])["hash"]
+        assert cp["offset"] == sum(len(x) for x in lines[: cp["seq"]])
+    assert service.append_many(data_dir=tmp_path, records=[]) == 0
+
+
+def test_append_many_cut_short_leaves_a_verifiable_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "BATCH_WRITE", 5)
+    _fill(tmp_path, 2)
+
+    def failing() -> Iterator[dict[str, object]]:
+        yield from _entries(13)
+        raise RuntimeError("the process dies here")
+
+    with pytest.raises(RuntimeError):
+        service.append_many(data_dir=tmp_path, records=failing())
+    report = service.verify(data_dir=tmp_path)
+    # the two pieces of five written before the failure are a chained prefix, no checkpoint
+    # was signed for records that never reached the disk
+    assert report.ok, report
+    assert (report.records, report.checkpoints) == (12, 0)
+    # a line cut half-way (power lost during the write) is a torn tail, never acknowledged
+    lines = _lines(tmp_path)
+    _write(tmp_path, [*lines, lines[-1][:40]])
+    torn = service.verify(data_dir=tmp_path)
+    assert torn.ok and torn.records == 12 and torn.torn_tail
+    # the next batch repairs the tail and continues the chain
+    assert service.append_many(data_dir=tmp_path, records=_entries(10)) == 10
+    again = service.verify(data_dir=tmp_path)
+    assert again.ok and again.records == 22 and again.torn_tail is None
+    # seq 10 came in the batch cut short (unsigned); seq 20 is signed by the batch after
+    assert again.checkpoints == 1
+
+
+def test_append_many_killed_mid_batch_leaves_a_verifiable_prefix(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from citybrain.governance.audit import service\n"
+        "service.BATCH_WRITE = 50\n"
+        "records = (service.entry(principal=None, action='verify', resource='r', result='ok',\n"
+        "           detail={'application': f'a{i}'}) for i in range(10_000_000))\n"
+        "service.append_many(data_dir=Path(sys.argv[1]), records=records)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)])
+    log = service.log_path(tmp_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not log.exists() or log.stat().st_size < 300_000):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert log.stat().st_size >= 300_000
+    report = service.verify(data_dir=tmp_path)
+    assert report.ok, report
+    assert report.records > 1000
+    # the node goes on from the last whole record
+    service.append(data_dir=tmp_path, principal=None, action="a", resource="r", result="ok")
+    after = service.verify(data_dir=tmp_path)
+    assert after.ok and after.records == report.records + 1

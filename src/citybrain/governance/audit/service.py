@@ -29,7 +29,7 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -259,6 +259,106 @@ def _commit(data_dir: Path, path: Path, batch: list[_Pending]) -> None:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+# records a batch append chains and writes at a time (bounded memory for millions of records)
+BATCH_WRITE = 20_000
+
+
+def entry(
+    *,
+    principal: Principal | None,
+    action: str,
+    resource: str,
+    result: str,
+    grant_id: str | None = None,
+    purpose: str | None = None,
+    rows: int | None = None,
+    detail: dict[str, Any] | None = None,
+    at: str | None = None,
+) -> dict[str, Any]:
+    """Return one unchained record as `append` makes it (who, what, grant, purpose, rows)."""
+    return {
+        "at": at or _now(),
+        "actor": principal.label() if principal else "system",
+        "org": principal.org if principal else None,
+        "role": principal.role.value if principal else None,
+        "action": action,
+        "resource": resource,
+        "grant": grant_id,
+        "purpose": purpose,
+        "rows": rows,
+        "result": result,
+        "detail": detail or {},
+    }
+
+
+def _write_many(
+    data_dir: Path, path: Path, records: Iterable[dict[str, Any]], durable: bool
+) -> int:
+    """Chain and write records in pieces under the locks, fsync once, then the checkpoints."""
+    with _write_lock, open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            size, seq, prev = _head(data_dir, path, handle)
+            first = seq
+            offset = size
+            every = CHECKPOINT_EVERY
+            due: list[tuple[int, str, int]] = []
+            lines: list[bytes] = []
+            handle.seek(0, os.SEEK_END)
+            try:
+                for record in records:
+                    seq += 1
+                    record["seq"] = seq
+                    record["prev"] = prev
+                    prev = record["hash"] = record_hash(record)
+                    line = canonical(record) + b"\n"
+                    lines.append(line)
+                    offset += len(line)
+                    if every > 0 and seq % every == 0:
+                        due.append((seq, prev, offset))
+                    if len(lines) >= BATCH_WRITE:
+                        handle.write(b"".join(lines))
+                        lines.clear()
+                handle.write(b"".join(lines))
+                handle.flush()
+            except BaseException:
+                # what reached the file is a chained prefix; the next append reads the real end
+                _heads.pop(path, None)
+                raise
+            # one fsync for the whole batch; the checkpoints only after it, so no signed
+            # checkpoint ever covers a record that could still be lost
+            moment = time.monotonic()
+            if durable or moment - _synced.get(path, 0.0) > FSYNC_INTERVAL:
+                os.fsync(handle.fileno())
+                _synced[path] = moment
+            _heads[path] = (offset, seq, prev)
+            if due:
+                try:
+                    _write_checkpoints(data_dir, [_sign(data_dir, *d) for d in due])
+                except Exception:  # the records are safe; a later checkpoint covers them
+                    _log.exception("cannot write an audit checkpoint")
+            return seq - first
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def append_many(*, data_dir: Path, records: Iterable[dict[str, Any]], durable: bool = True) -> int:
+    """Append records made by `entry`, chained and checkpointed as `append` does; count them.
+
+    The records are chained in order, written in pieces of BATCH_WRITE lines and fsync'd once
+    at the end (durable=False: fsync'd with the next durable record or within FSYNC_INTERVAL).
+    Each record dict gets its `seq`, `prev` and `hash`. A batch cut short (a killed process, a
+    full disk) leaves a chain that verifies up to the last whole line.
+    """
+    path = log_path(data_dir).resolve()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _write_many(data_dir.resolve(), path, records, durable)
+    except OSError as exc:
+        # no evidence, no action: the caller's operation fails with this error
+        raise ServiceUnavailable(f"cannot write the audit log {path}: {exc.strerror}") from None
+
+
 def _queue(path: Path) -> _Queue:
     with _queues_lock:
         queue = _queues.get(path)
@@ -286,19 +386,16 @@ def append(
     with the next durable record or within FSYNC_INTERVAL seconds.
     """
     path = log_path(data_dir).resolve()
-    record: dict[str, Any] = {
-        "at": _now(),
-        "actor": principal.label() if principal else "system",
-        "org": principal.org if principal else None,
-        "role": principal.role.value if principal else None,
-        "action": action,
-        "resource": resource,
-        "grant": grant_id,
-        "purpose": purpose,
-        "rows": rows,
-        "result": result,
-        "detail": detail or {},
-    }
+    record = entry(
+        principal=principal,
+        action=action,
+        resource=resource,
+        result=result,
+        grant_id=grant_id,
+        purpose=purpose,
+        rows=rows,
+        detail=detail,
+    )
     mine = _Pending(record, durable=durable)
     queue = _queue(path)
     with queue.cond:
