@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,19 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, delete, insert, select
 
 from citybrain.core.db import create_engine_for, upgrade
 from citybrain.core.errors import BadInput, NotFound
 from citybrain.hub.ngsild import commits, entities, service
 from citybrain.hub.ngsild.entities import NGSI_NULL, expand_entity
 from citybrain.hub.ngsild.jsonld import ContextStore, validate_entity_id
-from citybrain.hub.ngsild.models import ngsild_entities, ngsild_entity_types, ngsild_history
+from citybrain.hub.ngsild.models import (
+    ngsild_entities,
+    ngsild_entity_types,
+    ngsild_history,
+    ngsild_tenants,
+)
 from conftest import free_port
 
 SYSTEM = {"createdAt", "modifiedAt"}
@@ -36,6 +42,25 @@ def engine(tmp_path: Path) -> Engine:
     made = create_engine_for(f"sqlite:///{tmp_path / 'store.db'}")
     upgrade(made)
     return made
+
+
+TENANTS = ("wbatch", "wsingle", "wcommit")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The store on SQLite and on the session's PostgreSQL (its test tenants removed after)."""
+    if request.param == "sqlite":
+        made = create_engine_for(f"sqlite:///{tmp_path / 'store.db'}")
+    else:
+        made = create_engine_for(request.getfixturevalue("postgres_url"))
+    upgrade(made)
+    yield made
+    with made.begin() as conn:
+        for table in (ngsild_history, ngsild_entity_types, ngsild_entities, ngsild_tenants):
+            column = table.c.name if table is ngsild_tenants else table.c.tenant
+            conn.execute(delete(table).where(column.in_(TENANTS)))
+    made.dispose()
 
 
 def _general(name: str, raw: Any, **flags: Any) -> Any:
@@ -163,23 +188,24 @@ def _stored(conn: Connection, tenant: str) -> tuple[list[Any], list[Any], list[A
     return found, types, sorted(history, key=repr) + sorted(observed)
 
 
-def test_a_batch_writes_the_rows_one_create_at_a_time_writes(engine: Engine) -> None:
+def test_a_batch_writes_the_rows_one_create_at_a_time_writes(store: Engine) -> None:
+    engine = store
     terms = ContextStore().term_map(None)
     batch = [expand_entity(_mixed(i), terms) for i in range(12)]
     created, updated, refused = service.upsert_many(
-        engine=engine, tenant="batch", entities=batch, mode="create"
+        engine=engine, tenant="wbatch", entities=batch, mode="create"
     )
     assert len(created) == 12 and not updated and not refused
     for i in range(12):
         service.create_entity(
-            engine=engine, tenant="single", entity=expand_entity(_mixed(i), terms)
+            engine=engine, tenant="wsingle", entity=expand_entity(_mixed(i), terms)
         )
     with engine.connect() as conn:
-        assert _stored(conn, "batch") == _stored(conn, "single")
+        assert _stored(conn, "wbatch") == _stored(conn, "wsingle")
         stamps = {
             r.entity["modifiedAt"]
             for r in conn.execute(
-                select(ngsild_entities.c.entity).where(ngsild_entities.c.tenant == "batch")
+                select(ngsild_entities.c.entity).where(ngsild_entities.c.tenant == "wbatch")
             )
         }
     assert len(stamps) == 1  # one write, one time stamp
@@ -223,10 +249,10 @@ def test_a_batch_refuses_duplicates_and_existing_ids_and_notifies(engine: Engine
     assert sorted(queued) == [_mixed(2)["id"], _mixed(3)["id"]]
 
 
-def _put(conn: Connection, entity_id: str, fail: bool = False) -> str:
+def _put(conn: Connection, entity_id: str, fail: bool = False, tenant: str = "") -> str:
     service.create_entity_in(
         conn,
-        tenant="",
+        tenant=tenant,
         entity={"id": entity_id, "type": ["urn:x:T"], "urn:x:p": {"type": "Property", "value": 1}},
     )
     if fail:
@@ -234,16 +260,18 @@ def _put(conn: Connection, entity_id: str, fail: bool = False) -> str:
     return entity_id
 
 
-def test_concurrent_writes_share_one_commit_and_a_failure_stays_its_own(engine: Engine) -> None:
+def test_concurrent_writes_share_one_commit_and_a_failure_stays_its_own(store: Engine) -> None:
+    engine = store
     state = type("State", (), {})()
 
     async def scenario() -> tuple[list[Any], int]:
         committer = commits.committer(state, engine)
         jobs = [
-            committer.run(lambda conn, i=i: _put(conn, f"urn:x:{i}", fail=i == 3)) for i in range(8)
+            committer.run(lambda conn, i=i: _put(conn, f"urn:x:{i}", i == 3, "wcommit"))
+            for i in range(8)
         ]
         # the same id twice: the second is a 409 of its own, seeing the first's write
-        jobs.append(committer.run(lambda conn: _put(conn, "urn:x:0")))
+        jobs.append(committer.run(lambda conn: _put(conn, "urn:x:0", tenant="wcommit")))
         results = await asyncio.gather(*jobs, return_exceptions=True)
         return results, committer.rounds
 
@@ -254,8 +282,9 @@ def test_concurrent_writes_share_one_commit_and_a_failure_stays_its_own(engine: 
     assert [r for i, r in enumerate(results) if i not in (3, 8)] == [
         f"urn:x:{i}" for i in range(8) if i != 3
     ]
+    e = ngsild_entities.c
     with engine.connect() as conn:
-        stored = set(conn.execute(select(ngsild_entities.c.id)).scalars())
+        stored = set(conn.execute(select(e.id).where(e.tenant == "wcommit")).scalars())
     assert stored == {f"urn:x:{i}" for i in range(8) if i != 3}
 
 
