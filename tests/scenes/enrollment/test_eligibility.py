@@ -124,8 +124,22 @@ def test_setwise_answers_equal_the_verification_service(scene: Scene) -> None:
     # the instance is not trivial: each criterion has yes and no answers somewhere
     for criterion in ("hukou_in_zone", "hukou_in_county", "property_in_zone"):
         assert 0 < int(np.sum(answers[criterion])) < len(facts), criterion
+    # the set-wise statement (a batch's path) gives the same answers as the lookups by key
+    setwise = eligibility.verify(
+        engine=engine,
+        data_dir=scene.data,
+        principal=education(CITY),
+        facts=facts,
+        zones=zones,
+        criteria=CRITERIA,
+        terms=TERMS,
+        season="test-setwise",
+        by_key=False,
+    )
+    assert {c: setwise[c].tolist() for c in CRITERIA} == {c: answers[c].tolist() for c in CRITERIA}
     # one audit record per question asked, naming the grant and how many answers were yes
-    batch = [r for r in _audit(scene.data) if r["detail"].get("season") == "test"]
+    records = [r for r in _audit(scene.data) if r["detail"].get("season") == "test"]
+    batch = [r for r in records if "question" in r["detail"]]
     assert {r["detail"]["question"] for r in batch} == {
         "hukou_at_address",
         "hukou_in_county",
@@ -134,6 +148,17 @@ def test_setwise_answers_equal_the_verification_service(scene: Scene) -> None:
         "social_insurance_months",
     }
     assert all(r["grant"] and r["rows"] == 0 and r["detail"]["asked"] == len(facts) for r in batch)
+    # and one per application: the questions asked, the answers, the grant of each question
+    grants = {r["detail"]["question"]: r["grant"] for r in batch}
+    per_app = [r for r in records if "application" in r["detail"]]
+    assert [r["detail"]["application"] for r in per_app] == [f.application for f in facts]
+    question_of = {c: eligibility.CRITERIA[c].question for c in CRITERIA}
+    for i, r in enumerate(per_app):
+        assert r["action"] == "verify" and r["result"] == "allowed" and r["rows"] == 0
+        assert r["detail"]["grants"] == grants
+        assert r["detail"]["answers"] == {
+            q: bool(answers[c][i]) for c, q in question_of.items() if q is not None
+        }
 
 
 def test_no_grant_no_answers(scene: Scene) -> None:

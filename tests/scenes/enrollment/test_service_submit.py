@@ -86,8 +86,12 @@ def test_submit_classifies_at_once_and_refuses_duplicates(opened: Scene) -> None
         for r in _audit(opened.data)
         if r["action"] == "verify" and r["detail"].get("season") == f"{CITY}-2027"
     ]
-    assert verified and all(r["result"] == "allowed" and r["grant"] for r in verified)
+    asked = [r for r in verified if "question" in r["detail"]]
+    assert asked and all(r["result"] == "allowed" and r["grant"] for r in asked)
     assert all(r["rows"] == 0 for r in verified)  # yes/no only, no records
+    # the application's own verification record: its questions, answers and grants
+    mine = [r for r in verified if r["detail"].get("application") == app["id"]]
+    assert mine and all(set(r["detail"]["answers"]) == set(r["detail"]["grants"]) for r in mine)
     again = opened.post(APPS, {"child_id_number": family.child_id}, parent)
     assert again.status_code == 409
     assert _count(opened) == 1 and _count(opened, enrollment_notices) == 1

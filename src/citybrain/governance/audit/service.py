@@ -122,6 +122,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def timestamp() -> str:
+    """Return the current time as the log writes it (for records made with `entry`)."""
+    return _now()
+
+
 # ---------------------------------------------------------------------------------------------
 # append
 

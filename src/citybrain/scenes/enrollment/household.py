@@ -70,13 +70,15 @@ def parent_of(*, engine: Engine, data_dir: Path, principal: Principal) -> Parent
     """Read the citizen's own resident row through the gate; refuse who is not a parent."""
     if principal.role is not Role.citizen or not principal.phone:
         raise Forbidden("the parent's pages are for citizens signed in with their phone")
-    rows = sources.gated_rows(
+    # the citizen's own rows: looked up by the gate's subject filter (their phone)
+    rows = sources.gated_lookup(
         engine=engine,
         data_dir=data_dir,
         principal=principal,
         dataset=RESIDENTS,
-        where="true",
-        params=[],
+        key=None,
+        value=None,
+        match={},
         purpose="enrollment: the parent's own household",
     )
     parents = [r for r in rows if r.get("relation_to_head") in PARENT_RELATIONS]
@@ -100,13 +102,14 @@ def parent_of(*, engine: Engine, data_dir: Path, principal: Principal) -> Parent
 
 def children_of(*, engine: Engine, data_dir: Path, code: str, parent: Parent) -> list[Child]:
     """Read the children of the parent's household under the Education Bureau's grant."""
-    rows = sources.gated_rows(
+    rows = sources.gated_lookup(
         engine=engine,
         data_dir=data_dir,
         principal=education(code),
         dataset=RESIDENTS,
-        where="household_id = ? and relation_to_head = ?",
-        params=[parent.household_id, CHILD_RELATION],
+        key="household_id",
+        value=parent.household_id,
+        match={"household_id": parent.household_id, "relation_to_head": CHILD_RELATION},
         purpose="enrollment: prefill the children of an applying parent's household",
         fields=list(PREFILL_FIELDS),
     )

@@ -5,6 +5,13 @@ a DuckDB connection for each costs tens of milliseconds, so each process keeps t
 version of a table as an Arrow table and looks for a newer version at most every
 REFRESH_SECONDS. Every read still goes through `gate.authorize_read` (grant, scope, masks,
 subject filter, the gate's own SQL) and leaves its audit record.
+
+A submission's reads name one key (the parent's phone, the household, a person's ID number):
+a scan of the snapshot costs milliseconds per table, so each snapshot also keeps, built on
+first use, an index of row numbers per value of a key column. `gated_lookup` takes the rows
+of one key from it and applies the gate's decision to each row (`ReadDecision.apply_record`:
+row scope, subject filter, fields, masks), so the reader sees exactly what the gate's SQL
+would show it.
 """
 
 from __future__ import annotations
@@ -12,11 +19,12 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 from deltalake import DeltaTable
 from sqlalchemy import Engine
 
@@ -36,6 +44,28 @@ class _Snapshot:
     relation: str  # the table holding this version in the process's DuckDB database
     owner: str
     columns: list[str]
+    rows: pa.Table  # the same rows, for lookups by key
+    indexes: dict[str, dict[Any, list[int]]] = field(default_factory=dict)
+
+    def index(self, column: str) -> dict[Any, list[int]]:
+        """Return the row numbers of each value of a column (built once per version)."""
+        found = self.indexes.get(column)
+        if found is None:
+            found = {}
+            for number, value in enumerate(self.rows.column(column).to_pylist()):
+                if value is not None:  # SQL equality never matches NULL
+                    found.setdefault(value, []).append(number)
+            with _lock:
+                found = self.indexes.setdefault(column, found)
+        return found
+
+    def lookup(self, column: str, value: Any) -> list[dict[str, Any]]:
+        """Return the raw rows whose column equals the value."""
+        numbers = self.index(column).get(value)
+        if not numbers:
+            return []
+        # slices, not take: the snapshot's string columns may be string_view, which take lacks
+        return [self.rows.slice(n, 1).to_pylist()[0] for n in numbers]
 
 
 _cache: dict[tuple[str, str], _Snapshot] = {}
@@ -94,7 +124,7 @@ def _current(*, engine: Engine, data_dir: Path, dataset: str) -> _Snapshot:
     with _lock:
         old = _cache.get(key)
         made = _cache[key] = _Snapshot(
-            version, moment, relation, described.owner_department, rows.column_names
+            version, moment, relation, described.owner_department, rows.column_names, rows
         )
     if old is not None and old.relation != relation:
         drop = cursor()
@@ -103,6 +133,11 @@ def _current(*, engine: Engine, data_dir: Path, dataset: str) -> _Snapshot:
         finally:
             drop.close()
     return made
+
+
+def current(*, engine: Engine, data_dir: Path, dataset: str) -> _Snapshot:
+    """Return the current snapshot of a dataset (for lookups by key behind a gate decision)."""
+    return _current(engine=engine, data_dir=data_dir, dataset=dataset)
 
 
 def forget(data_dir: Path) -> None:
@@ -182,6 +217,55 @@ def gated_rows(
         rows: list[dict[str, Any]] = fetched.to_pylist() if fetched is not None else []
     finally:
         con.close()
+    record(
+        data_dir=data_dir,
+        decision=decision,
+        rows=len(rows),
+        detail={"scene": "enrollment", "purpose": purpose},
+        durable=durable,
+    )
+    return rows
+
+
+def gated_lookup(
+    *,
+    engine: Engine,
+    data_dir: Path,
+    principal: Principal,
+    dataset: str,
+    key: str | None,
+    value: Any,
+    match: dict[str, Any],
+    purpose: str,
+    fields: list[str] | None = None,
+    durable: bool = False,
+) -> list[dict[str, Any]]:
+    """Read the rows of one key value that the gate shows this principal, as `gated_rows` does.
+
+    `key` is a raw column to look the rows up by; None looks them up by the decision's subject
+    column (a citizen's own rows). `match` are equalities on what the reader sees (masked
+    values stay masked), like `where` of `gated_rows`. Same decision, same audit record.
+    """
+    found = _current(engine=engine, data_dir=data_dir, dataset=dataset)
+    decision = gate.authorize_read(
+        engine=engine,
+        data_dir=data_dir,
+        principal=principal,
+        dataset_id=dataset,
+        fields=fields,
+        owner=found.owner,
+    )
+    if key is None:
+        if decision.subject is None:
+            raise ValueError("a lookup by subject needs a decision with a subject filter")
+        key, value = decision.subject
+    rows: list[dict[str, Any]] = []
+    for raw in found.lookup(key, value):
+        shown = decision.apply_record(raw)
+        if shown is not None and all(
+            (seen := shown.get(k)) is not None and seen == v for k, v in match.items()
+        ):
+            rows.append(shown)
     record(
         data_dir=data_dir,
         decision=decision,
