@@ -210,3 +210,36 @@ def test_known_anonymous_role_stands_in_for_a_token(tmp_path: Path) -> None:
     with TestClient(app) as client:
         body = client.get("/auth/whoami").json()
     assert body["anonymous"] is True and body["role"] == "operator"
+
+
+def test_verified_tokens_are_cached_until_they_expire(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from citybrain.governance.identity import tokens
+
+    token = issue_token(
+        data_dir=tmp_path, issuer="370000", subject="a", org="bureau", role="operator", ttl=60
+    )
+    first = verify_token(data_dir=tmp_path, issuer="370000", token=token)
+    assert tokens.cached_principal(data_dir=tmp_path, issuer="370000", token=token) == first
+    # another issuer or another folder does not share the entry
+    assert tokens.cached_principal(data_dir=tmp_path, issuer="370100", token=token) is None
+    with pytest.raises(Unauthorized):
+        verify_token(data_dir=tmp_path, issuer="370100", token=token)
+    # past its expiry (and the leeway) the cached token is refused as the signature check would
+    later = time.time() + 60 + tokens.LEEWAY_SECONDS + 1
+    monkeypatch.setattr(tokens, "_clock", lambda: later)
+    assert tokens.cached_principal(data_dir=tmp_path, issuer="370000", token=token) is None
+    # a token that expired is refused by the full check, and so never enters the cache
+    old = issue_token(
+        data_dir=tmp_path,
+        issuer="370000",
+        subject="a",
+        org="bureau",
+        role="operator",
+        ttl=60,
+        now=time.time() - 120,
+    )
+    with pytest.raises(Unauthorized, match="expired"):
+        verify_token(data_dir=tmp_path, issuer="370000", token=old)
+    assert tokens.cached_principal(data_dir=tmp_path, issuer="370000", token=old) is None

@@ -15,6 +15,8 @@ from citybrain.core.errors import ServiceUnavailable
 
 KEY_FILE = "keys/node_ed25519.pem"
 _cache: dict[Path, Ed25519PrivateKey] = {}
+# by the folder as given: resolving the path is a system call on every signed or checked token
+_by_dir: dict[Path, Ed25519PrivateKey] = {}
 
 
 def key_path(data_dir: Path) -> Path:
@@ -24,9 +26,14 @@ def key_path(data_dir: Path) -> Path:
 
 def node_key(data_dir: Path) -> Ed25519PrivateKey:
     """Load the node's private key, creating it (mode 0600) on first use."""
+    known = _by_dir.get(data_dir)
+    if known is not None:
+        return known
     path = key_path(data_dir).resolve()
     cached = _cache.get(path)
     if cached is not None:
+        if data_dir.is_absolute():  # a relative folder means another one after a chdir
+            _by_dir[data_dir] = cached
         return cached
     try:
         if not path.exists():

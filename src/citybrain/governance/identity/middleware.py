@@ -9,7 +9,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from citybrain.core.errors import BadInput, CityBrainError, Unauthorized
 from citybrain.core.problems import problem
-from citybrain.governance.identity.tokens import verify_token
+from citybrain.governance.identity.tokens import cached_principal, verify_token
 from citybrain.governance.principal import Principal, Role
 
 # Paths anyone may call: liveness, versions, the public pages and their assets, the OpenAPI
@@ -99,6 +99,11 @@ class AuthMiddleware:
         if authorization:
             scheme, _, credential = authorization.partition(" ")
             if scheme.lower() == "bearer" and credential.strip():
+                known = cached_principal(
+                    data_dir=self.data_dir, issuer=self.issuer, token=credential.strip()
+                )
+                if known is not None:
+                    return known  # verified before and not expired: skip the peer decode
                 if self.peer_resolver is not None:
                     peer = self.peer_resolver(credential.strip())
                     if peer is not None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,12 @@ DEFAULT_TTL = 3600
 MAX_TTL = 366 * 24 * 3600
 # clocks of nodes in one province drift a little; a few seconds of leeway, not more
 LEEWAY_SECONDS = 5
+# Tokens this node verified, until they expire: a signature check is most of what a request's
+# authentication costs, and a token never changes (nothing revokes a token before its expiry).
+VERIFIED_CACHE_SIZE = 10_000
+_verified: OrderedDict[tuple[str, str, str], tuple[Principal, float]] = OrderedDict()
+_verified_lock = threading.Lock()
+_clock = time.time
 
 
 def issue_token(
@@ -57,6 +65,36 @@ def issue_token(
 
 def verify_token(*, data_dir: Path, issuer: str, token: str) -> Principal:
     """Check a token's signature, issuer and expiry and return its principal, or raise 401."""
+    hit = cached_principal(data_dir=data_dir, issuer=issuer, token=token)
+    if hit is not None:
+        return hit
+    key = (str(data_dir), issuer, token)
+    principal, expires = _verify(data_dir=data_dir, issuer=issuer, token=token)
+    with _verified_lock:
+        _verified[key] = (principal, expires)
+        if len(_verified) > VERIFIED_CACHE_SIZE:
+            _verified.popitem(last=False)
+    return principal
+
+
+def cached_principal(*, data_dir: Path, issuer: str, token: str) -> Principal | None:
+    """Return the principal of a token this node verified before and that is still valid."""
+    key = (str(data_dir), issuer, token)
+    with _verified_lock:
+        hit = _verified.get(key)
+        if hit is None or _clock() >= hit[1]:
+            return None
+        _verified.move_to_end(key)
+        return hit[0]
+
+
+def forget_verified() -> None:
+    """Drop the verified-token cache (tests, or after the node key changed)."""
+    with _verified_lock:
+        _verified.clear()
+
+
+def _verify(*, data_dir: Path, issuer: str, token: str) -> tuple[Principal, float]:
     try:
         claims = jwt.decode(
             token,
@@ -80,7 +118,7 @@ def verify_token(*, data_dir: Path, issuer: str, token: str) -> Principal:
     if not isinstance(org, str) or not org:
         raise Unauthorized("the token names no organisation")
     phone = claims.get("phone")
-    return Principal(
+    principal = Principal(
         subject=str(claims["sub"]),
         org=org,
         role=role,
@@ -88,3 +126,4 @@ def verify_token(*, data_dir: Path, issuer: str, token: str) -> Principal:
         token_id=str(claims.get("jti")) if claims.get("jti") else None,
         phone=phone if isinstance(phone, str) else None,
     )
+    return principal, float(claims["exp"]) + LEEWAY_SECONDS
