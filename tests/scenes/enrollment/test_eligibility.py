@@ -212,3 +212,41 @@ def test_entry_grades_from_the_birth_date() -> None:
     assert entry_level(date(2021, 9, 1), 2027, ages) is None
     assert entry_level(date(2014, 12, 1), 2027, ages) is Level.junior
     assert entry_level(date(2010, 1, 1), 2027, ages) is None
+
+
+def test_revoked_grant_stops_the_next_call_at_once(scene: Scene) -> None:
+    from citybrain.governance.sharing import service as sharing
+
+    scene.grant_verification()
+    engine = scene.client.app.state.engine  # type: ignore[attr-defined]
+    facts = _facts(scene.data, 3)
+
+    def ask() -> dict[str, Any]:
+        return eligibility.verify(
+            engine=engine,
+            data_dir=scene.data,
+            principal=education(CITY),
+            facts=facts,
+            zones=_zones(scene.data),
+            criteria=["social_insurance", "hukou_in_county"],
+            terms=TERMS,
+            season="test",
+        )
+
+    assert set(ask()) == {"social_insurance", "hukou_in_county"}
+    held = sharing.active_grant(
+        engine=engine,
+        dataset_id="human_resources/social_insurance",
+        org="education",
+        kind="verification",
+    )
+    assert held is not None
+    owner = Principal(subject="u", org="human_resources", role=Role.steward, issuer=CITY)
+    sharing.revoke_grant(
+        engine=engine, data_dir=scene.data, principal=owner, grant_id=str(held.id), reason="r"
+    )
+    with pytest.raises(Forbidden, match="no active verification grant"):
+        ask()
+    last = _audit(scene.data)[-1]
+    assert (last["action"], last["result"]) == ("verify", "refused")
+    assert last["detail"]["question"] == "social_insurance_months"

@@ -360,8 +360,16 @@ def _answer_by_key(
         if zone_id in wanted:
             communities.setdefault(zone_id, set()).add(community)
 
-    def snap(dataset: str) -> sources._Snapshot:
-        return sources.current(engine=engine, data_dir=data_dir, dataset=dataset)
+    seen: dict[str, sources.Snapshot] = {}
+
+    def snap(dataset: str) -> sources.Snapshot:
+        # one snapshot per table for the whole call, as the set-wise statement reads
+        found = seen.get(dataset)
+        if found is None:
+            found = seen[dataset] = sources.current(
+                engine=engine, data_dir=data_dir, dataset=dataset
+            )
+        return found
 
     def hukou_at_address(f: dict[str, Any]) -> bool:
         return f["address_id"] is not None and any(

@@ -38,7 +38,9 @@ REFRESH_SECONDS = 2.0
 
 
 @dataclass
-class _Snapshot:
+class Snapshot:
+    """A dataset's current version as this process holds it: a DuckDB table and its rows."""
+
     version: int
     checked: float
     relation: str  # the table holding this version in the process's DuckDB database
@@ -68,7 +70,7 @@ class _Snapshot:
         return [self.rows.slice(n, 1).to_pylist()[0] for n in numbers]
 
 
-_cache: dict[tuple[str, str], _Snapshot] = {}
+_cache: dict[tuple[str, str], Snapshot] = {}
 _lock = threading.Lock()
 # one in-memory DuckDB database per process: opening a connection costs tens of milliseconds,
 # a cursor on this one almost nothing; each snapshot is a table of it
@@ -90,7 +92,7 @@ def snapshot(*, engine: Engine, data_dir: Path, dataset: str) -> tuple[str, str]
     return found.relation, found.owner
 
 
-def _current(*, engine: Engine, data_dir: Path, dataset: str) -> _Snapshot:
+def _current(*, engine: Engine, data_dir: Path, dataset: str) -> Snapshot:
     key = (str(data_dir.resolve()), dataset)
     moment = time.monotonic()
     cached = _cache.get(key)
@@ -123,7 +125,7 @@ def _current(*, engine: Engine, data_dir: Path, dataset: str) -> _Snapshot:
         con.close()
     with _lock:
         old = _cache.get(key)
-        made = _cache[key] = _Snapshot(
+        made = _cache[key] = Snapshot(
             version, moment, relation, described.owner_department, rows.column_names, rows
         )
     if old is not None and old.relation != relation:
@@ -135,7 +137,7 @@ def _current(*, engine: Engine, data_dir: Path, dataset: str) -> _Snapshot:
     return made
 
 
-def current(*, engine: Engine, data_dir: Path, dataset: str) -> _Snapshot:
+def current(*, engine: Engine, data_dir: Path, dataset: str) -> Snapshot:
     """Return the current snapshot of a dataset (for lookups by key behind a gate decision)."""
     return _current(engine=engine, data_dir=data_dir, dataset=dataset)
 
