@@ -142,12 +142,24 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         app.state.engine = engine if engine is not None else prepare_node(settings)
         tasks: list[asyncio.Task[None]] = []
         app.state.ngsild_contexts = ContextStore()
+        if settings.alarm_subscriptions:
+            from citybrain.events.alarms import ensure_alarm_subscriptions
+
+            # device alarms reach the event centre the standard way: hub subscriptions
+            ensure_alarm_subscriptions(
+                engine=app.state.engine,
+                store=app.state.ngsild_contexts,
+                base_url=settings.effective_public_url,
+                issuer=settings.code,
+            )
         tasks.append(
             asyncio.create_task(
                 notifier.run(
                     engine=app.state.engine,
                     store=app.state.ngsild_contexts,
                     data_dir=settings.data_dir,
+                    self_url=settings.effective_public_url,
+                    issuer=settings.code,
                 )
             )
         )

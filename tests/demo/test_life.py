@@ -89,7 +89,12 @@ def test_life_makes_hotline_and_alarm_cases_and_moves_them(nodes: list[NodeSpec]
     stop.set()
     thread.join(timeout=15)
     assert not thread.is_alive()
+    # alarms arrive through the hub subscription's notification, a moment after the update
+    deadline = time.monotonic() + 15
     cases = _cases(nodes[1])
+    while time.monotonic() < deadline and not any(c["source"] == "iot" for c in cases):
+        time.sleep(0.5)
+        cases = _cases(nodes[1])
     sources = {str(c["source"]) for c in cases}
     assert "hotline" in sources and stats.hotline > 0
     alarms = [c for c in cases if c["source"] == "iot"]

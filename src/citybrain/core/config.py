@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         le=60,
         description="longest a distributed query waits for the context sources (child nodes)",
     )
+    alarm_subscriptions: bool = Field(
+        False,
+        description="at start, subscribe the event centre to device alarms in the hub "
+        "(overflowing bins, faulty street lamps, camera alarms)",
+    )
     smtp_host: str = Field("127.0.0.1", description="SMTP server that sends e-mail notifications")
     smtp_port: int = Field(25, ge=1, le=65535, description="port of the SMTP server")
     smtp_from: str = Field(

@@ -63,6 +63,9 @@ def up(
         url = dashboard_url(base_url=specs[0].url, data_dir=specs[0].data_dir, code=specs[0].code)
         console.print(f"Dashboard: [bold]{url}[/bold]   (Ctrl-C stops every node)", soft_wrap=True)
         if not exit_when_ready:
+            with console.status("opening the 2027 enrollment season at the cities"):
+                opened = service.open_enrollment_seasons(specs)
+            console.print(f"Enrollment: the season is open at {opened} cities (/m/enrollment).")
             with console.status("computing indicators at the cities, rolling them up"):
                 summary = service.compute_and_rollup(specs)
             console.print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -16,8 +17,10 @@ from typing import Any
 
 import httpx
 
-from citybrain.core.errors import BadInput, ServiceUnavailable
+from citybrain.core.errors import BadInput, CityBrainError, ServiceUnavailable
 from citybrain.geo import service as geo
+
+log = logging.getLogger(__name__)
 
 PROVINCE = "370000"
 
@@ -150,7 +153,8 @@ def start_nodes(*, specs: list[NodeSpec], log_dir: Path) -> list[subprocess.Pope
     """Start every node as its own `citybrain serve` process, logging to log_dir/CODE.log."""
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
-    env = {**os.environ, "CITYBRAIN_LOG_FORMAT": "json"}
+    # the event centre hears of device alarms through its own hub subscriptions
+    env = {**os.environ, "CITYBRAIN_LOG_FORMAT": "json", "CITYBRAIN_ALARM_SUBSCRIPTIONS": "true"}
     for spec in specs:
         spec.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
@@ -293,3 +297,27 @@ def compute_and_rollup(
             stored += int(body["stored"])
             missing |= set(body["missing"])
     return {"cities": len(cities), "failed": failures, "stored": stored, "missing": sorted(missing)}
+
+
+def open_enrollment_seasons(specs: list[NodeSpec]) -> int:
+    """File and approve the Education Bureau's grants and open the season at every city node."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from citybrain.scenes.enrollment.demo import prepare_demo_season
+
+    cities = [s for s in specs if s.level == "city"]
+
+    def one(spec: NodeSpec) -> bool:
+        try:
+            prepare_demo_season(data_dir=spec.data_dir, code=spec.code)
+        except CityBrainError as exc:
+            # one city's refusal (a missing table) must not stop the demo; its log says why
+            log.warning(
+                "enrollment season not opened", extra={"city": spec.code, "why": exc.message}
+            )
+            return False
+        return True
+
+    # two at a time: the nodes are serving already and the machine may have two cores
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return sum(pool.map(one, cities))

@@ -15,6 +15,7 @@ import httpx
 import paho.mqtt.publish as mqtt_publish
 from sqlalchemy import Engine, select
 
+from citybrain.core.errors import CityBrainError
 from citybrain.hub.ngsild import gated, service, subscriptions
 from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, instances, render
 from citybrain.hub.ngsild.jsonld import CORE_URL, ContextStore, link_header_for
@@ -57,13 +58,23 @@ def _without_previous(entity: dict[str, Any]) -> dict[str, Any]:
 
 
 def deliver(
-    endpoint: dict[str, Any], body: dict[str, Any], context_url: str, timeout: float = 5.0
+    endpoint: dict[str, Any],
+    body: dict[str, Any],
+    context_url: str,
+    timeout: float = 5.0,
+    extra_headers: dict[str, str] | None = None,
 ) -> None:
-    """Send one notification; raise on failure."""
+    """Send one notification (with the receiver's receiverInfo headers); raise on failure."""
     uri = str(endpoint["uri"])
     parsed = urlparse(uri)
+    receiver = {p["key"]: p["value"] for p in endpoint.get("receiverInfo") or []}
     if parsed.scheme in ("http", "https"):
-        headers = {"Content-Type": "application/json", "Link": link_header_for(context_url)}
+        headers = {
+            **receiver,
+            **(extra_headers or {}),
+            "Content-Type": "application/json",
+            "Link": link_header_for(context_url),
+        }
         response = httpx.post(uri, content=json.dumps(body), headers=headers, timeout=timeout)
         if response.status_code >= 300:
             raise RuntimeError(f"HTTP {response.status_code} from {uri}")
@@ -74,7 +85,9 @@ def deliver(
     auth = {"username": parsed.username, "password": parsed.password} if parsed.username else None
     mqtt_publish.single(
         topic,
-        payload=json.dumps({"metadata": {"Link": link_header_for(context_url)}, "body": body}),
+        payload=json.dumps(
+            {"metadata": {**receiver, "Link": link_header_for(context_url)}, "body": body}
+        ),
         qos=1,
         hostname=parsed.hostname or "127.0.0.1",
         port=parsed.port or (8883 if parsed.scheme == "mqtts" else 1883),
@@ -83,7 +96,49 @@ def deliver(
     )
 
 
-def dispatch_once(*, engine: Engine, store: ContextStore, data_dir: Path | None = None) -> int:
+def _same_origin(uri: str, base: str | None) -> bool:
+    if not base:
+        return False
+    a, b = urlparse(uri), urlparse(base)
+    return (a.scheme, a.hostname, a.port or 80) == (b.scheme, b.hostname, b.port or 80)
+
+
+def self_headers(
+    sub: dict[str, Any], uri: str, *, data_dir: Path | None, self_url: str | None, issuer: str
+) -> dict[str, str]:
+    """A short token of the subscription's reader, only for notifications to this node itself.
+
+    The node's own routes (alarm intake at the event centre) need a credential like any
+    caller; a token signed here for one minute goes to nowhere but this node.
+    """
+    claims = sub.get("_reader")
+    if data_dir is None or not isinstance(claims, dict) or not _same_origin(uri, self_url):
+        return {}
+    from citybrain.governance.identity.tokens import issue_token
+
+    try:
+        token = issue_token(
+            data_dir=data_dir,
+            issuer=issuer,
+            subject=str(claims["subject"]),
+            org=str(claims["org"]),
+            role=str(claims["role"]),
+            ttl=60,
+            phone=claims.get("phone"),
+        )
+    except (KeyError, ValueError, CityBrainError):
+        return {}
+    return {"Authorization": f"Bearer {token}"}
+
+
+def dispatch_once(
+    *,
+    engine: Engine,
+    store: ContextStore,
+    data_dir: Path | None = None,
+    self_url: str | None = None,
+    issuer: str = "",
+) -> int:
     """Deliver every due notification once; return how many were delivered."""
     delivered = 0
     cache: dict[tuple[str, str], dict[str, Any] | None] = {}
@@ -111,7 +166,10 @@ def dispatch_once(*, engine: Engine, store: ContextStore, data_dir: Path | None 
             body = build_notification(sub, shown, store, row.payload["notifiedAt"])
             context = sub.get("_context")
             context_url = context if isinstance(context, str) else CORE_URL
-            deliver(row.endpoint, body, context_url)
+            own = self_headers(
+                sub, str(row.endpoint["uri"]), data_dir=data_dir, self_url=self_url, issuer=issuer
+            )
+            deliver(row.endpoint, body, context_url, extra_headers=own)
         except Exception as exc:  # any failure is retried later: delivery is at least once
             subscriptions.mark(engine=engine, row=row, error=str(exc) or type(exc).__name__)
             log.warning(
@@ -162,13 +220,26 @@ def periodic_once(*, engine: Engine, now: datetime | None = None) -> int:
 
 
 async def run(
-    *, engine: Engine, store: ContextStore, data_dir: Path | None = None, interval: float = 0.2
+    *,
+    engine: Engine,
+    store: ContextStore,
+    data_dir: Path | None = None,
+    interval: float = 0.2,
+    self_url: str | None = None,
+    issuer: str = "",
 ) -> None:
     """Deliver notifications until cancelled (gated by each subscription's reader)."""
     while True:
         try:
             await asyncio.to_thread(periodic_once, engine=engine)
-            await asyncio.to_thread(dispatch_once, engine=engine, store=store, data_dir=data_dir)
+            await asyncio.to_thread(
+                dispatch_once,
+                engine=engine,
+                store=store,
+                data_dir=data_dir,
+                self_url=self_url,
+                issuer=issuer,
+            )
         except asyncio.CancelledError:
             raise
         except Exception:  # keep the loop alive; the rows stay queued

@@ -188,6 +188,10 @@ def _notification(raw: Any, terms: TermMap) -> dict[str, Any]:
         "endpoint": {"uri": uri, "accept": raw["endpoint"].get("accept", "application/json")},
         "format": fmt,
     }
+    if "receiverInfo" in raw["endpoint"]:
+        out["endpoint"]["receiverInfo"] = _key_values(
+            raw["endpoint"]["receiverInfo"], "notification.endpoint.receiverInfo"
+        )
     if "showChanges" in raw:
         if not isinstance(raw["showChanges"], bool):
             raise BadInput("notification.showChanges must be true or false")
@@ -198,6 +202,22 @@ def _notification(raw: Any, terms: TermMap) -> dict[str, Any]:
             raise BadInput("notification.attributes must be a list of names")
         out["attributes"] = [terms.expand(a) for a in attrs]
     return out
+
+
+def _key_values(raw: Any, where: str) -> list[dict[str, str]]:
+    """Check a list of {key, value} pairs (headers the receiver wants with each notification)."""
+    if not isinstance(raw, list) or not all(
+        isinstance(p, dict)
+        and set(p) == {"key", "value"}
+        and isinstance(p["key"], str)
+        and isinstance(p["value"], str)
+        and re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", p["key"])
+        and "\n" not in p["value"]
+        and "\r" not in p["value"]
+        for p in raw
+    ):
+        raise BadInput(f"{where} must be a list of {{key, value}} header names and values")
+    return [{"key": p["key"], "value": p["value"]} for p in raw]
 
 
 def create(*, engine: Engine, tenant: str, sub: dict[str, Any], context: Any) -> str:
