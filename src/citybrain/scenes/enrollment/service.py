@@ -12,6 +12,7 @@ import hmac
 import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -418,7 +419,8 @@ def submit(
             )
     except IntegrityError:
         raise Conflict(f"this child has an application in season {season.id} already") from None
-    return get_application(engine=engine, principal=principal, application_id=application_id)
+    # the answer is the row just committed (not read back: no placement exists before a draw)
+    return _view(SimpleNamespace(**values, school_id=None, stage=None))
 
 
 def _is_staff(principal: Principal) -> bool:
