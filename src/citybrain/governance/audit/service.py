@@ -5,7 +5,8 @@ canonical JSON of the record without `hash` (it includes `prev`, the previous re
 and `seq`). Appends take an exclusive file lock, so several processes of one node can share
 the log, and are fsync'd before the call returns: an acknowledged action has its evidence.
 Threads of one process that append at the same time share one write and one fsync (group
-commit); each call still returns only after its own line is on disk.
+commit); each call still returns only after its own line is on disk. `append_many` writes a
+batch of records (millions, from a generator) chained the same way, with one fsync.
 
 Every CHECKPOINT_EVERY records (and on demand, and when the node stops) a checkpoint line
 `{seq, hash, at, offset, key, signature}` goes to audit/checkpoints.jsonl: an Ed25519
