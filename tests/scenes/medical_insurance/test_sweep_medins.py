@@ -120,3 +120,28 @@ def test_bad_input(tmp_path: Path, rulebase: rules.RuleBase) -> None:
     ):
         result = runner.invoke(app, args)
         assert result.exit_code != 0
+
+
+def test_the_sweep_reads_through_the_gate(data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from citybrain.cli import app
+    from citybrain.governance.audit import service as audit_service
+
+    node = tmp_path / data.name
+    shutil.copytree(data, node)
+    shutil.copytree(data.parent / "370000", tmp_path / "370000")
+    runner = CliRunner()
+    refused = runner.invoke(app, ["medins", "sweep", "--data", str(node), "--org", "education"])
+    assert refused.exit_code != 0 and "no active grant" in str(refused.exception or refused.output)
+    done = runner.invoke(app, ["medins", "sweep", "--data", str(node)])
+    assert done.exit_code == 0, done.output
+    page = audit_service.query(data_dir=node, action="medins.sweep", limit=100)
+    records = [r if isinstance(r, dict) else r.model_dump() for r in page.records]
+    assert {(r["resource"], r["result"]) for r in records} >= {
+        ("medical_security/settlements", "allowed"),
+        ("medical_security/settlement_items", "allowed"),
+    }
+    assert any(r["result"] == "refused" and r["org"] == "education" for r in records)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from citybrain.core.errors import BadInput
+from citybrain.scenes.medical_insurance import governed
 from citybrain.scenes.medical_insurance import rules as rules_mod
 
 rules_app = typer.Typer(no_args_is_help=True, help="The rule base of the checks.")
@@ -58,6 +59,8 @@ def sweep_cmd(
     rules: Path | None = typer.Option(None, "--rules", help="rule base (default: shipped)"),
     out: Path | None = typer.Option(None, help="write the findings to this Parquet file"),
     engine: str = typer.Option("ibis", help="ibis (portable) or sql (raw DuckDB reference)"),
+    org: str = typer.Option(governed.OWNER, help="who reads (the gate decides)"),
+    role: str = typer.Option("steward", help="role of who reads"),
 ) -> None:
     """Run every rule over all settlements of a node (after payment) and count the findings."""
     import pyarrow.parquet as pq
@@ -68,6 +71,10 @@ def sweep_cmd(
         raise BadInput(f"--backend must be one of {', '.join(sweep.BACKENDS)}")
     if engine not in ("ibis", "sql") or (engine == "sql" and backend != "duckdb"):
         raise BadInput("--engine must be ibis, or sql with the duckdb backend")
+    sweep.data_paths(data)  # a clear error for a folder without settlements, before the gate
+    governed.authorize_sweep(
+        data=data, principal=governed.analyst(org, role), action="medins.sweep"
+    )
     rb = _rulebase(rules, data)
     if engine == "sql":
         findings = sweep_sql.sweep_sql(data, rb)
@@ -91,14 +98,20 @@ def leads_cmd(
     level: str = typer.Option("provider", help="provider or person"),
     top: int = typer.Option(10, help="how many leads", min=1, max=10_000),
     format: str = typer.Option("table", "--format", help="table or json"),
+    org: str = typer.Option(governed.OWNER, help="who reads (the gate decides)"),
+    role: str = typer.Option("steward", help="role of who reads"),
 ) -> None:
     """Rank providers or persons by anomaly score, with the features that stand out."""
-    from citybrain.scenes.medical_insurance import anomaly
+    from citybrain.scenes.medical_insurance import anomaly, sweep
 
     if level not in ("provider", "person"):
         raise BadInput("--level must be provider or person")
     if format not in ("table", "json"):
         raise BadInput("--format must be table or json")
+    sweep.data_paths(data)
+    governed.authorize_sweep(
+        data=data, principal=governed.analyst(org, role), action="medins.leads"
+    )
     cat = _catalogue(data)
     leads = (
         anomaly.provider_leads(data, cat)
