@@ -8,6 +8,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
@@ -67,9 +68,18 @@ def prepare_node(settings: Settings) -> Engine:
     node_service.init_node(engine=engine, settings=settings)
     node_service.scan_datasets(engine=engine, data_dir=settings.data_dir)
     identity_service.seed_default_orgs(engine=engine)
-    import_synth_tables(engine=engine, data_dir=settings.data_dir)
+    import_synth_tables(engine=engine, data_dir=settings.data_dir, deferred=False)
     catalog_service.ensure_builtin_entries(engine=engine, data_dir=settings.data_dir)
     return engine
+
+
+def import_deferred_tables(engine: Engine, data_dir: Path) -> None:
+    """Import the large synthetic tables once the node serves (see importer.DEFERRED)."""
+    try:
+        if import_synth_tables(engine=engine, data_dir=data_dir, deferred=True):
+            catalog_service.ensure_builtin_entries(engine=engine, data_dir=data_dir)
+    except Exception:  # a bad file must not stop a serving node; the log says which
+        logging.getLogger("citybrain.node").exception("deferred table import failed")
 
 
 class AccessMiddleware:
@@ -142,6 +152,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         app.state.engine = engine if engine is not None else prepare_node(settings)
         tasks: list[asyncio.Task[None]] = []
         app.state.ngsild_contexts = ContextStore()
+        tasks.append(
+            asyncio.create_task(
+                asyncio.to_thread(import_deferred_tables, app.state.engine, settings.data_dir)
+            )
+        )
         if settings.alarm_subscriptions:
             from citybrain.events.alarms import ensure_alarm_subscriptions
 

@@ -301,8 +301,6 @@ def compute_and_rollup(
 
 def open_enrollment_seasons(specs: list[NodeSpec]) -> int:
     """File and approve the Education Bureau's grants and open the season at every city node."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from citybrain.scenes.enrollment.demo import prepare_demo_season
 
     cities = [s for s in specs if s.level == "city"]
@@ -318,6 +316,5 @@ def open_enrollment_seasons(specs: list[NodeSpec]) -> int:
             return False
         return True
 
-    # two at a time: the nodes are serving already and the machine may have two cores
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return sum(pool.map(one, cities))
+    # one at a time: opening a store runs its migrations, and Alembic is not thread-safe
+    return sum(one(spec) for spec in cities)
