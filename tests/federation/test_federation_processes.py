@@ -27,7 +27,7 @@ from conftest import bearer, free_port
 PROVINCE, JINAN, QINGDAO = "370000", "370100", "370200"
 
 
-def _poll(probe: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+def _poll(probe: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
