@@ -84,3 +84,22 @@ def test_corpus_train_and_case_commands(tmp_path: Path) -> None:
     assert stats["departments"][0]["received"] == 1
     refused = runner.invoke(app, ["events", "transition", case["id"], "close", "--data", str(data)])
     assert refused.exit_code != 0
+
+
+def test_a_node_trains_on_the_corpus_citybrain_synth_wrote(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from citybrain.events import classifier
+    from citybrain.synth.service import HOTLINE, hotline_corpus
+
+    table = hotline_corpus(7)
+    assert table.equals(hotline_corpus(7))  # the same seed, the same corpus
+    assert set(table.column("event_type").to_pylist()) >= {"manhole_cover", "street_lamp"}
+    path = tmp_path / HOTLINE[0] / f"{HOTLINE[1]}.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(table, path)
+    classifier.forget(tmp_path)
+    model = classifier.get_model(tmp_path)
+    assert model.meta["corpus"] == f"synth {classifier.SYNTH_CORPUS}"
+    assert model.train_rows + model.test_rows == table.num_rows
+    assert model.accuracy >= 0.9 and model.unseen_phrasing_accuracy is not None

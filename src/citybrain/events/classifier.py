@@ -172,7 +172,32 @@ def get_model(data_dir: Path) -> Model:
                     return loaded
             except Exception as exc:  # noqa: BLE001 - a damaged file is retrained, not fatal
                 log.warning("event classifier unreadable, retraining", extra={"error": str(exc)})
+        synth = synth_corpus(data_dir)
+        if synth is not None:
+            model = train_and_save(data_dir=data_dir, rows=synth)
+            model.meta["corpus"] = f"synth {SYNTH_CORPUS}"
+            save(model, data_dir)
+            return model
         return train_and_save(data_dir=data_dir)
+
+
+SYNTH_CORPUS = "bureau/hotline_corpus.parquet"
+
+
+def synth_corpus(data_dir: Path) -> list[dict[str, Any]] | None:
+    """The labelled hotline corpus `citybrain synth` wrote into the node's folder, if any."""
+    path = data_dir / SYNTH_CORPUS
+    if not path.is_file():
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path, columns=["text", "event_type", "phrase"])
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("hotline corpus unreadable, generating one", extra={"error": str(exc)})
+        return None
+    rows: list[dict[str, Any]] = table.to_pylist()
+    return rows or None
 
 
 def forget(data_dir: Path) -> None:

@@ -138,6 +138,27 @@ class _NodeWriter:
             writer.close()
 
 
+HOTLINE = ("bureau", "hotline_corpus")
+
+
+def hotline_corpus(seed: int) -> pa.Table:
+    """The labelled synthetic 12345 corpus (text, event type, phrasing) every node trains on."""
+    from citybrain.events import corpus
+
+    rows = corpus.generate(seed=seed, per_type=HOTLINE_PER_TYPE)
+    return pa.table(
+        {
+            "text_id": pa.array([f"H{i:06d}" for i in range(len(rows))], pa.string()),
+            "text": pa.array([r["text"] for r in rows], pa.string()),
+            "event_type": pa.array([r["event_type"] for r in rows], pa.string()),
+            "phrase": pa.array([r["phrase"] for r in rows], pa.int64()),
+        }
+    )
+
+
+HOTLINE_PER_TYPE = 80
+
+
 def _work(item: tuple[CountyPlan, list[str]]) -> Tables:
     return generate_county(item[0], item[1])
 
@@ -215,7 +236,7 @@ def generate(
     all_counties = [c.code for c in geo.list_units(Level.county)]
     writers: dict[str, _NodeWriter] = {}
     province = _NodeWriter(out / PROVINCE)
-    province.write(catalogues(seed) | consumable_tables())
+    province.write(catalogues(seed) | consumable_tables() | {HOTLINE: hotline_corpus(seed)})
     province.close()
     n_workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     items = [(p, [c for c in all_counties if c != p.county.code]) for p in plans]
@@ -223,7 +244,11 @@ def generate(
     try:
         for done, (county_plan, tables) in enumerate(_county_results(items, n_workers), start=1):
             city = county_plan.county.parent or ""
-            writer = writers.setdefault(city, _NodeWriter(out / city))
+            if city not in writers:
+                writers[city] = _NodeWriter(out / city)
+                # each city's 12345 centre trains its classifier on the labelled corpus
+                writers[city].write({HOTLINE: hotline_corpus(seed)})
+            writer = writers[city]
             # labels are kept apart from every node's data: OUT/labels/<city>/<table>.parquet
             labels = {(city, k[1]): t for k, t in tables.items() if k[0] == LABELS}
             if labels:
