@@ -13,13 +13,14 @@ import time
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from sqlalchemy import Engine
 
 from citybrain.core.config import Settings
 from citybrain.decisions.indicators import service as indicators
 from citybrain.decisions.indicators.models import ChildResult
 from citybrain.federation import trust
+from citybrain.federation.children import ask_children
 from citybrain.federation.models import Relation
 from citybrain.governance.audit import service as audit
 from citybrain.governance.principal import Principal
@@ -39,20 +40,7 @@ class RollupResult(BaseModel):
     seconds: float
 
 
-async def _fetch(
-    client: httpx.AsyncClient, peer: dict[str, Any], *, settings: Settings, tree: str
-) -> list[ChildResult]:
-    token = trust.peer_token(
-        data_dir=settings.data_dir, caller=settings.code, audience=str(peer["code"])
-    )
-    response = await client.get(
-        str(peer["url"]).rstrip("/") + "/api/indicators/export",
-        params={"tree": tree},
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    if response.status_code != 200:
-        raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
-    body = response.json()
+def _values_of(peer: dict[str, Any], body: Any) -> list[ChildResult]:
     if not isinstance(body, list):
         raise RuntimeError("the answer is not a list of values")
     results = [ChildResult.model_validate(item) for item in body]
@@ -74,32 +62,18 @@ async def gather_children(
     """Ask every trusted child for its values in parallel; return values and who answered."""
     indicators.describe_tree(tree=tree)  # an unknown tree is a clear error before any call
     children = trust.list_peers(engine=engine, relation=Relation.child)
+    answers, missing = await ask_children(
+        peers=children,
+        settings=settings,
+        path="/api/indicators/export",
+        params={"tree": tree},
+        check=_values_of,
+        deadline=deadline,
+        transport=transport,
+    )
     codes = [str(p["code"]) for p in children]
-    missing: dict[str, str] = {}
-    answered: list[str] = []
-    results: list[ChildResult] = []
-    async with httpx.AsyncClient(timeout=deadline, transport=transport) as client:
-        tasks = {
-            str(p["code"]): asyncio.create_task(_fetch(client, p, settings=settings, tree=tree))
-            for p in children
-        }
-        if tasks:
-            done, pending = await asyncio.wait(tasks.values(), timeout=deadline)
-            for task in pending:
-                task.cancel()
-        for code, task in tasks.items():
-            if not task.done() or task.cancelled():
-                missing[code] = f"no answer within {deadline:g} s"
-                continue
-            error = task.exception()
-            if error is not None:
-                reason = (
-                    "invalid values" if isinstance(error, ValidationError) else str(error)
-                ) or type(error).__name__
-                missing[code] = reason[:300]
-                continue
-            answered.append(code)
-            results.extend(task.result())
+    answered = [c for c in codes if c in answers]
+    results = [r for c in answered for r in answers[c]]
     return results, answered, missing, codes
 
 

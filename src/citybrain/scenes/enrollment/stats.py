@@ -21,6 +21,7 @@ from sqlalchemy import Engine, delete, insert, select
 from citybrain.core.config import Settings
 from citybrain.core.errors import Forbidden, NotFound
 from citybrain.federation import trust
+from citybrain.federation.children import ask_children
 from citybrain.federation.models import Relation
 from citybrain.geo import service as geo
 from citybrain.governance.audit import service as audit
@@ -245,44 +246,10 @@ def province_stats(*, engine: Engine, code: str) -> dict[str, Any]:
     return {"code": code, "season": None, "total": _sum(code, units), "units": units}
 
 
-async def _fetch(client: httpx.AsyncClient, peer: dict[str, Any], settings: Settings) -> Any:
-    token = trust.peer_token(
-        data_dir=settings.data_dir, caller=settings.code, audience=str(peer["code"])
-    )
-    response = await client.get(
-        str(peer["url"]).rstrip("/") + "/api/enrollment/stats/export",
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    if response.status_code != 200:
-        raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
-    body = response.json()
+def _stats_of(peer: dict[str, Any], body: Any) -> Any:
     if not isinstance(body, dict) or body.get("code") != str(peer["code"]):
         raise RuntimeError("the answer is not this child's statistics")
     return body
-
-
-async def _gather(
-    peers: list[dict[str, Any]],
-    settings: Settings,
-    deadline: float,
-    transport: httpx.AsyncBaseTransport | None,
-) -> tuple[dict[str, Any], dict[str, str]]:
-    answers: dict[str, Any] = {}
-    missing: dict[str, str] = {}
-    async with httpx.AsyncClient(timeout=deadline, transport=transport) as client:
-        tasks = {str(p["code"]): asyncio.create_task(_fetch(client, p, settings)) for p in peers}
-        if tasks:
-            _done, pending = await asyncio.wait(tasks.values(), timeout=deadline)
-            for task in pending:
-                task.cancel()
-        for code, task in tasks.items():
-            if not task.done() or task.cancelled():
-                missing[code] = f"no answer within {deadline:g} s"
-            elif task.exception() is not None:
-                missing[code] = (str(task.exception()) or type(task.exception()).__name__)[:300]
-            else:
-                answers[code] = task.result()
-    return answers, missing
 
 
 def rollup(
@@ -296,7 +263,16 @@ def rollup(
 ) -> dict[str, Any]:
     """Ask every trusted child for its statistics, keep the answers, return who answered."""
     peers = trust.list_peers(engine=engine, relation=Relation.child)
-    answers, missing = asyncio.run(_gather(peers, settings, deadline, transport))
+    answers, missing = asyncio.run(
+        ask_children(
+            peers=peers,
+            settings=settings,
+            path="/api/enrollment/stats/export",
+            check=_stats_of,
+            deadline=deadline,
+            transport=transport,
+        )
+    )
     moment = now or datetime.now(UTC)
     with engine.begin() as conn:
         for child, body in answers.items():

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from citybrain.core.config import Settings
 from citybrain.federation import trust
+from citybrain.federation.children import ask_children
 from citybrain.federation.models import Relation
 from citybrain.scenes.medical_insurance import cases, voucher
 from citybrain.scenes.medical_insurance.service import Scene, now_utc
@@ -165,20 +166,7 @@ def combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
-async def _fetch(
-    client: httpx.AsyncClient, peer: dict[str, Any], settings: Settings, days: int
-) -> dict[str, Any]:
-    token = trust.peer_token(
-        data_dir=settings.data_dir, caller=settings.code, audience=str(peer["code"])
-    )
-    response = await client.get(
-        str(peer["url"]).rstrip("/") + "/api/medins/panel/export",
-        params={"days": days},
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    if response.status_code != 200:
-        raise RuntimeError(f"HTTP {response.status_code}")
-    body = response.json()
+def _panel_of(peer: dict[str, Any], body: Any) -> dict[str, Any]:
     if not isinstance(body, dict) or body.get("node") != str(peer["code"]):
         raise RuntimeError("the answer is not that node's panel")
     return body
@@ -194,24 +182,15 @@ async def gather(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Ask every trusted child for its panel in parallel; return answers and who is missing."""
     children = trust.list_peers(engine=scene.engine, relation=Relation.child)
-    answers: dict[str, dict[str, Any]] = {}
-    missing: dict[str, str] = {}
-    async with httpx.AsyncClient(timeout=deadline, transport=transport) as client:
-        tasks = {
-            str(p["code"]): asyncio.create_task(_fetch(client, p, settings, days)) for p in children
-        }
-        if tasks:
-            _, pending = await asyncio.wait(tasks.values(), timeout=deadline)
-            for task in pending:
-                task.cancel()
-        for code, task in tasks.items():
-            if not task.done() or task.cancelled():
-                missing[code] = f"no answer within {deadline:g} s"
-            elif task.exception() is not None:
-                missing[code] = str(task.exception())[:200] or "failed"
-            else:
-                answers[code] = task.result()
-    return answers, missing
+    return await ask_children(
+        peers=children,
+        settings=settings,
+        path="/api/medins/panel/export",
+        params={"days": days},
+        check=_panel_of,
+        deadline=deadline,
+        transport=transport,
+    )
 
 
 def rolled_up(
