@@ -29,7 +29,7 @@ def authorize_sweep(*, data: Path, principal: Principal, action: str) -> int:
     The node's tables are imported first (as serving the node does), so the gate knows their
     owner; a department without a grant is refused (403) and the refusal is audited.
     """
-    from citybrain.app import prepare_node
+    from citybrain.app import import_deferred_tables, prepare_node
     from citybrain.core.config import load_settings
     from citybrain.geo import service as geo
 
@@ -40,6 +40,8 @@ def authorize_sweep(*, data: Path, principal: Principal, action: str) -> int:
         code, level = "370000", "province"
     engine = prepare_node(load_settings(data_dir=data, code=code, level=level))
     try:
+        # the year of care is imported after a node starts serving; here, before the gate asks
+        import_deferred_tables(engine, data)
         rows = 0
         for dataset_id in DATASETS:
             decision = gate.authorize_read(
