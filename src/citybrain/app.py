@@ -8,6 +8,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -73,13 +74,22 @@ def prepare_node(settings: Settings) -> Engine:
     return engine
 
 
-def import_deferred_tables(engine: Engine, data_dir: Path) -> None:
-    """Import the large synthetic tables once the node serves (see importer.DEFERRED)."""
+def import_deferred_tables(engine: Engine, data_dir: Path, state: Any = None) -> None:
+    """Import the large synthetic tables once the node serves (see importer.DEFERRED).
+
+    Sets state.tables to "ready" (or "failed") when done, which /health reports, so callers
+    that need those tables (the demo's first indicator run) can wait for them.
+    """
+    outcome = "failed"
     try:
         if import_synth_tables(engine=engine, data_dir=data_dir, deferred=True):
             catalog_service.ensure_builtin_entries(engine=engine, data_dir=data_dir)
+        outcome = "ready"
     except Exception:  # a bad file must not stop a serving node; the log says which
         logging.getLogger("citybrain.node").exception("deferred table import failed")
+    finally:
+        if state is not None:
+            state.tables = outcome
 
 
 class AccessMiddleware:
@@ -152,9 +162,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         app.state.engine = engine if engine is not None else prepare_node(settings)
         tasks: list[asyncio.Task[None]] = []
         app.state.ngsild_contexts = ContextStore()
+        app.state.tables = "importing"
         tasks.append(
             asyncio.create_task(
-                asyncio.to_thread(import_deferred_tables, app.state.engine, settings.data_dir)
+                asyncio.to_thread(
+                    import_deferred_tables, app.state.engine, settings.data_dir, app.state
+                )
             )
         )
         if settings.alarm_subscriptions:

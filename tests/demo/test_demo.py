@@ -103,6 +103,7 @@ def test_demo_serves_17_nodes_and_page_lists_them(tmp_path: Path, chromium_path:
         demo_log = tmp_path / "demo.log"
         _wait(lambda: "Indicators:" in demo_log.read_text(), 240, "the indicator roll-up")
         assert "16 cities computed" in demo_log.read_text()
+        assert "computations failed" not in demo_log.read_text()
         from citybrain.governance.identity.tokens import issue_token
 
         token = issue_token(

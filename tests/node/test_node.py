@@ -60,6 +60,12 @@ def test_node_api(tmp_path: Path) -> None:
     with _client(tmp_path, code="370000", level="province") as client:
         health = client.get("/health").json()
         assert health["status"] == "ok" and health["code"] == "370000"
+        # the large tables load after start; /health says when they are in
+        for _ in range(100):
+            if client.get("/health").json()["tables"] == "ready":
+                break
+            time.sleep(0.05)
+        assert client.get("/health").json()["tables"] == "ready"
         assert client.get("/version").json()["citybrain"]
         assert "/api/node" in client.get("/openapi.json").json()["paths"]
         node = client.get("/api/node").json()

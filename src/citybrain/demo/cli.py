@@ -72,6 +72,7 @@ def up(
                 f"Indicators: {summary['cities']} cities computed, the province rolled up "
                 f"{summary['stored']} values"
                 + (f" (missing: {', '.join(summary['missing'])})" if summary["missing"] else "")
+                + (f"; {summary['failed']} computations failed" if summary["failed"] else "")
             )
             if life:
                 from citybrain.demo.life import run_life

@@ -243,6 +243,21 @@ def stop_nodes(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> Non
             proc.wait()
 
 
+def wait_tables_ready(spec: NodeSpec, timeout: float = 600.0) -> str:
+    """Wait until the node has imported its large tables after start; return the state."""
+    deadline = time.monotonic() + timeout
+    state = "importing"
+    while time.monotonic() < deadline:
+        try:
+            state = httpx.get(f"{spec.url}/health", timeout=10).json().get("tables", "ready")
+        except (httpx.HTTPError, ValueError):
+            state = "unreachable"
+        if state in ("ready", "failed"):
+            return state
+        time.sleep(1.0)
+    return state
+
+
 def compute_and_rollup(
     specs: list[NodeSpec], *, trees: tuple[str, ...] = ("gbt33356", "operational", "u4ssc")
 ) -> dict[str, Any]:
@@ -268,14 +283,19 @@ def compute_and_rollup(
         return {"Authorization": f"Bearer {token}"}
 
     def compute(spec: NodeSpec) -> int:
+        # the first run must see every table: wait for the node's import after start
+        wait_tables_ready(spec)
         failed = 0
         for tree in trees:
-            response = httpx.post(
-                f"{spec.url}/api/indicators/compute",
-                json={"tree": tree},
-                headers=headers(spec),
-                timeout=300,
-            )
+            for attempt in range(2):  # once more if the node was busy
+                response = httpx.post(
+                    f"{spec.url}/api/indicators/compute",
+                    json={"tree": tree},
+                    headers=headers(spec),
+                    timeout=300,
+                )
+                if response.status_code == 200:
+                    break
             failed += response.status_code != 200
         return failed
 

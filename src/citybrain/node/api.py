@@ -51,6 +51,8 @@ def health(request: Request) -> dict[str, Any]:
         "code": settings.code,
         "level": settings.level.value,
         "database": database,
+        # "importing" while the large synthetic tables load after start (app.py)
+        "tables": getattr(request.app.state, "tables", "ready"),
     }
 
 
