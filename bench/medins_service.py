@@ -40,6 +40,8 @@ RATE = float(os.environ.get("CITYBRAIN_BENCH_MEDINS_RATE", "1000"))
 SECONDS = float(os.environ.get("CITYBRAIN_BENCH_MEDINS_SECONDS", "10"))
 TOKENS = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_TOKENS", "5000"))
 PEOPLE = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_PEOPLE", "200"))
+# worker processes of the node under load (citybrain serve --workers)
+WORKERS = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_WORKERS", "2"))
 CONNECTIONS = 32
 CITY, PROVINCE = "370100", "370000"
 CST = timezone(timedelta(hours=8))
@@ -116,8 +118,18 @@ def load_main(argv: list[str]) -> None:
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of the node: its process and its worker processes."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def _free_port() -> int:
@@ -312,6 +324,8 @@ def main() -> None:
                 str(data),
                 "--port",
                 str(port),
+                "--workers",
+                str(WORKERS),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

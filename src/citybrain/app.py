@@ -8,8 +8,8 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
@@ -50,6 +50,7 @@ from citybrain.hub.tables.importer import import_synth_tables
 from citybrain.node import service as node_service
 from citybrain.node.api import router as node_router
 from citybrain.node.runtime import keep_registered
+from citybrain.node.workers import claim_primary, release_primary
 from citybrain.plugins.manager import get_plugin_manager
 from citybrain.web.api import router as dashboard_router
 from citybrain.web.pages import router as web_router
@@ -90,6 +91,14 @@ def import_deferred_tables(engine: Engine, data_dir: Path, state: Any = None) ->
     finally:
         if state is not None:
             state.tables = outcome
+        # the other workers of the node read it from here (node/workers.py)
+        with contextlib.suppress(OSError):
+            tables_state_path(data_dir).write_text(outcome)
+
+
+def tables_state_path(data_dir: Path) -> Path:
+    """Where the node records whether its large tables are imported (importing|ready|failed)."""
+    return data_dir / ".tables-state"
 
 
 class AccessMiddleware:
@@ -154,64 +163,77 @@ class AccessMiddleware:
                 )
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    """Build the app of one node; pass an engine already prepared by prepare_node to reuse it."""
+def _background(app: FastAPI, settings: Settings) -> list[asyncio.Task[None]]:
+    """Start the node's background work: imports, notifications, outbox, schedules."""
+    tasks: list[asyncio.Task[None]] = []
+    tables_state_path(settings.data_dir).write_text("importing")
+    tasks.append(
+        asyncio.create_task(
+            asyncio.to_thread(
+                import_deferred_tables, app.state.engine, settings.data_dir, app.state
+            )
+        )
+    )
+    if settings.alarm_subscriptions:
+        from citybrain.events.alarms import ensure_alarm_subscriptions
+
+        # device alarms reach the event centre the standard way: hub subscriptions
+        ensure_alarm_subscriptions(
+            engine=app.state.engine,
+            store=app.state.ngsild_contexts,
+            base_url=settings.effective_public_url,
+            issuer=settings.code,
+        )
+    tasks.append(
+        asyncio.create_task(
+            notifier.run(
+                engine=app.state.engine,
+                store=app.state.ngsild_contexts,
+                data_dir=settings.data_dir,
+                self_url=settings.effective_public_url,
+                issuer=settings.code,
+            )
+        )
+    )
+    tasks.append(
+        asyncio.create_task(federation_outbox.run(engine=app.state.engine, settings=settings))
+    )
+    tasks.append(asyncio.create_task(events_bridge.run(engine=app.state.engine, settings=settings)))
+    tasks.append(
+        asyncio.create_task(
+            indicators_service.run_schedule(engine=app.state.engine, settings=settings)
+        )
+    )
+    tasks.append(
+        asyncio.create_task(notify_service.run(engine=app.state.engine, settings=settings))
+    )
+    tasks.append(
+        asyncio.create_task(alerts_service.run(engine=app.state.engine, settings=settings))
+    )
+    if settings.parent_url:
+        tasks.append(
+            asyncio.create_task(keep_registered(engine=app.state.engine, settings=settings))
+        )
+    return tasks
+
+
+def create_app(
+    settings: Settings, engine: Engine | None = None, *, elect_primary: bool = False
+) -> FastAPI:
+    """Build the app of one node; pass an engine already prepared by prepare_node to reuse it.
+
+    elect_primary: one of several workers; background work runs only in the one that takes
+    the node's primary lock (node/workers.py).
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = engine if engine is not None else prepare_node(settings)
-        tasks: list[asyncio.Task[None]] = []
-        app.state.ngsild_contexts = ContextStore()
-        app.state.tables = "importing"
-        tasks.append(
-            asyncio.create_task(
-                asyncio.to_thread(
-                    import_deferred_tables, app.state.engine, settings.data_dir, app.state
-                )
-            )
-        )
-        if settings.alarm_subscriptions:
-            from citybrain.events.alarms import ensure_alarm_subscriptions
-
-            # device alarms reach the event centre the standard way: hub subscriptions
-            ensure_alarm_subscriptions(
-                engine=app.state.engine,
-                store=app.state.ngsild_contexts,
-                base_url=settings.effective_public_url,
-                issuer=settings.code,
-            )
-        tasks.append(
-            asyncio.create_task(
-                notifier.run(
-                    engine=app.state.engine,
-                    store=app.state.ngsild_contexts,
-                    data_dir=settings.data_dir,
-                    self_url=settings.effective_public_url,
-                    issuer=settings.code,
-                )
-            )
-        )
-        tasks.append(
-            asyncio.create_task(federation_outbox.run(engine=app.state.engine, settings=settings))
-        )
-        tasks.append(
-            asyncio.create_task(events_bridge.run(engine=app.state.engine, settings=settings))
-        )
-        tasks.append(
-            asyncio.create_task(
-                indicators_service.run_schedule(engine=app.state.engine, settings=settings)
-            )
-        )
-        tasks.append(
-            asyncio.create_task(notify_service.run(engine=app.state.engine, settings=settings))
-        )
-        tasks.append(
-            asyncio.create_task(alerts_service.run(engine=app.state.engine, settings=settings))
-        )
-        if settings.parent_url:
-            tasks.append(
-                asyncio.create_task(keep_registered(engine=app.state.engine, settings=settings))
-            )
+        app.state.ngsild_contexts = ContextStore(folder=settings.data_dir / ".ngsild" / "contexts")
+        # with several worker processes, one of them (the primary) does the background work
+        primary = claim_primary(settings.data_dir) if elect_primary else True
+        app.state.tables = None if not primary else "importing"
+        tasks = _background(app, settings) if primary else []
         logging.getLogger("citybrain.node").info(
             "node started", extra={"code": settings.code, "level": settings.level.value}
         )
@@ -220,6 +242,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         finally:
             for task in tasks:
                 task.cancel()
+            if elect_primary:
+                release_primary(settings.data_dir)
             app.state.engine.dispose()
             logging.getLogger("citybrain.node").info("node stopped", extra={"code": settings.code})
 

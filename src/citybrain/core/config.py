@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL of the operational store (default SQLite in data_dir)"
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="worker processes serving the node's requests (background work runs in one)",
+    )
     log_level: str = Field("INFO", description="logging level")
     log_format: str = Field("json", description="json or text")
     anonymous_role: str | None = Field(

@@ -287,7 +287,7 @@ def compute_and_rollup(
         wait_tables_ready(spec)
         failed = 0
         for tree in trees:
-            for attempt in range(2):  # once more if the node was busy
+            for _attempt in range(2):  # once more if the node was busy
                 response = httpx.post(
                     f"{spec.url}/api/indicators/compute",
                     json={"tree": tree},

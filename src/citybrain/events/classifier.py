@@ -108,6 +108,7 @@ def unseen_phrasing_accuracy(rows: list[dict[str, Any]]) -> float | None:
     last: dict[str, int] = {}
     for r in rows:
         last[r["event_type"]] = max(last.get(r["event_type"], 0), r["phrase"])
+
     def is_held(r: dict[str, Any]) -> bool:
         return last[r["event_type"]] > 0 and r["phrase"] == last[r["event_type"]]
 

@@ -37,6 +37,19 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
+def _tables_state(request: Request) -> str:
+    state = getattr(request.app.state, "tables", "ready")
+    if state is not None:
+        return str(state)
+    # a worker that is not the primary: the primary records the state in the data folder
+    from citybrain.app import tables_state_path
+
+    try:
+        return tables_state_path(_settings(request).data_dir).read_text().strip() or "importing"
+    except OSError:
+        return "importing"
+
+
 @router.get("/health")
 def health(request: Request) -> dict[str, Any]:
     """Report liveness and whether the operational store answers."""
@@ -52,7 +65,7 @@ def health(request: Request) -> dict[str, Any]:
         "level": settings.level.value,
         "database": database,
         # "importing" while the large synthetic tables load after start (app.py)
-        "tables": getattr(request.app.state, "tables", "ready"),
+        "tables": _tables_state(request),
     }
 
 

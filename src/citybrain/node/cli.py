@@ -34,27 +34,38 @@ def serve(
     host: str | None = typer.Option(None, help="listen address"),
     parent: str | None = typer.Option(None, help="parent node's base URL"),
     database_url: str | None = typer.Option(None, help="operational store URL"),
+    workers: int | None = typer.Option(
+        None, min=1, max=32, help="worker processes serving requests (background work runs in one)"
+    ),
 ) -> None:
     """Run a node: its API, pages and background work, until stopped."""
     import uvicorn
 
     from citybrain.app import create_app, prepare_node
 
-    settings = load_settings(
-        level=level,
-        code=code,
-        data_dir=data,
-        port=port,
-        host=host,
-        parent_url=parent,
-        database_url=database_url,
-    )
+    overrides = {
+        "level": level,
+        "code": code,
+        "data_dir": data,
+        "port": port,
+        "host": host,
+        "parent_url": parent,
+        "database_url": database_url,
+        "workers": workers,
+    }
+    settings = load_settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
     _check_port(settings.host, settings.port)
     try:
         engine = prepare_node(settings)
     except PermissionError as exc:
         raise BadInput(f"cannot use the data folder {settings.data_dir}: {exc.strerror}") from None
+    if settings.workers > 1:
+        from citybrain.node.workers import serve_workers
+
+        engine.dispose()  # each worker opens its own connections
+        serve_workers(settings, overrides, settings.workers)
+        return
     app = create_app(settings, engine=engine)
     # uvicorn finishes in-flight requests on SIGTERM/SIGINT before the lifespan closes
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)

@@ -332,3 +332,62 @@ def test_concurrent_submissions_pay_once(city: City) -> None:
     assert sum(not a.startswith("refused") for a in others) == 1, others
     assert sorted(a for a in others if a.startswith("refused"))[0] == "refused 409"
     assert _count(city, settlements) == 2
+
+
+def test_another_worker_sees_payments_made_by_this_one(city: City) -> None:
+    """With several workers (Scene.shared), the history before payment comes from the store."""
+    import dataclasses
+
+    from citybrain.governance.principal import Principal, Role
+    from citybrain.scenes.medical_insurance import service as scene_service
+    from citybrain.scenes.medical_insurance import settlement
+
+    person = city.people[0]
+    city.activate(person)
+    pharmacy = city.pharmacy()
+    mine = scene_service.scene_for(
+        engine=city.client.app.state.engine,  # type: ignore[attr-defined]
+        data_dir=city.data,
+        code="370100",
+    )
+    # the other worker: the same node and store, its own memory
+    other = dataclasses.replace(mine, extra={}, shared=True)
+    terminal = Principal(
+        subject="t", org="inst-" + pharmacy.lower(), role=Role.service, issuer="370100"
+    )
+    earlier = _now() - timedelta(days=2)
+    drug = {
+        "code": DRUG,
+        "kind": "drug",
+        "quantity": 14,
+        "unit_price": 0.86,
+        "amount": 12.04,
+        "service_date": earlier.date().isoformat(),
+    }
+    consultation = dict(drug, code=CONSULTATION, kind="service", quantity=1, unit_price=10.0)
+    consultation["amount"] = 10.0
+    # the other worker has looked at this person's history already
+    first = settlement.submit(
+        other,
+        principal=terminal,
+        institution_id=pharmacy,
+        body=body(city.qr(person), "W-1", kind="pharmacy", items=[consultation], start=earlier),
+    )
+    assert first.paid
+    # this worker pays the drug
+    paid = city.client.post(
+        "/api/medins/settlements",
+        json=body(city.qr(person), "W-2", kind="pharmacy", items=[drug], start=earlier),
+        headers=city.terminal(pharmacy),
+    )
+    assert paid.json()["outcome"] == "pass", paid.text
+    # the same drug again at the other worker: it must know of the payment
+    today = _now() - timedelta(minutes=40)
+    again = dict(drug, service_date=today.date().isoformat())
+    answer = settlement.submit(
+        other,
+        principal=terminal,
+        institution_id=pharmacy,
+        body=body(city.qr(person), "W-3", kind="pharmacy", items=[again], start=today),
+    )
+    assert "MI06_repeated_dispensing" in {f.rule_id for f in answer.findings}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import functools
 import hashlib
 import logging
 import multiprocessing
@@ -356,13 +357,20 @@ def append_many(*, data_dir: Path, records: Iterable[dict[str, Any]], durable: b
     Each record dict gets its `seq`, `prev` and `hash`. A batch cut short (a killed process, a
     full disk) leaves a chain that verifies up to the last whole line.
     """
-    path = log_path(data_dir).resolve()
+    data_dir = _resolved(data_dir)
+    path = log_path(data_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return _write_many(data_dir.resolve(), path, records, durable)
+        return _write_many(data_dir, path, records, durable)
     except OSError as exc:
         # no evidence, no action: the caller's operation fails with this error
         raise ServiceUnavailable(f"cannot write the audit log {path}: {exc.strerror}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _resolved(data_dir: Path) -> Path:
+    # resolving walks every component with a system call: once per folder, not per record
+    return data_dir.resolve()
 
 
 def _queue(path: Path) -> _Queue:
@@ -391,7 +399,8 @@ def append(
     durable=False (for records at sensor rates) returns once the line is written, fsync'd
     with the next durable record or within FSYNC_INTERVAL seconds.
     """
-    path = log_path(data_dir).resolve()
+    data_dir = _resolved(data_dir)
+    path = log_path(data_dir)
     record = entry(
         principal=principal,
         action=action,
@@ -417,7 +426,7 @@ def append(
             error: BaseException | None = None
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _commit(data_dir.resolve(), path, batch)
+                _commit(data_dir, path, batch)
             except OSError as exc:
                 # no evidence, no action: the caller's operation fails with this error
                 error = ServiceUnavailable(f"cannot write the audit log {path}: {exc.strerror}")

@@ -1278,7 +1278,7 @@ async def add_context(request: Request) -> Response:
     local_id = uuid.uuid4().hex
     url = str(request.url_for("serve_context", context_id=local_id))
     store = contexts(request)
-    store.hosted[url] = body
+    store.host(url, body)
     store.term_map(body["@context"])  # refuse a context that does not resolve now, not later
     return Response(status_code=201, headers={"Location": url})
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import threading
 import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -132,15 +135,67 @@ class ContextStore:
     """Resolves @context values; fetches user contexts by URL with a timeout and caches them."""
 
     def __init__(
-        self, *, timeout: float = 5.0, transport: httpx.BaseTransport | None = None
+        self,
+        *,
+        timeout: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+        folder: Path | None = None,
     ) -> None:
         self.timeout = timeout
         self.transport = transport
         self.cached: dict[str, dict[str, Any]] = {}
-        self.hosted: dict[str, dict[str, Any]] = {}
+        # hosted contexts are kept as files in `folder` (when given), so a restart keeps them
+        # and every worker process of a node serves the same ones
+        self.folder = folder
+        self._hosted: dict[str, dict[str, Any]] = {}
+        self._folder_mark: int | None = None
         self._maps: dict[str, TermMap] = {}
         self._lock = threading.Lock()
         self.core = {url: _load_core(v) for v, url in CORE_VERSIONS.items()}
+
+    # ---- hosted contexts -----------------------------------------------------------------
+    @property
+    def hosted(self) -> dict[str, dict[str, Any]]:
+        """The contexts this node hosts, by URL (read it; change it with host and forget)."""
+        self._sync()
+        return self._hosted
+
+    def host(self, url: str, document: dict[str, Any]) -> None:
+        """Host a context document under a URL of this node."""
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self._file(url)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"url": url, "document": document}))
+            os.replace(tmp, path)  # whole or absent for the other workers
+        with self._lock:
+            self._hosted[url] = document
+
+    def _file(self, url: str) -> Path:
+        assert self.folder is not None
+        return self.folder / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".json")
+
+    def _sync(self) -> None:
+        """Reload the hosted contexts when another process changed the folder."""
+        if self.folder is None:
+            return
+        try:
+            mark = self.folder.stat().st_mtime_ns
+        except FileNotFoundError:
+            mark = 0
+        if mark == self._folder_mark:
+            return
+        loaded: dict[str, dict[str, Any]] = {}
+        for path in sorted(self.folder.glob("*.json")) if mark else []:
+            try:
+                record = json.loads(path.read_text())
+                loaded[str(record["url"])] = dict(record["document"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # removed meanwhile, or not ours
+        with self._lock:
+            self._hosted = loaded
+            self._maps.clear()  # a map may include a context that is gone
+            self._folder_mark = mark
 
     # ---- documents -----------------------------------------------------------------------
     def document(self, url: str) -> dict[str, Any]:
@@ -191,16 +246,22 @@ class ContextStore:
 
     def forget(self, url: str) -> bool:
         """Drop a hosted or cached context; return whether there was one."""
+        hosted = url in self.hosted
+        if hosted and self.folder is not None:
+            self._file(url).unlink(missing_ok=True)
         with self._lock:
-            found = self.hosted.pop(url, None) is not None or self.cached.pop(url, None) is not None
+            found = (
+                self._hosted.pop(url, None) is not None or self.cached.pop(url, None) is not None
+            )
             self._maps.clear()
-        return found
+        return found or hosted
 
     # ---- term maps -----------------------------------------------------------------------
     def term_map(self, context: ContextValue | None) -> TermMap:
         """Flatten a @context (URL, object or list) with the core context into a TermMap."""
         items = [] if context is None else (context if isinstance(context, list) else [context])
         key = json.dumps(items, sort_keys=True, default=str)
+        self._sync()
         with self._lock:
             cached = self._maps.get(key)
         if cached is not None:

@@ -83,9 +83,7 @@ def upgrade() -> None:
         sa.Column("sent_at", sa.DateTime(timezone=True)),
         sa.PrimaryKeyConstraint("id", name="pk_event_escalations"),
     )
-    op.create_index(
-        "ix_event_escalations_status", "event_escalations", ["status", "created_at"]
-    )
+    op.create_index("ix_event_escalations_status", "event_escalations", ["status", "created_at"])
 
 
 def downgrade() -> None:

@@ -30,7 +30,10 @@ STATIC = Path(str(resources.files("citybrain.scenes.medical_insurance").joinpath
 def _scene(request: Request) -> Scene:
     settings = request.app.state.settings
     return scene_for(
-        engine=request.app.state.engine, data_dir=settings.data_dir, code=settings.code
+        engine=request.app.state.engine,
+        data_dir=settings.data_dir,
+        code=settings.code,
+        shared=settings.workers > 1,
     )
 
 

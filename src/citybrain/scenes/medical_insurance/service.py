@@ -63,6 +63,9 @@ class Scene:
     lock: threading.Lock = field(default_factory=threading.Lock)
     institutions: dict[str, Institution] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # other worker processes of the node settle too (citybrain serve --workers): what one
+    # process remembers of a person's payments may be incomplete, so the store is asked
+    shared: bool = False
 
     def phone_hmac(self, phone: str) -> str:
         """Return the keyed hash a voucher keeps instead of the phone number."""
@@ -73,8 +76,11 @@ _scenes: dict[tuple[str, str, str], Scene] = {}
 _scenes_lock = threading.Lock()
 
 
-def scene_for(*, engine: Engine, data_dir: Path, code: str) -> Scene:
-    """Return the scene state of a node, made on first use in this process."""
+def scene_for(*, engine: Engine, data_dir: Path, code: str, shared: bool = False) -> Scene:
+    """Return the scene state of a node, made on first use in this process.
+
+    shared: the node runs several worker processes (Scene.shared).
+    """
     key = (str(id(engine)), str(data_dir), code)
     scene = _scenes.get(key)
     if scene is not None and scene.engine is engine:
@@ -96,6 +102,7 @@ def scene_for(*, engine: Engine, data_dir: Path, code: str) -> Scene:
                 public=private.public_key(),
                 writer=GroupWriter(engine, on_commit=_audit_batch(data_dir)),
                 phone_key=hashlib.sha256(b"citybrain medins: voucher phones\0" + raw).digest(),
+                shared=shared,
             )
             _scenes[key] = scene
         return scene

@@ -230,10 +230,13 @@ def memory(scene: Scene) -> Memory:
 def history_of(scene: Scene, person_id: str, on: datetime) -> list[Settlement]:
     """Return the person's paid settlements of the rule base's window before `on`."""
     mem = memory(scene)
-    with mem.lock:
-        found = mem.history.get(person_id)
-        if found is not None:
-            mem.history.move_to_end(person_id)
+    found: list[Settlement] | None = None
+    if not scene.shared:
+        # with other worker processes settling too, a kept history could miss their payments
+        with mem.lock:
+            found = mem.history.get(person_id)
+            if found is not None:
+                mem.history.move_to_end(person_id)
     days = rulebase(scene).history_days
     if found is None:
         since = (on - timedelta(days=days + 1)).date().isoformat()
@@ -248,11 +251,13 @@ def history_of(scene: Scene, person_id: str, on: datetime) -> list[Settlement]:
         found = sorted(
             (Settlement.model_validate(r.record) for r in rows), key=lambda s: s.settled_at
         )
-        with mem.lock:
-            # a settlement committed while we read is already in the list another thread made
-            found = mem.history.setdefault(person_id, found)
-            while len(mem.history) > MAX_PERSONS:
-                mem.history.popitem(last=False)
+        if not scene.shared:
+            with mem.lock:
+                # a settlement committed while we read is already in the list another thread
+                # made
+                found = mem.history.setdefault(person_id, found)
+                while len(mem.history) > MAX_PERSONS:
+                    mem.history.popitem(last=False)
     horizon = on - timedelta(days=days)
     return [s for s in found if s.settled_at >= horizon]
 
