@@ -82,9 +82,7 @@ def _table(rows: int) -> bytes:
     return buffer.getvalue()
 
 
-def _read_all(
-    engine: Any, data_dir: Path, principal: Principal, filters: list[str] | None
-) -> int:
+def _read_all(engine: Any, data_dir: Path, principal: Principal, filters: list[str] | None) -> int:
     count, after = 0, None
     while True:
         page = tables.read_records(

@@ -39,7 +39,8 @@ SCALE = os.environ.get("CITYBRAIN_BENCH_MEDINS_SCALE", "0.0003")
 RATE = float(os.environ.get("CITYBRAIN_BENCH_MEDINS_RATE", "1000"))
 SECONDS = float(os.environ.get("CITYBRAIN_BENCH_MEDINS_SECONDS", "10"))
 TOKENS = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_TOKENS", "5000"))
-PEOPLE = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_PEOPLE", "200"))
+PEOPLE = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_PEOPLE", "1000"))
+PG_ADMIN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 # worker processes of the node under load (citybrain serve --workers)
 WORKERS = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_WORKERS", "2"))
 CONNECTIONS = 32
@@ -191,6 +192,33 @@ def _people(data: Path, limit: int) -> list[tuple[str, str]]:
     return found[:limit]
 
 
+def _database() -> str | None:
+    """Point the node at a fresh PostgreSQL database when one answers, as a deployed node does.
+
+    Several workers writing one SQLite file wait on its lock; PostgreSQL takes concurrent
+    commits. Set CITYBRAIN_DATABASE_URL to choose the store yourself.
+    """
+    if os.environ.get("CITYBRAIN_DATABASE_URL"):
+        return None
+    try:
+        import psycopg
+
+        name = f"citybrain_bench_medins_{os.getpid()}"
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except Exception:  # no PostgreSQL here: SQLite in the data folder
+        return None
+    os.environ["CITYBRAIN_DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    return name
+
+
+def _drop_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def main() -> None:
     """Run the service-level and HTTP measurements and report them."""
     from _harness import report
@@ -202,6 +230,7 @@ def main() -> None:
     from citybrain.scenes.medical_insurance.service import scene_for
 
     root = Path(tempfile.mkdtemp(prefix="bench-medins-"))
+    database = _database()
     try:
         data = _prepare(root)
         settings = load_settings(data_dir=data, code=CITY, level="city")
@@ -432,6 +461,8 @@ def main() -> None:
             node.terminate()
             node.wait(timeout=30)
         figures = {
+            "node_workers": WORKERS,
+            "store": "postgresql" if database is not None else "as configured",
             "vouchers_activated": len(citizens),
             "activation_ms_each": round(activation_s / max(1, len(citizens)) * 1000, 1),
             "tokens_issued_per_s": round(issue_rate),
@@ -469,6 +500,8 @@ def main() -> None:
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        if database is not None:
+            _drop_database(database)
     _ = UTC
 
 

@@ -209,6 +209,8 @@ class Memory:
     lock: threading.Lock
     history: OrderedDict[str, list[Settlement]]
     answers: OrderedDict[tuple[str, str], tuple[str, dict[str, Any]]]
+    # when the store was last read for a person (Scene.shared: other workers pay too)
+    checked: dict[str, datetime] = field(default_factory=dict)
     # submissions of a transaction id being settled right now: a retry waits for the first
     inflight: dict[tuple[str, str], Future[tuple[str, dict[str, Any]]]] = field(
         default_factory=dict
@@ -230,16 +232,17 @@ def memory(scene: Scene) -> Memory:
 def history_of(scene: Scene, person_id: str, on: datetime) -> list[Settlement]:
     """Return the person's paid settlements of the rule base's window before `on`."""
     mem = memory(scene)
-    found: list[Settlement] | None = None
-    if not scene.shared:
-        # with other worker processes settling too, a kept history could miss their payments
-        with mem.lock:
-            found = mem.history.get(person_id)
-            if found is not None:
-                mem.history.move_to_end(person_id)
+    with mem.lock:
+        found = mem.history.get(person_id)
+        if found is not None:
+            mem.history.move_to_end(person_id)
+        last = mem.checked.get(person_id)
     days = rulebase(scene).history_days
+    if found is not None and scene.shared and last is not None:
+        found = _catch_up(scene, person_id, found, last)
     if found is None:
         since = (on - timedelta(days=days + 1)).date().isoformat()
+        moment = now_utc()
         with scene.engine.connect() as conn:
             rows = conn.execute(
                 select(settlements.c.record).where(
@@ -251,15 +254,58 @@ def history_of(scene: Scene, person_id: str, on: datetime) -> list[Settlement]:
         found = sorted(
             (Settlement.model_validate(r.record) for r in rows), key=lambda s: s.settled_at
         )
-        if not scene.shared:
-            with mem.lock:
-                # a settlement committed while we read is already in the list another thread
-                # made
-                found = mem.history.setdefault(person_id, found)
-                while len(mem.history) > MAX_PERSONS:
-                    mem.history.popitem(last=False)
+        with mem.lock:
+            # a settlement committed while we read is already in the list another thread made
+            found = mem.history.setdefault(person_id, found)
+            mem.checked.setdefault(person_id, moment)
+            while len(mem.history) > MAX_PERSONS:
+                gone, _ = mem.history.popitem(last=False)
+                mem.checked.pop(gone, None)
     horizon = on - timedelta(days=days)
     return [s for s in found if s.settled_at >= horizon]
+
+
+# how far back a catch-up looks before the last read: a row is stamped before its commit,
+# so one committed just after that read may carry an earlier time
+CATCH_UP_SLACK = timedelta(seconds=2)
+
+
+def _catch_up(
+    scene: Scene, person_id: str, found: list[Settlement], last: datetime
+) -> list[Settlement]:
+    """Add the person's payments other worker processes committed since the last read."""
+    moment = now_utc()
+    mem = memory(scene)
+    with scene.engine.connect() as conn:
+        ids = conn.execute(
+            select(settlements.c.id).where(
+                settlements.c.person_id == person_id,
+                settlements.c.created_at >= last - CATCH_UP_SLACK,
+                settlements.c.paid.is_(True),
+            )
+        ).scalars()
+        with mem.lock:
+            known = {s.settlement_id for s in mem.history.get(person_id, found)}
+        unknown = [i for i in ids if i not in known]
+        # only the records this worker has not seen are read and parsed
+        rows = (
+            conn.execute(select(settlements.c.record).where(settlements.c.id.in_(unknown))).all()
+            if unknown
+            else []
+        )
+    with mem.lock:
+        current = mem.history.get(person_id, found)
+        known = {s.settlement_id for s in current}
+        new = [
+            r
+            for r in (Settlement.model_validate(row.record) for row in rows)
+            if r.settlement_id not in known
+        ]
+        if new:
+            current = sorted([*current, *new], key=lambda s: s.settled_at)
+            mem.history[person_id] = current
+        mem.checked[person_id] = moment
+    return current
 
 
 def _remember(
