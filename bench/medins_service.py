@@ -42,7 +42,9 @@ TOKENS = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_TOKENS", "5000"))
 PEOPLE = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_PEOPLE", "1000"))
 PG_ADMIN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 # worker processes of the node under load (citybrain serve --workers)
-WORKERS = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_WORKERS", "2"))
+WORKERS = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_WORKERS", "1"))
+# the node's store: sqlite (in the data folder) or postgresql (a fresh database on 127.0.0.1)
+STORE = os.environ.get("CITYBRAIN_BENCH_MEDINS_STORE", "sqlite")
 CONNECTIONS = 32
 CITY, PROVINCE = "370100", "370000"
 CST = timezone(timedelta(hours=8))
@@ -193,12 +195,12 @@ def _people(data: Path, limit: int) -> list[tuple[str, str]]:
 
 
 def _database() -> str | None:
-    """Point the node at a fresh PostgreSQL database when one answers, as a deployed node does.
+    """With CITYBRAIN_BENCH_MEDINS_STORE=postgresql, a fresh PostgreSQL database for the node.
 
     Several workers writing one SQLite file wait on its lock; PostgreSQL takes concurrent
     commits. Set CITYBRAIN_DATABASE_URL to choose the store yourself.
     """
-    if os.environ.get("CITYBRAIN_DATABASE_URL"):
+    if os.environ.get("CITYBRAIN_DATABASE_URL") or STORE != "postgresql":
         return None
     try:
         import psycopg
@@ -462,7 +464,7 @@ def main() -> None:
             node.wait(timeout=30)
         figures = {
             "node_workers": WORKERS,
-            "store": "postgresql" if database is not None else "as configured",
+            "store": "postgresql" if database is not None else "sqlite or as configured",
             "vouchers_activated": len(citizens),
             "activation_ms_each": round(activation_s / max(1, len(citizens)) * 1000, 1),
             "tokens_issued_per_s": round(issue_rate),
