@@ -12,6 +12,8 @@ DEMO_SEED ?= 1
 DEMO_PORT ?= 8000
 DEMO_DIR ?= .demo
 B ?=
+# pytest processes (pytest-xdist); each test keeps its own ports, folders and database
+PYTEST_WORKERS ?= 2
 
 .PHONY: install assets demo test lint typecheck pytest bench clean
 
@@ -50,7 +52,7 @@ typecheck: install
 	$(BIN)/mypy
 
 pytest: install assets $(CLIENTS)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 test: lint typecheck pytest
 
