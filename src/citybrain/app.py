@@ -297,3 +297,4 @@ def create_app(
     get_plugin_manager().hook.citybrain_routes(app=app)
     app.include_router(web_router)
     return app
+

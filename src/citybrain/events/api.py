@@ -9,11 +9,12 @@ from pathlib import Path as FsPath
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi import Body, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from citybrain.core.errors import BadInput, CityBrainError, Forbidden, NotFound
+from citybrain.core.routing import APIRouter
 from citybrain.events import catalogue, grid, service
 from citybrain.events.models import (
     CaseCreate,

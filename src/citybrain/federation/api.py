@@ -6,11 +6,12 @@ from collections.abc import Callable
 from pathlib import Path as FsPath
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import Depends, Path, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import Engine
 
 from citybrain.core.config import Settings
+from citybrain.core.routing import APIRouter
 from citybrain.federation import service, trust
 from citybrain.federation.models import (
     MESSAGE_ID,

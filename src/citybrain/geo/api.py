@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import Path, Query
 
+from citybrain.core.routing import APIRouter
 from citybrain.geo import service
 from citybrain.geo.models import AdminUnit, Level
 

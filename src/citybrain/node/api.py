@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import Depends, Path, Request, Response
 from sqlalchemy import Engine
 
 from citybrain import __version__
 from citybrain.core.config import Settings
 from citybrain.core.db import check_connection
 from citybrain.core.errors import CityBrainError, Forbidden
+from citybrain.core.routing import APIRouter
 from citybrain.federation import outbox, trust
 from citybrain.federation.models import Relation
 from citybrain.governance.identity.deps import current_principal

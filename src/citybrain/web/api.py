@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy import Engine
 
 from citybrain.core.config import Settings
+from citybrain.core.routing import APIRouter
 from citybrain.governance.identity.deps import require_role
 from citybrain.governance.principal import GOVERNMENT_ROLES, Principal
 from citybrain.web import service

@@ -5,10 +5,10 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from fastapi import APIRouter
 from fastapi.responses import FileResponse, HTMLResponse
 
 from citybrain.core.errors import NotFound
+from citybrain.core.routing import APIRouter
 
 router = APIRouter(include_in_schema=False)
 

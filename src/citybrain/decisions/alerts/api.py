@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy import Engine
 
+from citybrain.core.routing import APIRouter
 from citybrain.decisions.alerts import service
 from citybrain.decisions.alerts.models import AlertRead, EvaluationReport
 from citybrain.governance.identity.deps import current_principal, require_role

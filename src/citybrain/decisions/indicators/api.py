@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 
 from citybrain.core.config import Settings
 from citybrain.core.errors import BadInput
+from citybrain.core.routing import APIRouter
 from citybrain.decisions.indicators import service
 from citybrain.decisions.indicators.models import (
     ChildResult,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Depends, Query, Request, Response
 from sqlalchemy import Engine
 
+from citybrain.core.routing import APIRouter
 from citybrain.decisions.notify import service
 from citybrain.decisions.notify.models import (
     DeliveryRead,

@@ -9,8 +9,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 
+from citybrain.core.routing import APIRouter
 from citybrain.governance.audit import service
 from citybrain.governance.audit.models import AuditPage, VerifyReport
 from citybrain.governance.identity.deps import require_role

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path as FsPath
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Depends, Query, Request, Response
 from sqlalchemy import Engine
 
 from citybrain.core.config import Settings
 from citybrain.core.datalevel import DataLevel
 from citybrain.core.errors import BadInput, CityBrainError
+from citybrain.core.routing import APIRouter
 from citybrain.governance.audit import service as audit
 from citybrain.governance.catalog import dcat, service
 from citybrain.governance.catalog.models import (

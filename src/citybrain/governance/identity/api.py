@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote_plus
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from citybrain.core.errors import BadInput, CityBrainError, TooManyRequests, Unauthorized
 from citybrain.core.problems import ERROR_BASE, MEDIA_TYPE
+from citybrain.core.routing import APIRouter
 from citybrain.governance.identity import service
 from citybrain.governance.identity.deps import current_principal, require_role
 from citybrain.governance.identity.models import (

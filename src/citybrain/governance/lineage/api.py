@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy import Engine
 
+from citybrain.core.routing import APIRouter
 from citybrain.governance.identity.deps import require_role
 from citybrain.governance.lineage import service
 from citybrain.governance.lineage.models import LineageGraph

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy import Engine
 
+from citybrain.core.routing import APIRouter
 from citybrain.governance.identity.deps import require_role
 from citybrain.governance.principal import GOVERNMENT_ROLES, Principal, Role
 from citybrain.governance.quality import service

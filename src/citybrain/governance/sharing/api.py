@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path as FsPath
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import Depends, Path, Query, Request
 from sqlalchemy import Engine
 
+from citybrain.core.routing import APIRouter
 from citybrain.governance.catalog.models import DATASET_ID
 from citybrain.governance.identity.deps import current_principal
 from citybrain.governance.principal import Principal

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from citybrain.core.routing import APIRouter
 from citybrain.governance.identity.deps import current_principal
 from citybrain.governance.principal import Principal
 from citybrain.governance.verification import service

@@ -13,11 +13,12 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Depends, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import Connection, Engine
 
 from citybrain.core.errors import BadInput, CityBrainError, Conflict, NotFound
+from citybrain.core.routing import APIRouter
 from citybrain.federation import distributed
 from citybrain.governance.principal import Principal
 from citybrain.hub.ngsild import commits, gated, geoquery, query, service, subscriptions, temporal

@@ -17,7 +17,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Depends, Request, Response
 from sqlalchemy import (
     JSON,
     Column,
@@ -34,6 +34,7 @@ from sqlalchemy import (
 
 from citybrain.core.db import metadata
 from citybrain.core.errors import BadInput, Conflict, NotFound, Unprocessable
+from citybrain.core.routing import APIRouter
 from citybrain.governance.identity.deps import require_role
 from citybrain.governance.principal import GOVERNMENT_ROLES, Principal, Role
 from citybrain.hub.ngsild.jsonld import TermMap, is_iri, validate_entity_id

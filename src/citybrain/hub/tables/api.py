@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path as FsPath
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import Depends, Path, Query, Request
 from sqlalchemy import Engine
 
 from citybrain.core.errors import BadInput
+from citybrain.core.routing import APIRouter
 from citybrain.governance.identity.deps import current_principal
 from citybrain.governance.principal import Principal
 from citybrain.hub.tables import service

@@ -6,13 +6,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 
 from citybrain.core.config import Settings
 from citybrain.core.errors import Forbidden
+from citybrain.core.routing import APIRouter
 from citybrain.federation import trust
 from citybrain.federation.models import Relation
 from citybrain.governance.identity.deps import current_principal

@@ -6,10 +6,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
 
 from citybrain.core.errors import NotFound
+from citybrain.core.routing import APIRouter
 from citybrain.plugins.hookspecs import hookimpl
 from citybrain.scenes.enrollment.api import router as api_router
 

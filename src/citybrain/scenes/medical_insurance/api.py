@@ -9,11 +9,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import Body, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, Field
 
 from citybrain.core.errors import Forbidden, NotFound
+from citybrain.core.routing import APIRouter
 from citybrain.governance.identity.deps import current_principal
 from citybrain.governance.principal import Principal, Role
 from citybrain.scenes.medical_insurance import cases, panel, settlement, terminals, voucher

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 
+from citybrain.core.routing import APIRouter
 from citybrain.node import service as node_service
 from citybrain.plugins.hookspecs import hookimpl
 
