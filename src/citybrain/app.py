@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from citybrain import __version__
 from citybrain.core.config import Settings
 from citybrain.core.db import check_connection, create_engine_for, upgrade
+from citybrain.core.fast_lane import FastLaneMiddleware
 from citybrain.core.problems import BodyLimitMiddleware, install_problem_handlers, problem
 from citybrain.decisions.alerts import service as alerts_service
 from citybrain.decisions.alerts.api import router as alerts_router
@@ -257,6 +258,9 @@ def create_app(
     install_problem_handlers(app)
     # innermost first: write auditing sees the principal authentication found, and
     # authentication sees the body limit's and the access log's rewrites
+    # innermost: the lanes plugins register (core/fast_lane.py) see the principal and are
+    # audited like every other request
+    app.add_middleware(FastLaneMiddleware)
     app.add_middleware(WriteAuditMiddleware, data_dir=settings.data_dir)
     app.add_middleware(
         AuthMiddleware,
@@ -297,4 +301,3 @@ def create_app(
     get_plugin_manager().hook.citybrain_routes(app=app)
     app.include_router(web_router)
     return app
-

@@ -153,7 +153,19 @@ async def settle(
     principal: Principal = Depends(current_principal),
 ) -> Response:
     """Check a settlement before payment and pay it unless blocked; idempotent by txn_id."""
-    scene = _scene(request)
+    answer = await settle_answer(request.app, body, principal)
+    return Response(answer, media_type="application/json")
+
+
+async def settle_answer(app: Any, body: Any, principal: Principal) -> bytes:
+    """Settle one submission and return the JSON answer (the route's and its fast lane's)."""
+    settings = app.state.settings
+    scene = scene_for(
+        engine=app.state.engine,
+        data_dir=settings.data_dir,
+        code=settings.code,
+        shared=settings.workers > 1,
+    )
     institution_id = terminals.institution_of(scene, principal)
     # async: the commit is awaited on the loop, so a thousand settlements a second do not
     # each take a worker thread; the checks before it are pure Python of microseconds
@@ -161,7 +173,7 @@ async def settle(
         scene, principal=principal, institution_id=institution_id, body=body
     )
     # serialised once here: the answer is a model already, validating it again costs time
-    return Response(answer.model_dump_json(), media_type="application/json")
+    return answer.model_dump_json().encode()
 
 
 @router.get("/api/medins/settlements/{settlement_id}")

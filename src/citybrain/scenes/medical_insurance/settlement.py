@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -34,12 +33,14 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from citybrain.core.errors import Conflict, NotFound, Unprocessable
+from citybrain.core.ids import record_id
 from citybrain.governance.principal import Principal
 from citybrain.scenes.medical_insurance import voucher as vouchers
 from citybrain.scenes.medical_insurance import voucher_token
 from citybrain.scenes.medical_insurance.group_commit import Inserts
 from citybrain.scenes.medical_insurance.models import (
     Finding,
+    InstitutionKind,
     Item,
     ItemKind,
     Outcome,
@@ -428,8 +429,9 @@ def _record(
     settlement_id: str,
     settled_at: datetime,
 ) -> Settlement:
+    # built from the validated submission and the voucher's record: no second validation
     items = tuple(
-        Item(
+        Item.model_construct(
             code=i.code,
             kind=i.kind,
             quantity=i.quantity,
@@ -444,11 +446,11 @@ def _record(
     fund = fund_share(
         scene, items, kind=parsed.kind.value, grade=inst.grade, scheme=info.view.scheme
     )
-    return Settlement(
+    return Settlement.model_construct(
         settlement_id=settlement_id,
         person_id=info.person_id,
         institution_id=inst.institution_id,
-        institution_kind=inst.kind,
+        institution_kind=InstitutionKind(inst.kind),
         institution_grade=inst.grade,
         city_code=inst.county_code[:4] + "00",
         county_code=inst.county_code,
@@ -468,7 +470,7 @@ def _record(
 def _finding_row(f: Finding, record: Settlement, source: str, at: datetime) -> dict[str, Any]:
     amount = sum(i.amount for i in record.items if not f.item_code or i.code == f.item_code)
     return {
-        "id": "F" + uuid.uuid4().hex[:20],
+        "id": record_id("F"),
         "finding_key": f"{source}:{f.rule_id}:{f.settlement_id}:{f.item_code}"[:200],
         "source": source,
         "rule_id": f.rule_id,
@@ -520,7 +522,7 @@ def _prepare(
         if stored is not None:
             return _replay(stored, digest, parsed.txn_id)
         raise vouchers.refused(scene, principal, exc, what="settle") from None
-    settlement_id = "S" + uuid.uuid4().hex[:20]
+    settlement_id = record_id("S")
     record = _record(scene, parsed, inst, checked.voucher, settlement_id, moment)
     history = history_of(scene, record.person_id, record.settled_at)
     verdict = check_settlement(rulebase(scene), record, history)
@@ -670,6 +672,7 @@ def _leave(
     mine: Future[tuple[str, dict[str, Any]]] | None,
     outcome: SettlementAnswer | BaseException,
     digest: str,
+    answer_json: dict[str, Any] | None = None,
 ) -> None:
     """Hand the outcome to submissions of the same transaction id that waited for it."""
     if key is None or mine is None:
@@ -680,7 +683,9 @@ def _leave(
     if isinstance(outcome, BaseException):
         mine.set_exception(outcome)
     else:
-        mine.set_result((digest, outcome.model_dump(mode="json", exclude={"replayed"})))
+        if answer_json is None:
+            answer_json = outcome.model_dump(mode="json", exclude={"replayed"})
+        mine.set_result((digest, answer_json))
 
 
 def _key_of(body: Any, institution_id: str) -> tuple[tuple[str, str] | None, str]:
@@ -757,6 +762,7 @@ async def submit_async(
             prepared = _prepare(
                 scene, principal=principal, institution_id=institution_id, body=body, now=now
             )
+            computed: dict[str, Any] | None = None
             if isinstance(prepared, SettlementAnswer):
                 answer = prepared
             else:
@@ -766,10 +772,12 @@ async def submit_async(
                     answer = _finish(scene, principal, prepared, exc)
                 else:
                     answer = _finish(scene, principal, prepared, None)
+                if answer is prepared.answer:
+                    computed = prepared.answer_json  # serialised once, in _prepare
         except BaseException as exc:
             _leave(scene, key, value, exc, digest)
             raise
-        _leave(scene, key, value, answer, digest)
+        _leave(scene, key, value, answer, digest, computed)
         return answer
 
 
