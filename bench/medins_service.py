@@ -43,6 +43,8 @@ PEOPLE = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_PEOPLE", "1000"))
 PG_ADMIN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 # worker processes of the node under load (citybrain serve --workers)
 WORKERS = int(os.environ.get("CITYBRAIN_BENCH_MEDINS_WORKERS", "1"))
+# the HTTP phases to run (all by default): health, scan, settle
+PHASES = set(os.environ.get("CITYBRAIN_BENCH_MEDINS_PHASES", "health,scan,settle").split(","))
 # the node's store: sqlite (in the data folder) or postgresql (a fresh database on 127.0.0.1)
 STORE = os.environ.get("CITYBRAIN_BENCH_MEDINS_STORE", "sqlite")
 CONNECTIONS = 32
@@ -456,9 +458,11 @@ def main() -> None:
 
             warm = [{"method": "GET", "path": "/health", "token": bearer, "body": ""}] * 500
             run_load(warm, 500)
-            health = run_load(reqs_health, RATE)
-            scan_http = run_load(reqs_scan, 100_000)  # as fast as the node answers
-            settle = run_load(reqs_settle, RATE)
+            skip = {"per_s": 0, "p50_ms": 0, "p99_ms": 0, "status": {}, "cpu_ms": 0}
+            health = run_load(reqs_health, RATE) if "health" in PHASES else skip
+            # as fast as the node answers
+            scan_http = run_load(reqs_scan, 100_000) if "scan" in PHASES else skip
+            settle = run_load(reqs_settle, RATE) if "settle" in PHASES else skip
         finally:
             node.terminate()
             node.wait(timeout=30)
