@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import bearer, free_port
 
 from citybrain.governance.audit import service as audit
 from citybrain.node.workers import claim_primary, release_primary
+from conftest import bearer, free_port
 
 CODE = "370100"
 
@@ -116,11 +116,15 @@ def test_workers_share_the_port_the_chain_and_the_contexts(tmp_path: Path) -> No
         assert len(writes) == 120 and report.records >= 120
 
         # a context hosted through one worker is served by all, and its removal too
-        location = clients[0].post(
-            "/ngsi-ld/v1/jsonldContexts",
-            json={"@context": {"n": "https://example.org/n"}},
-            headers=headers,
-        ).headers["location"]
+        location = (
+            clients[0]
+            .post(
+                "/ngsi-ld/v1/jsonldContexts",
+                json={"@context": {"n": "https://example.org/n"}},
+                headers=headers,
+            )
+            .headers["location"]
+        )
         path = httpx.URL(location).path
         assert {c.get(path, headers=headers).status_code for c in clients} == {200}
         assert clients[1].delete(path, headers=headers).status_code == 204

@@ -45,26 +45,37 @@ def static_heads(paths: list[str]) -> tuple[str, ...] | None:
     return tuple(sorted(set(heads)))
 
 
+# FastAPI (0.120 and later) asks an included router whether it matches, with the include's
+# context in the scope; older versions never ask, and then the guard is simply not used
+_included_router_of = getattr(fastapi.routing, "_get_scope_included_router", None)
+
+
 class APIRouter(fastapi.APIRouter):
     """fastapi.APIRouter with a quick refusal of paths none of its routes starts like."""
 
-    _heads_for: int = -1
+    _heads_key: tuple[int, str] | None = None
     _heads: tuple[str, ...] | None = None
 
-    def _static_heads(self) -> tuple[str, ...] | None:
+    def _static_heads(self, prefix: str) -> tuple[str, ...] | None:
         # routes may be added after the router is included: recompute when their number moves
-        count = len(self.routes)
-        if count != self._heads_for:
-            paths = _route_paths(self)
+        key = (len(self.routes), prefix)
+        if key != self._heads_key:
+            paths = _route_paths(self, prefix)
             self._heads = static_heads(paths) if paths else None
-            self._heads_for = count
+            self._heads_key = key
         return self._heads
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         """Refuse at once a path no route here could match; otherwise match as FastAPI does."""
-        heads = self._static_heads()
-        if heads is not None and not scope.get("root_path"):
-            path = scope.get("path", "")
-            if not path.startswith(heads):
+        included = _included_router_of(scope) if _included_router_of is not None else None
+        context = getattr(included, "include_context", None)
+        if (
+            context is not None
+            and getattr(included, "original_router", None) is self
+            and not scope.get("root_path")
+        ):
+            # the prefixes this router was included under (its own prefix is in its paths)
+            heads = self._static_heads(str(getattr(context, "prefix", "")))
+            if heads is not None and not scope.get("path", "").startswith(heads):
                 return Match.NONE, {}
         return super().matches(scope)
