@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +91,52 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def serve_node(
+    data: Path,
+    port: int,
+    *extra: str,
+    code: str = "370100",
+    level: str = "city",
+    stderr: int | None = subprocess.DEVNULL,
+) -> subprocess.Popen[bytes]:
+    """Start `citybrain serve` for one node in its own process, logging warnings only."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "citybrain",
+            "serve",
+            "--level",
+            level,
+            "--code",
+            code,
+            "--data",
+            str(data),
+            "--port",
+            str(port),
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        env={**os.environ, "CITYBRAIN_LOG_LEVEL": "WARNING"},
+    )
+
+
+def wait_healthy(base_url: str, timeout: float = 60.0) -> None:
+    """Wait until a node answers /health with 200, or fail the test."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base_url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"the node at {base_url} did not start")
 
 
 def bearer(

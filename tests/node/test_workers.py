@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 
 from citybrain.governance.audit import service as audit
 from citybrain.node.workers import claim_primary, release_primary
-from conftest import bearer, free_port
+from conftest import bearer, free_port, serve_node, wait_healthy
 
 CODE = "370100"
 
@@ -30,27 +29,7 @@ def test_primary_lock_is_held_by_one_claimant_at_a_time(tmp_path: Path) -> None:
 
 
 def _serve(data: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "citybrain",
-            "serve",
-            "--level",
-            "city",
-            "--code",
-            CODE,
-            "--data",
-            str(data),
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "CITYBRAIN_LOG_LEVEL": "WARNING"},
-    )
+    return serve_node(data, port, "--workers", str(workers), code=CODE, stderr=subprocess.PIPE)
 
 
 def _workers(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
@@ -164,13 +143,7 @@ def test_one_worker_is_the_plain_server(tmp_path: Path, workers: int) -> None:
     port = free_port()
     proc = _serve(data, port, workers=workers)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+        wait_healthy(f"http://127.0.0.1:{port}", timeout=120)
         assert psutil.Process(proc.pid).children() == []
     finally:
         proc.send_signal(signal.SIGTERM)

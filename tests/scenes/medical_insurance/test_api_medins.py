@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from typer.testing import CliRunner
 
 from citybrain.cli import app
 from citybrain.scenes.medical_insurance import service as scene_service
-from conftest import bearer, free_port
+from conftest import bearer, free_port, serve_node, wait_healthy
 
 runner = CliRunner()
 
@@ -199,36 +198,11 @@ def test_commands_refuse_bad_input_with_one_sentence(prepared_root: Path, tmp_pa
 
 
 def _serve(data: Path, port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "citybrain",
-            "serve",
-            "--level",
-            "city",
-            "--code",
-            CITY,
-            "--data",
-            str(data),
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "CITYBRAIN_LOG_LEVEL": "WARNING"},
-    )
+    return serve_node(data, port, code=CITY)
 
 
 def _wait(url: str) -> None:
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    pytest.fail("the node did not start")
+    wait_healthy(url, timeout=30)
 
 
 @pytest.mark.slow
