@@ -95,6 +95,11 @@ def _audit(data: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
+def _last_of(data: Path, org: str) -> dict[str, Any]:
+    """The newest record of one organisation's requests (the node's own work may follow it)."""
+    return [r for r in _audit(data) if r["org"] == org][-1]
+
+
 def test_node_start_imports_synth_tables_into_the_catalog(node: Node) -> None:
     tables = node.get("/api/tables", "bureau", "bureau_admin").json()
     names = {f"{t['department']}/{t['name']}" for t in tables}
@@ -108,8 +113,8 @@ def test_owner_reads_in_the_clear_others_need_a_grant(node: Node) -> None:
     assert len(own[0]["id_number"]) == 18 and "*" not in own[0]["id_number"]
     refused = node.get(RECORDS, "education", limit=3)
     assert refused.status_code == 403 and "no active grant" in refused.json()["title"]
-    last = _audit(node.data)[-1]
-    assert (last["action"], last["result"], last["org"]) == ("read", "refused", "education")
+    last = _last_of(node.data, "education")
+    assert (last["action"], last["result"]) == ("read", "refused")
 
 
 def test_grant_masks_projects_and_scopes(node: Node) -> None:
@@ -130,7 +135,7 @@ def test_grant_masks_projects_and_scopes(node: Node) -> None:
         assert record["name"][1:] == "*" * (len(record["name"]) - 1)
         if record["phone"]:
             assert record["phone"][3:7] == "****"
-    last = _audit(node.data)[-1]
+    last = _last_of(node.data, "education")
     assert last["grant"] == grant and last["rows"] == len(page["records"])
     assert last["purpose"] == "compulsory-education enrollment"
     # a field outside the grant, and an explicit filter outside the row scope, are refused
