@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.sql.dml import Insert
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,49 @@ class Inserts:
     def __call__(self, conn: Connection) -> Any:
         for statement, rows in self.rows:
             if rows:
-                conn.execute(statement, rows)
+                executemany(conn, statement, rows)
         return self.result
+
+
+_Plan = tuple[str, tuple[str, ...], tuple[Callable[[Any], Any] | None, ...], bool]
+_plans: dict[tuple[int, str, tuple[str, ...]], _Plan] = {}
+
+
+def executemany(conn: Connection, statement: Any, rows: list[dict[str, Any]]) -> None:
+    """Run an insert for many rows as one driver executemany.
+
+    The values go through the same bind processing SQLAlchemy applies (JSON, dates,
+    booleans), with the statement compiled once: SQLAlchemy's own executemany rebuilds the
+    parameters of every row, a tenth of a settlement's time. Anything but a plain insert of
+    rows with the same keys goes the usual way.
+    """
+    keys = tuple(rows[0])
+    if not isinstance(statement, Insert) or any(tuple(r) != keys for r in rows):
+        conn.execute(statement, rows)
+        return
+    dialect = conn.dialect
+    plan_key = (id(statement), dialect.name, keys)
+    plan = _plans.get(plan_key)
+    if plan is None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        names = tuple(compiled.positiontup or ()) if compiled.positional else keys
+        columns = statement.table.c
+        processors: tuple[Callable[[Any], Any] | None, ...] = tuple(
+            columns[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names
+        )
+        plan = _plans[plan_key] = (str(compiled), names, processors, bool(compiled.positional))
+    sql, names, processors, positional = plan
+    if positional:
+        params: list[Any] = [
+            tuple(p(r[n]) if p else r[n] for n, p in zip(names, processors, strict=True))
+            for r in rows
+        ]
+    else:
+        params = [
+            {n: (p(r[n]) if p else r[n]) for n, p in zip(names, processors, strict=True)}
+            for r in rows
+        ]
+    conn.exec_driver_sql(sql, params)
 
 
 Write = Callable[[Connection], Any]
@@ -104,7 +146,7 @@ class GroupWriter:
                         results.append(write(conn))
                 for statement, rows in merged.items():
                     if rows:
-                        conn.execute(statement, rows)
+                        executemany(conn, statement, rows)
         except Exception:  # noqa: BLE001 - retried one by one below, each error to its caller
             if len(batch) == 1:
                 self._one(batch[0])
