@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -100,6 +101,7 @@ def serve_node(
     code: str = "370100",
     level: str = "city",
     stderr: int | None = subprocess.DEVNULL,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start `citybrain serve` for one node in its own process, logging warnings only."""
     return subprocess.Popen(
@@ -120,8 +122,18 @@ def serve_node(
         ],
         stdout=subprocess.DEVNULL,
         stderr=stderr,
-        env={**os.environ, "CITYBRAIN_LOG_LEVEL": "WARNING"},
+        env={**os.environ, "CITYBRAIN_LOG_LEVEL": "WARNING", **(env or {})},
     )
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Ask a process to stop and wait a minute; kill it and fail if it does not."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
 
 
 def wait_healthy(base_url: str, timeout: float = 60.0) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import CHROMIUM_ARGS
+from conftest import CHROMIUM_ARGS, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -122,13 +122,10 @@ def test_demo_serves_17_nodes_and_page_lists_them(tmp_path: Path, chromium_path:
         total = next(r for r in compared["rows"] if r["kind"] == "tree")
         assert all(total["values"][u]["status"] == "ok" for u in ("370000", "370100", "371700"))
     finally:
-        proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        log.close()
+            stop_process(proc, signal.SIGINT)
+        finally:
+            log.close()
     # every node process is gone once the demo stops
     for offset in range(17):
         with pytest.raises(httpx.HTTPError):

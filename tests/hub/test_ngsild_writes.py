@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +30,7 @@ from citybrain.hub.ngsild.models import (
     ngsild_history,
     ngsild_tenants,
 )
-from conftest import free_port
+from conftest import free_port, serve_node, wait_healthy
 
 SYSTEM = {"createdAt", "modifiedAt"}
 
@@ -315,23 +313,12 @@ def test_a_failed_commit_acknowledges_no_write_of_its_round(engine: Engine) -> N
 
 
 def _serve(data: Path, port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "citybrain",
-            "serve",
-            "--level",
-            "province",
-            "--code",
-            "370000",
-            "--data",
-            str(data),
-            "--port",
-            str(port),
-        ],
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "CITYBRAIN_ANONYMOUS_ROLE": "bureau_admin"},
+    return serve_node(
+        data,
+        port,
+        code="370000",
+        level="province",
+        env={"CITYBRAIN_ANONYMOUS_ROLE": "bureau_admin"},
     )
 
 
@@ -340,13 +327,8 @@ def test_acknowledged_patches_survive_kill_9(tmp_path: Path) -> None:
     node = _serve(tmp_path, port)
     base = f"http://127.0.0.1:{port}/ngsi-ld/v1"
     try:
+        wait_healthy(f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         batch = [
             {
                 "id": f"urn:ngsi-ld:Sensor:{k}",

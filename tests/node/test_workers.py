@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 
 from citybrain.governance.audit import service as audit
 from citybrain.node.workers import claim_primary, release_primary
-from conftest import bearer, free_port, serve_node, wait_healthy
+from conftest import bearer, free_port, serve_node, stop_process, wait_healthy
 
 CODE = "370100"
 
@@ -115,12 +114,7 @@ def test_workers_share_the_port_the_chain_and_the_contexts(tmp_path: Path) -> No
         assert (data / ".tables-state").read_text() == "ready"
         assert claim_primary(data) is False
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        stop_process(proc)
     assert proc.returncode == 0
     assert claim_primary(data) is True  # the workers are gone and released it
     release_primary(data)
@@ -146,5 +140,4 @@ def test_one_worker_is_the_plain_server(tmp_path: Path, workers: int) -> None:
         wait_healthy(f"http://127.0.0.1:{port}", timeout=120)
         assert psutil.Process(proc.pid).children() == []
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop_process(proc)

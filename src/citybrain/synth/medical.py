@@ -25,6 +25,15 @@ Array = np.ndarray[Any, Any]
 Tables = dict[tuple[str, str], pa.Table]
 LABELS = "_labels"  # department key of label tables: the writer puts them under OUT/labels/
 
+# the tables of the year of care the synth writes into each node's medical_security folder
+CARE_TABLES = (
+    "settlements",
+    "settlement_items",
+    "visits",
+    "admissions",
+    "prescriptions",
+    "dispensing",
+)
 YEAR_START = date(2025, 9, 1)  # the year of care ends the day before the reference day
 YEAR_DAYS = 365
 BASE_S = (YEAR_START.toordinal() - date(1970, 1, 1).toordinal()) * 86400

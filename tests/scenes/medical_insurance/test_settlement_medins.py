@@ -66,6 +66,18 @@ def body(
     }
 
 
+def _drug_line(day: datetime) -> dict[str, Any]:
+    """Fourteen capsules of the test drug at its standard price, served on that day."""
+    return {
+        "code": DRUG,
+        "kind": "drug",
+        "quantity": 14,
+        "unit_price": 0.86,
+        "amount": 12.04,
+        "service_date": day.date().isoformat(),
+    }
+
+
 def _count(city: City, table: Any) -> int:
     engine = city.client.app.state.engine  # type: ignore[attr-defined]
     with engine.connect() as conn:
@@ -150,16 +162,7 @@ def test_the_same_drug_again_within_days_warns_and_is_still_paid(city: City) -> 
     city.activate(person)
     terminal = city.terminal(city.pharmacy())
     earlier = _now() - timedelta(days=2)
-    drug = [
-        {
-            "code": DRUG,
-            "kind": "drug",
-            "quantity": 14,
-            "unit_price": 0.86,
-            "amount": 12.04,
-            "service_date": earlier.date().isoformat(),
-        }
-    ]
+    drug = [_drug_line(earlier)]
     first = city.client.post(
         "/api/medins/settlements",
         json=body(city.qr(person), "P-1", kind="pharmacy", items=drug, start=earlier),
@@ -356,14 +359,7 @@ def test_another_worker_sees_payments_made_by_this_one(city: City) -> None:
         subject="t", org="inst-" + pharmacy.lower(), role=Role.service, issuer="370100"
     )
     earlier = _now() - timedelta(days=2)
-    drug = {
-        "code": DRUG,
-        "kind": "drug",
-        "quantity": 14,
-        "unit_price": 0.86,
-        "amount": 12.04,
-        "service_date": earlier.date().isoformat(),
-    }
+    drug = _drug_line(earlier)
     consultation = dict(drug, code=CONSULTATION, kind="service", quantity=1, unit_price=10.0)
     consultation["amount"] = 10.0
     # the other worker has looked at this person's history already

@@ -14,17 +14,9 @@ from citybrain.core.errors import BadInput
 from citybrain.scenes.medical_insurance.models import Settlement
 from citybrain.scenes.medical_insurance.sweep import read_settlements
 from citybrain.synth import service
-from citybrain.synth.medical import PATTERNS, parse_rates
+from citybrain.synth.medical import CARE_TABLES, PATTERNS, parse_rates
 
 CITY = "370500"
-TABLES = (
-    "settlements",
-    "settlement_items",
-    "visits",
-    "admissions",
-    "prescriptions",
-    "dispensing",
-)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +32,7 @@ def _sql(query: str) -> list[tuple[object, ...]]:
 
 def test_tables_and_labels_apart(out: Path) -> None:
     folder = out / CITY / "medical_security"
-    for name in TABLES:
+    for name in CARE_TABLES:
         assert (folder / f"{name}.parquet").exists(), name
     assert not list((out / CITY).rglob("*label*")) and not list((out / CITY).rglob("*fraud*"))
     labels = out / "labels" / CITY

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 from citybrain.hub.tables import service
 from citybrain.hub.tables.files import FileFormat
 from citybrain.hub.tables.models import NAME, ColumnSpec, ColumnType, TableSpec, table_datasets
+from citybrain.synth.medical import CARE_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +80,7 @@ def _flatten(table: pa.Table) -> pa.Table:
 
 # The year of care: the largest tables by far. A node imports them after it starts serving,
 # so that sixteen city nodes starting on two cores answer their health checks in time.
-DEFERRED = frozenset(
-    f"medical_security/{name}"
-    for name in (
-        "settlements",
-        "settlement_items",
-        "visits",
-        "admissions",
-        "prescriptions",
-        "dispensing",
-    )
-)
+DEFERRED = frozenset(f"medical_security/{name}" for name in CARE_TABLES)
 
 
 def import_synth_tables(
