@@ -361,7 +361,7 @@ def main() -> None:
                 str(WORKERS),
             ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=None if os.environ.get("CITYBRAIN_BENCH_NODE_LOG") else subprocess.DEVNULL,
             env={**os.environ, "CITYBRAIN_LOG_LEVEL": "WARNING"},
         )
         try:

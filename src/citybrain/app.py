@@ -218,6 +218,14 @@ def _background(app: FastAPI, settings: Settings) -> list[asyncio.Task[None]]:
     return tasks
 
 
+async def _warm(app: FastAPI) -> None:
+    """Let the plugins load what their busiest routes need before the first request."""
+    try:
+        await asyncio.to_thread(get_plugin_manager().hook.citybrain_warm, app=app)
+    except Exception:  # a plugin that cannot warm loads on first use, as before
+        logging.getLogger("citybrain.node").warning("a plugin could not warm", exc_info=True)
+
+
 def create_app(
     settings: Settings, engine: Engine | None = None, *, elect_primary: bool = False
 ) -> FastAPI:
@@ -235,6 +243,7 @@ def create_app(
         primary = claim_primary(settings.data_dir) if elect_primary else True
         app.state.tables = None if not primary else "importing"
         tasks = _background(app, settings) if primary else []
+        await _warm(app)
         logging.getLogger("citybrain.node").info(
             "node started", extra={"code": settings.code, "level": settings.level.value}
         )

@@ -22,6 +22,10 @@ class CityBrainSpec:
         """Add the plugin's API routes and pages to a node's app."""
 
     @hookspec
+    def citybrain_warm(self, app: FastAPI) -> None:
+        """Load what the plugin's busiest routes need before the node takes requests."""
+
+    @hookspec
     def citybrain_dashboard_panels(self) -> list[dict[str, Any]]:
         """Return panels (id, title_zh, title_en, data_url) the dashboard shows for this plugin."""
         raise NotImplementedError

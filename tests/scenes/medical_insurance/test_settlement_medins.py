@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from test_voucher_node import (  # noqa: F401 - fixtures
     City,
     city_fixture,
@@ -337,8 +337,8 @@ def test_concurrent_submissions_pay_once(city: City) -> None:
     assert _count(city, settlements) == 2
 
 
-def test_another_worker_sees_payments_made_by_this_one(city: City) -> None:
-    """With several workers (Scene.shared), the history before payment comes from the store."""
+def test_without_the_feed_another_worker_catches_up_from_the_store(city: City) -> None:
+    """With several workers and no sibling feed, the history before payment is read again."""
     import dataclasses
 
     from citybrain.governance.principal import Principal, Role
@@ -353,8 +353,8 @@ def test_another_worker_sees_payments_made_by_this_one(city: City) -> None:
         data_dir=city.data,
         code="370100",
     )
-    # the other worker: the same node and store, its own memory
-    other = dataclasses.replace(mine, extra={}, shared=True)
+    # the other worker: the same node and store, its own memory, no feed from this one
+    other = dataclasses.replace(mine, extra={"paid_feed_failed": True}, shared=True)
     terminal = Principal(
         subject="t", org="inst-" + pharmacy.lower(), role=Role.service, issuer="370100"
     )
@@ -387,3 +387,96 @@ def test_another_worker_sees_payments_made_by_this_one(city: City) -> None:
         body=body(city.qr(person), "W-3", kind="pharmacy", items=[again], start=today),
     )
     assert "MI06_repeated_dispensing" in {f.rule_id for f in answer.findings}
+
+
+def _terminal_of(pharmacy: str) -> Any:
+    from citybrain.governance.principal import Principal, Role
+
+    return Principal(subject="t", org="inst-" + pharmacy.lower(), role=Role.service, issuer="370100")
+
+
+def test_sibling_workers_hear_of_each_others_payments(city: City) -> None:
+    """Two workers of one node (Scene.shared): a payment at one is in the other's next check."""
+    import dataclasses
+
+    from citybrain.node.siblings import SiblingFeed
+    from citybrain.scenes.medical_insurance import service as scene_service
+    from citybrain.scenes.medical_insurance import settlement
+
+    person = city.people[0]
+    city.activate(person)
+    pharmacy = city.pharmacy()
+    base = scene_service.scene_for(
+        engine=city.client.app.state.engine,  # type: ignore[attr-defined]
+        data_dir=city.data,
+        code="370100",
+    )
+    feeds = [SiblingFeed(city.data, "medins-paid", name=n) for n in (1, 2)]
+    one, two = (
+        dataclasses.replace(base, extra={"paid_feed": f}, shared=True) for f in feeds
+    )
+    terminal = _terminal_of(pharmacy)
+    earlier = _now() - timedelta(days=2)
+    drug = _drug_line(earlier)
+    consultation = dict(drug, code=CONSULTATION, kind="service", quantity=1, unit_price=10.0)
+    consultation["amount"] = 10.0
+    try:
+        # both workers know the person already (a consultation each, days apart)
+        for n, worker in enumerate((one, two)):
+            day = earlier - timedelta(days=3 + 3 * n)
+            seen = dict(consultation, service_date=day.date().isoformat())
+            first = settlement.submit(
+                worker,
+                principal=terminal,
+                institution_id=pharmacy,
+                body=body(city.qr(person), f"F-{n}", kind="pharmacy", items=[seen], start=day),
+            )
+            assert first.paid, first.findings
+        paid = settlement.submit(
+            one,
+            principal=terminal,
+            institution_id=pharmacy,
+            body=body(city.qr(person), "F-drug", kind="pharmacy", items=[drug], start=earlier),
+        )
+        assert paid.outcome.value == "pass"
+        person_id = person_of(two, paid)
+        # the second worker asks the store nothing: the payment came on the feed
+        asked: list[str] = []
+        engine = two.engine
+
+        def count(*args: Any, **kwargs: Any) -> None:
+            asked.append(str(args[2]))
+
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            history = settlement.history_of(two, person_id, _now())
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+        assert not [q for q in asked if "medins_settlements" in q], asked
+        assert paid.settlement_id in {s.settlement_id for s in history}
+        today = _now() - timedelta(minutes=40)
+        again = dict(drug, service_date=today.date().isoformat())
+        answer = settlement.submit(
+            two,
+            principal=terminal,
+            institution_id=pharmacy,
+            body=body(city.qr(person), "F-again", kind="pharmacy", items=[again], start=today),
+        )
+        assert "MI06_repeated_dispensing" in {f.rule_id for f in answer.findings}
+        # the first worker stops: the second forgets and reads the store again, nothing missed
+        feeds[0].close()
+        assert paid.settlement_id in {
+            s.settlement_id for s in settlement.history_of(two, person_id, _now())
+        }
+        assert person_id in settlement.memory(two).history  # read again from the store
+    finally:
+        for f in feeds:
+            f.close()
+
+
+def person_of(scene: Any, answer: Any) -> str:
+    from citybrain.scenes.medical_insurance import settlement
+
+    return settlement.get_settlement(scene, settlement_id=answer.settlement_id)["record"][
+        "person_id"
+    ]

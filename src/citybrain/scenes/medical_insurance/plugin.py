@@ -22,6 +22,22 @@ def citybrain_routes(app: FastAPI) -> None:
 
 
 @hookimpl
+def citybrain_warm(app: FastAPI) -> None:
+    """Load the institutions, catalogues, rule base and replay store before the first check."""
+    from citybrain.scenes.medical_insurance import settlement
+    from citybrain.scenes.medical_insurance.service import scene_for
+
+    settings = app.state.settings
+    scene = scene_for(
+        engine=app.state.engine,
+        data_dir=settings.data_dir,
+        code=settings.code,
+        shared=settings.workers > 1,
+    )
+    settlement.warm(scene)
+
+
+@hookimpl
 def citybrain_dashboard_panels() -> list[dict[str, Any]]:
     """Offer the fund-supervision panel (this node and, at a parent, its children)."""
     return [

@@ -18,7 +18,10 @@ A terminal submits a settlement with the person's voucher token. In order:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
+import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from citybrain.core.errors import Conflict, NotFound, Unprocessable
 from citybrain.core.ids import record_id
 from citybrain.governance.principal import Principal
+from citybrain.node.siblings import SiblingFeed
 from citybrain.scenes.medical_insurance import voucher as vouchers
 from citybrain.scenes.medical_insurance import voucher_token
 from citybrain.scenes.medical_insurance.group_commit import Inserts
@@ -53,6 +57,7 @@ from citybrain.scenes.medical_insurance.service import (
     Scene,
     categories,
     institution,
+    institutions,
     now_utc,
     rulebase,
 )
@@ -67,6 +72,7 @@ _INSERT_FINDING = insert(findings)
 SCAN_GRACE = timedelta(minutes=30)
 # clocks of terminals run a little ahead sometimes: "in the future" means beyond this
 FUTURE_LEEWAY = timedelta(minutes=5)
+_log = logging.getLogger("citybrain.medins")
 MAX_PERSONS = 200_000
 MAX_ANSWERS = 100_000
 SHARE = {"甲": 1.0, "乙": 0.9, "丙": 0.0}
@@ -239,8 +245,15 @@ def history_of(scene: Scene, person_id: str, on: datetime) -> list[Settlement]:
             mem.history.move_to_end(person_id)
         last = mem.checked.get(person_id)
     days = rulebase(scene).history_days
-    if found is not None and scene.shared and last is not None:
-        found = _catch_up(scene, person_id, found, last)
+    if scene.shared:
+        feed = paid_feed(scene)
+        if feed is not None:
+            # what the sibling workers paid arrives on the feed before their answers leave
+            _take_feed(scene, feed)
+            with mem.lock:
+                found = mem.history.get(person_id)
+        elif found is not None and last is not None:
+            found = _catch_up(scene, person_id, found, last)
     if found is None:
         since = (on - timedelta(days=days + 1)).date().isoformat()
         moment = now_utc()
@@ -264,6 +277,59 @@ def history_of(scene: Scene, person_id: str, on: datetime) -> list[Settlement]:
                 mem.checked.pop(gone, None)
     horizon = on - timedelta(days=days)
     return [s for s in found if s.settled_at >= horizon]
+
+
+def paid_feed(scene: Scene) -> SiblingFeed | None:
+    """Return this process's end of the node's paid-settlement feed (None: catch up instead)."""
+    feed: SiblingFeed | None = scene.extra.get("paid_feed")
+    if feed is not None and feed.pid == os.getpid():
+        return feed
+    if scene.extra.get("paid_feed_failed"):
+        return None
+    mem = memory(scene)  # made outside the scene's lock, which making it takes
+    with scene.lock:
+        feed = scene.extra.get("paid_feed")
+        if feed is None or feed.pid != os.getpid():
+            try:
+                feed = SiblingFeed(scene.data_dir, "medins-paid")
+            except OSError as exc:
+                _log.warning("no paid-settlement feed (%s): the store is asked instead", exc)
+                scene.extra["paid_feed_failed"] = True
+                return None
+            # a forked process starts without the parent's memory of other workers' payments
+            mem.history.clear()
+            scene.extra["paid_feed"] = feed
+            atexit.register(feed.close)
+    return feed
+
+
+def _take_feed(scene: Scene, feed: SiblingFeed) -> None:
+    """Add to memory the payments the sibling workers published since the last drain."""
+    drained = feed.drain()
+    if not drained.frames and not drained.lost:
+        return
+    mem = memory(scene)
+    with mem.lock:
+        if drained.lost:
+            # a sibling's frames may be missing: forget, the store is read again per person
+            mem.history.clear()
+            mem.checked.clear()
+            return
+        for frame in drained.frames:
+            person_id, _, body = frame.partition(b"\n")
+            listed = mem.history.get(person_id.decode())
+            if listed is None:
+                continue  # not in memory: read from the store, with this payment, when needed
+            record = Settlement.model_validate_json(body)
+            if all(s.settlement_id != record.settlement_id for s in listed):
+                listed.append(record)
+                listed.sort(key=lambda s: s.settled_at)
+
+
+def _publish_paid(scene: Scene, record: Settlement, record_json: dict[str, Any]) -> None:
+    feed = paid_feed(scene) if scene.shared else None
+    if feed is not None:
+        feed.publish(record.person_id.encode() + b"\n" + orjson.dumps(record_json))
 
 
 # how far back a catch-up looks before the last read: a row is stamped before its commit,
@@ -496,6 +562,7 @@ class _Pending:
     answer: SettlementAnswer
     answer_json: dict[str, Any]
     record: Settlement | None
+    record_json: dict[str, Any]
     key: tuple[str, str]
     digest: str
     nonce: str
@@ -614,6 +681,7 @@ def _prepare(
         answer=answer,
         answer_json=answer_json,
         record=record if paid else None,
+        record_json=row["record"],
         key=(institution_id, parsed.txn_id),
         digest=digest,
         nonce=use["nonce"],
@@ -641,6 +709,9 @@ def _finish(
             vouchers.replay_store(scene).release(pending.nonce)
         raise error
     _remember(scene, pending.record, pending.key, (pending.digest, pending.answer_json))
+    if pending.record is not None:
+        # before the answer leaves: a retry or the next visit may reach another worker
+        _publish_paid(scene, pending.record, pending.record_json)
     return pending.answer
 
 
@@ -779,6 +850,20 @@ async def submit_async(
             raise
         _leave(scene, key, value, answer, digest, computed)
         return answer
+
+
+def warm(scene: Scene) -> bool:
+    """Load what a check before payment reads, on a node with the scene's data; True if so."""
+    try:
+        institutions(scene)
+        rulebase(scene)
+    except Unprocessable:
+        return False  # no institutions or catalogues: settlements are refused anyway
+    categories(scene)
+    vouchers.replay_store(scene)
+    if scene.shared:
+        paid_feed(scene)
+    return True
 
 
 def get_settlement(scene: Scene, *, settlement_id: str) -> dict[str, Any]:
