@@ -180,6 +180,85 @@ def bench_batch(data: Path) -> tuple[list[float], float, float]:
     return ours, statistics.median(raw), statistics.median(floor)
 
 
+PG_ADMIN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+# entities of the PostgreSQL batch run: row-by-row references there are slow at 1 M
+PG_ENTITIES = int(os.environ.get("CITYBRAIN_BENCH_PG_ENTITIES", "100000"))
+
+
+def _pg_fresh(name: str) -> str:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"host=127.0.0.1 port=5432 dbname={name} user=postgres"
+
+
+def _pg_ours(name: str) -> float:
+    _pg_fresh(name)
+    engine = create_engine_for(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+    upgrade(engine)
+    terms = ContextStore().term_map(None)
+    start = time.perf_counter()
+    for lo in range(0, PG_ENTITIES, BATCH):
+        batch = [expand_entity(entity(i), terms) for i in range(lo, min(lo + BATCH, PG_ENTITIES))]
+        service.upsert_many(engine=engine, tenant="", entities=batch, mode="upsert")
+    rate = PG_ENTITIES / (time.perf_counter() - start)
+    engine.dispose()
+    return rate
+
+
+def _pg_raw(name: str) -> float:
+    """The store's own rows per entity, by hand, with psycopg's executemany (pipelined)."""
+    import psycopg
+
+    dsn = _pg_fresh(name)
+    engine = create_engine_for(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+    upgrade(engine)
+    engine.dispose()
+    moment = datetime.now(UTC)
+    iso = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        start = time.perf_counter()
+        for lo in range(0, PG_ENTITIES, BATCH):
+            rows = [_store_rows(i, iso, moment) for i in range(lo, min(lo + BATCH, PG_ENTITIES))]
+            cur.executemany(
+                "insert into ngsild_entities (tenant, id, entity, created_at, modified_at, "
+                "loc_minx, loc_miny, loc_maxx, loc_maxy, loc_cell) "
+                "values (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                [r[0] for r in rows],
+            )
+            cur.executemany(
+                "insert into ngsild_entity_types (tenant, id, type) values (%s,%s,%s)",
+                [r[1] for r in rows],
+            )
+            cur.executemany(
+                "insert into ngsild_history (tenant, entity_id, attribute, dataset_id, at, "
+                "number, instance) values (%s,%s,%s,%s,%s,%s,%s)",
+                [h for r in rows for h in r[2:]],
+            )
+            conn.commit()
+        return PG_ENTITIES / (time.perf_counter() - start)
+
+
+def bench_batch_pg() -> tuple[float, float] | None:
+    """Median rates of our batch upsert on PostgreSQL (COPY) and of raw executemany there."""
+    import psycopg
+
+    name = f"citybrain_bench_ngsild_{os.getpid()}"
+    try:
+        _pg_fresh(name)
+    except psycopg.Error:
+        return None  # no PostgreSQL on this machine
+    try:
+        ours = [_pg_ours(name) for _ in range(REPEAT)]
+        raw = [_pg_raw(name) for _ in range(REPEAT)]
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return statistics.median(ours), statistics.median(raw)
+
+
 def _cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process and all its threads, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -413,6 +492,7 @@ def main() -> None:
         ours = statistics.median(runs)
         http = bench_http(data)
         t_ours, t_raw = bench_temporal(data)
+    pg = bench_batch_pg()
     report(
         "ngsild",
         {
@@ -426,6 +506,8 @@ def main() -> None:
             "geo_near_p95_ms": round(http["geo_p95_ms"], 1),
             "observations": OBSERVATIONS,
             "temporal_hourly_avg_month_median_s": round(t_ours, 3),
+            "postgresql_batch_upsert_entities_per_s": round(pg[0]) if pg else "no PostgreSQL",
+            "postgresql_entities": PG_ENTITIES,
             "targets": (
                 "upsert >= 50000/s at 1M; patch >= 3500/s; query/geo p95 < 50 ms at 1M; "
                 "temporal < 1 s at 10M"
@@ -435,6 +517,8 @@ def main() -> None:
             "raw_executemany_rows_per_s": round(raw),
             "raw_executemany_store_rows_entities_per_s": round(floor),
             "raw_sqlite_group_by_one_sensor_median_s": round(t_raw, 3),
+            "postgresql_raw_executemany_store_rows_entities_per_s": round(pg[1]) if pg else 0,
+            "postgresql_ratio_to_raw_executemany": round(pg[0] / pg[1], 3) if pg else 0,
             "empty_fastapi_patch_per_s": round(http["empty_patch_per_s"]),
             "empty_fastapi_patch_cpu_ms": round(http["empty_patch_cpu_ms"], 3),
             "repeats": REPEAT,

@@ -394,3 +394,46 @@ def test_acknowledged_patches_survive_kill_9(tmp_path: Path) -> None:
             "https://uri.etsi.org/ngsi-ld/default-context/level"
         ]
         assert level["value"] >= last
+
+
+def test_a_lookup_by_id_takes_the_primary_key_before_statistics(postgres_url: str) -> None:
+    """PostgreSQL: right after a bulk load (no ANALYZE yet), a batch's id lookup is by key."""
+    engine = create_engine_for(postgres_url)
+    upgrade(engine)
+    terms = ContextStore().term_map(None)
+    tenant = "wplan"
+    service._loaded.clear()  # this process's count of entities since the last ANALYZE
+    try:
+        for lo in range(0, 4000, 1000):
+            batch = [
+                expand_entity(dict(_mixed(i), id=f"urn:ngsi-ld:Thing:plan{i}"), terms)
+                for i in range(lo, lo + 1000)
+            ]
+            service.upsert_many(engine=engine, tenant=tenant, entities=batch, mode="upsert")
+        ids = [f"urn:ngsi-ld:Thing:plan{i}" for i in range(5000, 5500)]
+        lookup = select(ngsild_entities.c.id, ngsild_entities.c.entity).where(
+            ngsild_entities.c.tenant == tenant, ngsild_entities.c.id.in_(ids)
+        )
+        with engine.connect() as conn:
+            sql = str(lookup.compile(engine, compile_kwargs={"literal_binds": True}))
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql))
+        assert "ix_ngsild_entities_cell" not in plan, plan
+        # past FIRST_ANALYZE entities the store gathers statistics itself, not a minute later
+        with engine.connect() as conn:
+            analysed = (
+                "select last_analyze from pg_stat_user_tables where relname = 'ngsild_entities'"
+            )
+            assert conn.exec_driver_sql(analysed).scalar() is None
+            batch = [
+                expand_entity(dict(_mixed(i), id=f"urn:ngsi-ld:Thing:plan{i}"), terms)
+                for i in range(4000, 4000 + service.FIRST_ANALYZE)
+            ]
+        service.upsert_many(engine=engine, tenant=tenant, entities=batch, mode="upsert")
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql(analysed).scalar() is not None
+    finally:
+        with engine.begin() as conn:
+            for table in (ngsild_history, ngsild_entity_types, ngsild_entities, ngsild_tenants):
+                column = table.c.name if table is ngsild_tenants else table.c.tenant
+                conn.execute(delete(table).where(column == tenant))
+        engine.dispose()

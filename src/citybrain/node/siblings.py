@@ -86,9 +86,7 @@ class SiblingFeed:
             stamp = os.stat(self.folder).st_mtime_ns
         if stamp != self._listed:
             self._listed = stamp
-            self._siblings = sorted(
-                int(p.name) for p in self.folder.iterdir() if p.name.isdigit()
-            )
+            self._siblings = sorted(int(p.name) for p in self.folder.iterdir() if p.name.isdigit())
             self._siblings = [p for p in self._siblings if p != self.name]
         return self._siblings
 
@@ -152,9 +150,9 @@ class SiblingFeed:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            uid = _CRED.unpack(
-                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
-            )[1]
+            uid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))[
+                1
+            ]
             if uid != os.getuid():
                 # the abstract namespace has no file permissions: only our own user may speak
                 _log.warning("refused a sibling connection from uid %s", uid)

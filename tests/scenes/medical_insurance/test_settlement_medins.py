@@ -392,7 +392,8 @@ def test_without_the_feed_another_worker_catches_up_from_the_store(city: City) -
 def _terminal_of(pharmacy: str) -> Any:
     from citybrain.governance.principal import Principal, Role
 
-    return Principal(subject="t", org="inst-" + pharmacy.lower(), role=Role.service, issuer="370100")
+    org = "inst-" + pharmacy.lower()
+    return Principal(subject="t", org=org, role=Role.service, issuer="370100")
 
 
 def test_sibling_workers_hear_of_each_others_payments(city: City) -> None:
@@ -412,9 +413,7 @@ def test_sibling_workers_hear_of_each_others_payments(city: City) -> None:
         code="370100",
     )
     feeds = [SiblingFeed(city.data, "medins-paid", name=n) for n in (1, 2)]
-    one, two = (
-        dataclasses.replace(base, extra={"paid_feed": f}, shared=True) for f in feeds
-    )
+    one, two = (dataclasses.replace(base, extra={"paid_feed": f}, shared=True) for f in feeds)
     terminal = _terminal_of(pharmacy)
     earlier = _now() - timedelta(days=2)
     drug = _drug_line(earlier)

@@ -38,7 +38,8 @@ ngsild_entities = Table(
     Column("loc_maxx", Float),
     Column("loc_maxy", Float),
     Column("loc_cell", BigInteger),
-    Index("ix_ngsild_entities_cell", "tenant", "loc_cell"),
+    # led by the cell: a lookup by id then always takes the primary key (migration 0019)
+    Index("ix_ngsild_entities_cell", "loc_cell", "tenant"),
 )
 
 ngsild_entity_types = Table(

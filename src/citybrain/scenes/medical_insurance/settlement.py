@@ -617,6 +617,7 @@ def _prepare(
         settled_at=moment,
     )
     answer_json = answer.model_dump(mode="json")
+    record_json = record.model_dump(mode="json")
     row = {
         "id": settlement_id,
         "institution_id": institution_id,
@@ -631,7 +632,7 @@ def _prepare(
         "paid": paid,
         "total_amount": record.total,
         "fund_amount": fund,
-        "record": record.model_dump(mode="json"),
+        "record": record_json,
         "answer": answer_json,
         "created_at": moment,
     }
@@ -681,7 +682,7 @@ def _prepare(
         answer=answer,
         answer_json=answer_json,
         record=record if paid else None,
-        record_json=row["record"],
+        record_json=record_json,
         key=(institution_id, parsed.txn_id),
         digest=digest,
         nonce=use["nonce"],
