@@ -29,6 +29,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -131,6 +132,25 @@ def _store_rows(i: int, iso: str, db_time: str) -> tuple[tuple[object, ...], ...
     )
 
 
+STORE_TABLES = (
+    (
+        "ngsild_entities",
+        "tenant, id, entity, created_at, modified_at, loc_minx, loc_miny, loc_maxx, loc_maxy, "
+        "loc_cell",
+    ),
+    ("ngsild_entity_types", "tenant, id, type"),
+    ("ngsild_history", "tenant, entity_id, attribute, dataset_id, at, number, instance"),
+)
+
+
+def _insert_store_rows(cursor: Any, rows: list[tuple[tuple[object, ...], ...]], mark: str) -> None:
+    """Raw executemany of _store_rows into the three tables (mark: the driver's placeholder)."""
+    parts = ([r[0] for r in rows], [r[1] for r in rows], [h for r in rows for h in r[2:]])
+    for (table, columns), values in zip(STORE_TABLES, parts, strict=True):
+        marks = ",".join(mark for _ in columns.split(","))
+        cursor.executemany(f"insert into {table} ({columns}) values ({marks})", values)
+
+
 def _floor(path: Path) -> float:
     """The store's own rows for each entity, by hand, with raw executemany: SQLite's part."""
     _fresh(path).dispose()
@@ -143,20 +163,7 @@ def _floor(path: Path) -> float:
     start = time.perf_counter()
     for lo in range(0, ENTITIES, BATCH):
         rows = [_store_rows(i, iso, db_time) for i in range(lo, min(lo + BATCH, ENTITIES))]
-        conn.executemany(
-            "insert into ngsild_entities (tenant, id, entity, created_at, modified_at, "
-            "loc_minx, loc_miny, loc_maxx, loc_maxy, loc_cell) values (?,?,?,?,?,?,?,?,?,?)",
-            [r[0] for r in rows],
-        )
-        conn.executemany(
-            "insert into ngsild_entity_types (tenant, id, type) values (?,?,?)",
-            [r[1] for r in rows],
-        )
-        conn.executemany(
-            "insert into ngsild_history (tenant, entity_id, attribute, dataset_id, at, number, "
-            "instance) values (?,?,?,?,?,?,?)",
-            [h for r in rows for h in r[2:]],
-        )
+        _insert_store_rows(conn, rows, "?")
         conn.commit()
     rate = ENTITIES / (time.perf_counter() - start)
     conn.close()
@@ -222,21 +229,7 @@ def _pg_raw(name: str) -> float:
         start = time.perf_counter()
         for lo in range(0, PG_ENTITIES, BATCH):
             rows = [_store_rows(i, iso, moment) for i in range(lo, min(lo + BATCH, PG_ENTITIES))]
-            cur.executemany(
-                "insert into ngsild_entities (tenant, id, entity, created_at, modified_at, "
-                "loc_minx, loc_miny, loc_maxx, loc_maxy, loc_cell) "
-                "values (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                [r[0] for r in rows],
-            )
-            cur.executemany(
-                "insert into ngsild_entity_types (tenant, id, type) values (%s,%s,%s)",
-                [r[1] for r in rows],
-            )
-            cur.executemany(
-                "insert into ngsild_history (tenant, entity_id, attribute, dataset_id, at, "
-                "number, instance) values (%s,%s,%s,%s,%s,%s,%s)",
-                [h for r in rows for h in r[2:]],
-            )
+            _insert_store_rows(cur, rows, "%s")
             conn.commit()
         return PG_ENTITIES / (time.perf_counter() - start)
 

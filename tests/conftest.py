@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,6 +150,34 @@ def wait_healthy(base_url: str, timeout: float = 60.0) -> None:
             pass
         time.sleep(0.1)
     pytest.fail(f"the node at {base_url} did not start")
+
+
+def listening_workers(proc: subprocess.Popen[bytes]) -> list[Any]:
+    """The child processes of a node listening on a port (not multiprocessing's tracker)."""
+    import psutil
+
+    return [
+        c
+        for c in psutil.Process(proc.pid).children()
+        if any(s.status == psutil.CONN_LISTEN for s in c.net_connections())
+    ]
+
+
+def wait_workers(base_url: str, proc: subprocess.Popen[bytes], workers: int) -> None:
+    """Wait until a node answers /health and `workers` of its processes listen."""
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        try:
+            healthy = httpx.get(f"{base_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            healthy = False
+        if healthy and len(listening_workers(proc)) >= workers:
+            return
+        time.sleep(0.3)
+    pytest.fail("the workers did not start")
 
 
 def bearer(

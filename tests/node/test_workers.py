@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +13,15 @@ import pytest
 
 from citybrain.governance.audit import service as audit
 from citybrain.node.workers import claim_primary, release_primary
-from conftest import bearer, free_port, serve_node, stop_process, wait_healthy
+from conftest import (
+    bearer,
+    free_port,
+    listening_workers,
+    serve_node,
+    stop_process,
+    wait_healthy,
+    wait_workers,
+)
 
 CODE = "370100"
 
@@ -31,37 +38,14 @@ def _serve(data: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
     return serve_node(data, port, "--workers", str(workers), code=CODE, stderr=subprocess.PIPE)
 
 
-def _workers(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    """The child processes listening on a port (not multiprocessing's resource tracker)."""
-    return [
-        c
-        for c in psutil.Process(proc.pid).children()
-        if any(s.status == psutil.CONN_LISTEN for s in c.net_connections())
-    ]
-
-
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], workers: int) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        try:
-            healthy = httpx.get(f"{base}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            healthy = False
-        if healthy and len(_workers(proc)) >= workers:
-            return
-        time.sleep(0.3)
-    raise AssertionError("the workers did not start")
-
-
 def test_workers_share_the_port_the_chain_and_the_contexts(tmp_path: Path) -> None:
     data = tmp_path / "node"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = _serve(data, port, workers=2)
     try:
-        _wait_ready(base, proc, workers=2)
-        workers = _workers(proc)
+        wait_workers(base, proc, workers=2)
+        workers = listening_workers(proc)
         assert len(workers) == 2
         # keep-alive connections spread over both workers' sockets
         clients = [httpx.Client(base_url=base, timeout=10) for _ in range(16)]

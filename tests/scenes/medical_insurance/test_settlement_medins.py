@@ -341,27 +341,12 @@ def test_without_the_feed_another_worker_catches_up_from_the_store(city: City) -
     """With several workers and no sibling feed, the history before payment is read again."""
     import dataclasses
 
-    from citybrain.governance.principal import Principal, Role
-    from citybrain.scenes.medical_insurance import service as scene_service
     from citybrain.scenes.medical_insurance import settlement
 
-    person = city.people[0]
-    city.activate(person)
-    pharmacy = city.pharmacy()
-    mine = scene_service.scene_for(
-        engine=city.client.app.state.engine,  # type: ignore[attr-defined]
-        data_dir=city.data,
-        code="370100",
-    )
+    person, pharmacy, mine, terminal, drug, consultation = _worker_setup(city)
+    earlier = _now() - timedelta(days=2)
     # the other worker: the same node and store, its own memory, no feed from this one
     other = dataclasses.replace(mine, extra={"paid_feed_failed": True}, shared=True)
-    terminal = Principal(
-        subject="t", org="inst-" + pharmacy.lower(), role=Role.service, issuer="370100"
-    )
-    earlier = _now() - timedelta(days=2)
-    drug = _drug_line(earlier)
-    consultation = dict(drug, code=CONSULTATION, kind="service", quantity=1, unit_price=10.0)
-    consultation["amount"] = 10.0
     # the other worker has looked at this person's history already
     first = settlement.submit(
         other,
@@ -389,11 +374,25 @@ def test_without_the_feed_another_worker_catches_up_from_the_store(city: City) -
     assert "MI06_repeated_dispensing" in {f.rule_id for f in answer.findings}
 
 
-def _terminal_of(pharmacy: str) -> Any:
+def _worker_setup(city: City) -> tuple[Any, str, Any, Any, dict[str, Any], dict[str, Any]]:
+    """An activated person, a pharmacy, the node's scene, its terminal, a drug, a consultation."""
     from citybrain.governance.principal import Principal, Role
+    from citybrain.scenes.medical_insurance import service as scene_service
 
+    person = city.people[0]
+    city.activate(person)
+    pharmacy = city.pharmacy()
+    scene = scene_service.scene_for(
+        engine=city.client.app.state.engine,  # type: ignore[attr-defined]
+        data_dir=city.data,
+        code="370100",
+    )
     org = "inst-" + pharmacy.lower()
-    return Principal(subject="t", org=org, role=Role.service, issuer="370100")
+    terminal = Principal(subject="t", org=org, role=Role.service, issuer="370100")
+    drug = _drug_line(_now() - timedelta(days=2))
+    consultation = dict(drug, code=CONSULTATION, kind="service", quantity=1, unit_price=10.0)
+    consultation["amount"] = 10.0
+    return person, pharmacy, scene, terminal, drug, consultation
 
 
 def test_sibling_workers_hear_of_each_others_payments(city: City) -> None:
@@ -401,24 +400,12 @@ def test_sibling_workers_hear_of_each_others_payments(city: City) -> None:
     import dataclasses
 
     from citybrain.node.siblings import SiblingFeed
-    from citybrain.scenes.medical_insurance import service as scene_service
     from citybrain.scenes.medical_insurance import settlement
 
-    person = city.people[0]
-    city.activate(person)
-    pharmacy = city.pharmacy()
-    base = scene_service.scene_for(
-        engine=city.client.app.state.engine,  # type: ignore[attr-defined]
-        data_dir=city.data,
-        code="370100",
-    )
+    person, pharmacy, base, terminal, drug, consultation = _worker_setup(city)
+    earlier = _now() - timedelta(days=2)
     feeds = [SiblingFeed(city.data, "medins-paid", name=n) for n in (1, 2)]
     one, two = (dataclasses.replace(base, extra={"paid_feed": f}, shared=True) for f in feeds)
-    terminal = _terminal_of(pharmacy)
-    earlier = _now() - timedelta(days=2)
-    drug = _drug_line(earlier)
-    consultation = dict(drug, code=CONSULTATION, kind="service", quantity=1, unit_price=10.0)
-    consultation["amount"] = 10.0
     try:
         # both workers know the person already (a consultation each, days apart)
         for n, worker in enumerate((one, two)):

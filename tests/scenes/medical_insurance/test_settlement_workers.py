@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from datetime import timedelta
 from typing import Any
 
 import httpx
-import psutil
 from test_settlement_medins import CONSULTATION, _drug_line, _now, body
 from test_voucher_node import (  # noqa: F401 - fixtures
     City,
@@ -17,29 +15,7 @@ from test_voucher_node import (  # noqa: F401 - fixtures
     synth_root_fixture,
 )
 
-from conftest import free_port, serve_node, stop_process
-
-
-def _listening_workers(proc: subprocess.Popen[bytes]) -> int:
-    return sum(
-        1
-        for c in psutil.Process(proc.pid).children()
-        if any(s.status == psutil.CONN_LISTEN for s in c.net_connections())
-    )
-
-
-def _wait_workers(base: str, proc: subprocess.Popen[bytes], workers: int) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        try:
-            healthy = httpx.get(f"{base}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            healthy = False
-        if healthy and _listening_workers(proc) >= workers:
-            return
-        time.sleep(0.3)
-    raise AssertionError("the workers did not start")
+from conftest import free_port, serve_node, stop_process, wait_workers
 
 
 def test_each_worker_checks_against_what_the_other_paid(city: City) -> None:
@@ -63,7 +39,7 @@ def test_each_worker_checks_against_what_the_other_paid(city: City) -> None:
         return dict(answer.json())
 
     try:
-        _wait_workers(base, proc, workers=2)
+        wait_workers(base, proc, workers=2)
         drug = _drug_line(_now() - timedelta(days=2))
         consultation = dict(drug, code=CONSULTATION, kind="service", quantity=1, unit_price=10.0)
         consultation["amount"] = 10.0

@@ -28,14 +28,19 @@ FINDINGS_BODY = Body(..., max_length=100_000, description="findings of a batch s
 STATIC = Path(str(resources.files("citybrain.scenes.medical_insurance").joinpath("static")))
 
 
-def _scene(request: Request) -> Scene:
-    settings = request.app.state.settings
+def scene_of(app: Any) -> Scene:
+    """Return the scene state of the node an app serves (shared when it has several workers)."""
+    settings = app.state.settings
     return scene_for(
-        engine=request.app.state.engine,
+        engine=app.state.engine,
         data_dir=settings.data_dir,
         code=settings.code,
         shared=settings.workers > 1,
     )
+
+
+def _scene(request: Request) -> Scene:
+    return scene_of(request.app)
 
 
 def _government(principal: Principal) -> Principal:
@@ -159,13 +164,7 @@ async def settle(
 
 async def settle_answer(app: Any, body: Any, principal: Principal) -> bytes:
     """Settle one submission and return the JSON answer (the route's and its fast lane's)."""
-    settings = app.state.settings
-    scene = scene_for(
-        engine=app.state.engine,
-        data_dir=settings.data_dir,
-        code=settings.code,
-        shared=settings.workers > 1,
-    )
+    scene = scene_of(app)
     institution_id = terminals.institution_of(scene, principal)
     # async: the commit is awaited on the loop, so a thousand settlements a second do not
     # each take a worker thread; the checks before it are pure Python of microseconds

@@ -25,16 +25,9 @@ def citybrain_routes(app: FastAPI) -> None:
 def citybrain_warm(app: FastAPI) -> None:
     """Load the institutions, catalogues, rule base and replay store before the first check."""
     from citybrain.scenes.medical_insurance import settlement
-    from citybrain.scenes.medical_insurance.service import scene_for
+    from citybrain.scenes.medical_insurance.api import scene_of
 
-    settings = app.state.settings
-    scene = scene_for(
-        engine=app.state.engine,
-        data_dir=settings.data_dir,
-        code=settings.code,
-        shared=settings.workers > 1,
-    )
-    settlement.warm(scene)
+    settlement.warm(scene_of(app))
 
 
 @hookimpl
