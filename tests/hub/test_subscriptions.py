@@ -251,3 +251,46 @@ def test_duplicate_subscription_id(client: TestClient) -> None:
     }
     assert client.post(f"{B}/subscriptions", json=body).status_code == 201
     assert client.post(f"{B}/subscriptions", json=body).status_code == 409
+
+
+def test_a_receiver_that_does_not_answer_does_not_hold_up_the_others(
+    client: TestClient, receiver: Receiver
+) -> None:
+    # a listener that never accepts: each notification to it waits for the delivery timeout
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    try:
+        subscribe(client, f"http://127.0.0.1:{silent.getsockname()[1]}/n")
+        subscribe(client, f"http://127.0.0.1:{receiver.port}/n")
+        start = time.monotonic()
+        for i in range(10):
+            put(client, 1, i)
+        # one 5 s timeout, then the silent endpoint is left alone while the other is served
+        wait_for(lambda: len(receiver.received) >= 10, timeout=20)
+        assert time.monotonic() - start < 15
+        listed = {
+            s["notification"]["endpoint"]["uri"]: s for s in client.get(f"{B}/subscriptions").json()
+        }
+        silent_sub = listed[f"http://127.0.0.1:{silent.getsockname()[1]}/n"]
+        assert silent_sub["notification"]["status"] == "failed"
+    finally:
+        silent.close()
+
+
+def test_the_breaker_pauses_a_failing_endpoint_longer_each_time() -> None:
+    from citybrain.hub.ngsild.notifier import EndpointBreaker
+
+    breaker = EndpointBreaker()
+    assert breaker.down_until("http://a/n") is None
+    breaker.failed("http://a/n")
+    first = breaker.down_until("http://a/n")
+    assert first is not None and 0.9 < first - time.monotonic() <= 1.0
+    breaker.failed("http://a/n")
+    second = breaker.down_until("http://a/n")
+    assert second is not None and 1.9 < second - time.monotonic() <= 2.0
+    assert breaker.down_until("http://b/n") is None
+    breaker.worked("http://a/n")
+    assert breaker.down_until("http://a/n") is None

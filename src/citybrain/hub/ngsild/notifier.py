@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -86,7 +87,14 @@ def deliver(
     mqtt_publish.single(
         topic,
         payload=json.dumps(
-            {"metadata": {**receiver, "Link": link_header_for(context_url)}, "body": body}
+            {
+                "metadata": {
+                    **receiver,
+                    "Content-Type": "application/json",
+                    "Link": link_header_for(context_url),
+                },
+                "body": body,
+            }
         ),
         qos=1,
         hostname=parsed.hostname or "127.0.0.1",
@@ -131,6 +139,36 @@ def self_headers(
     return {"Authorization": f"Bearer {token}"}
 
 
+class EndpointBreaker:
+    """Endpoints that failed lately, left alone for a while so they do not hold up the others.
+
+    Without it a receiver that is down took a connection attempt (or a 5 s timeout) for every
+    change queued for it, and every other subscription's notifications waited behind them.
+    """
+
+    FIRST = 1.0
+    LONGEST = 60.0
+
+    def __init__(self) -> None:
+        self._down: dict[str, tuple[float, float]] = {}  # uri -> (retry at, current pause)
+
+    def down_until(self, uri: str) -> float | None:
+        """The monotonic time before which the endpoint is not tried, or None."""
+        found = self._down.get(uri)
+        if found is None or found[0] <= time.monotonic():
+            return None
+        return found[0]
+
+    def failed(self, uri: str) -> None:
+        """Pause the endpoint, twice as long as last time (1 s to 60 s)."""
+        pause = min(self.LONGEST, 2 * self._down[uri][1]) if uri in self._down else self.FIRST
+        self._down[uri] = (time.monotonic() + pause, pause)
+
+    def worked(self, uri: str) -> None:
+        """Forget the endpoint's failures."""
+        self._down.pop(uri, None)
+
+
 def dispatch_once(
     *,
     engine: Engine,
@@ -138,11 +176,23 @@ def dispatch_once(
     data_dir: Path | None = None,
     self_url: str | None = None,
     issuer: str = "",
+    breaker: EndpointBreaker | None = None,
 ) -> int:
-    """Deliver every due notification once; return how many were delivered."""
+    """Deliver every due notification once; return how many were delivered.
+
+    breaker: endpoints that failed in earlier passes (run keeps one); their notifications are
+    put off until the endpoint is tried again, without an attempt counted.
+    """
     delivered = 0
+    breaker = breaker or EndpointBreaker()
     cache: dict[tuple[str, str], dict[str, Any] | None] = {}
+    put_off: dict[float, list[int]] = {}
     for row in subscriptions.pending(engine=engine):
+        uri = str(row.endpoint.get("uri", ""))
+        until = breaker.down_until(uri)
+        if until is not None:
+            put_off.setdefault(until, []).append(row.seq)
+            continue
         key = (row.tenant, row.subscription_id)
         if key not in cache:
             try:
@@ -172,13 +222,19 @@ def dispatch_once(
             deliver(row.endpoint, body, context_url, extra_headers=own)
         except Exception as exc:  # any failure is retried later: delivery is at least once
             subscriptions.mark(engine=engine, row=row, error=str(exc) or type(exc).__name__)
+            breaker.failed(uri)
             log.warning(
                 "notification failed",
                 extra={"subscription": row.subscription_id, "error": str(exc)},
             )
             continue
+        breaker.worked(uri)
         subscriptions.mark(engine=engine, row=row, error=None)
         delivered += 1
+    now = time.monotonic()
+    for until, seqs in put_off.items():
+        wall = datetime.now(UTC) + timedelta(seconds=max(0.0, until - now))
+        subscriptions.postpone(engine=engine, seqs=seqs, until=wall)
     return delivered
 
 
@@ -229,6 +285,7 @@ async def run(
     issuer: str = "",
 ) -> None:
     """Deliver notifications until cancelled (gated by each subscription's reader)."""
+    breaker = EndpointBreaker()
     while True:
         try:
             await asyncio.to_thread(periodic_once, engine=engine)
@@ -239,6 +296,7 @@ async def run(
                 data_dir=data_dir,
                 self_url=self_url,
                 issuer=issuer,
+                breaker=breaker,
             )
         except asyncio.CancelledError:
             raise

@@ -551,6 +551,18 @@ def mark(*, engine: Engine, row: Any, error: str | None) -> None:
             )
 
 
+def postpone(*, engine: Engine, seqs: list[int], until: datetime) -> None:
+    """Put queued notifications off until a time, without counting an attempt."""
+    if not seqs:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            update(ngsild_outbox)
+            .where(ngsild_outbox.c.seq.in_(seqs), ngsild_outbox.c.next_attempt_at < until)
+            .values(next_attempt_at=until)
+        )
+
+
 def queue_one(
     conn: Connection,
     tenant: str,
