@@ -299,7 +299,7 @@ def test_batch_operations(client: TestClient) -> None:
     assert again.status_code == 207
     assert len(again.json()["errors"]) == 2 and again.json()["success"] == [sensor(9, 9)["id"]]
     up = client.post(f"{BASE}/entityOperations/upsert", json=[{**sensor(0, 100)}, sensor(10, 10)])
-    assert up.status_code == 201
+    assert up.status_code == 201 and up.json() == [sensor(10, 10)["id"]]  # created ones only
     assert client.get(f"{BASE}/entities/{sensor(0, 0)['id']}").json()["pm25"]["value"] == 100
     upd = client.post(
         f"{BASE}/entityOperations/update",

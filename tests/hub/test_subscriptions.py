@@ -234,6 +234,40 @@ def test_mqtt_notification(client: TestClient, mqtt_broker: tuple[str, int]) -> 
             "entities": [{"type": "T"}],
             "notification": {"endpoint": {"uri": "http://x/y"}, "format": "xml"},
         },
+        *(
+            {"type": "Subscription", "entities": [{"type": "T"}], **extra}
+            for extra in (
+                {"notification": {"endpoint": {"uri": "http://x/y"}, **notification}}
+                for notification in (
+                    {"pick": ["id"], "omit": ["id"]},
+                    {"pick": ["name"], "attributes": ["name"]},
+                    {"omit": ["name"], "attributes": ["name"]},
+                    {"attributes": []},
+                    {"pick": []},
+                    {"omit": []},
+                    {"format": "keyValues", "showChanges": True},
+                )
+            )
+        ),
+        {
+            "type": "Subscription",
+            "entities": [{"type": "T"}],
+            "notification": {
+                "endpoint": {"uri": "http://x/y", "notifierInfo": [{"key": "k", "value": {}}]}
+            },
+        },
+        {
+            "type": "Subscription",
+            "entities": [{"type": "T"}],
+            "jsonldContext": "unknownContext",
+            "notification": {"endpoint": {"uri": "http://x/y"}},
+        },
+        {
+            "type": "Subscription",
+            "entities": [{"type": "T"}],
+            "csf": "((",
+            "notification": {"endpoint": {"uri": "http://x/y"}},
+        },
     ],
 )
 def test_bad_subscriptions(client: TestClient, body: dict[str, Any]) -> None:
@@ -294,3 +328,17 @@ def test_the_breaker_pauses_a_failing_endpoint_longer_each_time() -> None:
     assert breaker.down_until("http://b/n") is None
     breaker.worked("http://a/n")
     assert breaker.down_until("http://a/n") is None
+
+
+def test_pick_and_omit_shape_the_notified_entities(client: TestClient, receiver: Receiver) -> None:
+    uri = f"http://127.0.0.1:{receiver.port}/n"
+    for member, names in (("pick", ["id", "pm25"]), ("omit", ["no2"])):
+        subscribe(
+            client,
+            uri,
+            notification={"endpoint": {"uri": uri}, "format": "keyValues", member: names},
+        )
+    put(client, 1, 40, no2={"type": "Property", "value": 7})
+    wait_for(lambda: len(receiver.received) >= 2)
+    shapes = sorted(sorted(n["data"][0]) for n in receiver.received)
+    assert shapes == [["id", "pm25"], ["id", "pm25", "type"]]

@@ -62,6 +62,35 @@ def test_timerel(client: TestClient) -> None:
     ) == [20, 11]
 
 
+def test_a_query_leaves_out_entities_with_nothing_in_the_window(client: TestClient) -> None:
+    later = {
+        "id": "urn:ngsi-ld:NoiseLevelObserved:2",
+        "type": "NoiseLevelObserved",
+        "LAeq": [{"type": "Property", "value": 50, "observedAt": "2026-11-02T00:00:00Z"}],
+    }
+    assert client.post(f"{B}/temporal/entities", json=later).status_code == 201
+
+    def ids(**params: str) -> list[str]:
+        found = client.get(
+            f"{B}/temporal/entities",
+            params={"type": "NoiseLevelObserved", "count": "true", **params},
+        )
+        assert found.status_code == 200, found.text
+        assert found.headers["NGSILD-Results-Count"] == str(len(found.json()))
+        return sorted(e["id"] for e in found.json())
+
+    assert ids(timerel="after", timeAt="2026-11-01T12:00:00Z") == [later["id"]]
+    assert ids(timerel="before", timeAt="2026-11-01T12:00:00Z") == [EID]
+    assert ids(timerel="after", timeAt="2026-11-03T00:00:00Z") == []
+    assert ids() == sorted([EID, later["id"]])  # no window: every matching entity
+    query = {"type": "Query", "entities": [{"type": "NoiseLevelObserved"}]}
+    posted = client.post(
+        f"{B}/temporal/entityOperations/query",
+        json={**query, "temporalQ": {"timerel": "after", "timeAt": "2026-11-01T12:00:00Z"}},
+    )
+    assert [e["id"] for e in posted.json()] == [later["id"]]
+
+
 def test_hourly_aggregation(client: TestClient) -> None:
     body = client.get(
         f"{B}/temporal/entities",

@@ -1002,7 +1002,8 @@ def _batch_write(
     if errors:
         return JSONResponse({"success": success, "errors": errors}, status_code=207)
     if operation == "create" or created:
-        return JSONResponse(success, status_code=201)
+        # an upsert's 201 lists the entities it created, not those it updated (clause 6.15.3.1)
+        return JSONResponse(created if operation == "upsert" else success, status_code=201)
     return Response(status_code=204)
 
 
@@ -1402,6 +1403,11 @@ def _temporal_entities(
     series = temporal.history(
         engine=engine, tenant=tenant, entity_ids=[e["id"] for e in page], attributes=attrs, tq=tq
     )
+    if tq.timerel is not None:
+        # an entity with no instance in the asked time window has no temporal evolution there
+        kept = [e for e in page if any(series.get(e["id"], {}).values())]
+        total -= len(page) - len(kept)
+        page = kept
     rendered = (
         _temporal_payload(e, series.get(e["id"], {}), terms, mode=mode, tq=tq, sys_attrs=sys_attrs)
         for e in page

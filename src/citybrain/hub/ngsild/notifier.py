@@ -40,8 +40,20 @@ def build_notification(
         "type": "Notification",
         "subscriptionId": sub["id"],
         "notifiedAt": notified_at,
-        "data": [render(e, terms, fmt=fmt, attrs=attrs) for e in entities],
+        "data": [
+            _picked(render(e, terms, fmt=fmt, attrs=attrs), notification) for e in entities
+        ],
     }
+
+
+def _picked(rendered: dict[str, Any], notification: dict[str, Any]) -> dict[str, Any]:
+    """Keep the members notification.pick names, or drop those notification.omit names."""
+    pick, omit = notification.get("pick"), notification.get("omit")
+    if pick:
+        return {k: v for k, v in rendered.items() if k in pick}
+    if omit:
+        return {k: v for k, v in rendered.items() if k not in omit}
+    return rendered
 
 
 def _without_previous(entity: dict[str, Any]) -> dict[str, Any]:

@@ -121,6 +121,18 @@ def validate(body: Any, terms: TermMap, *, partial: bool = False) -> dict[str, A
         out["q"] = body["q"]
         out["qNames"] = {n: terms.expand(n) for n in query.names(parsed)}
         out["qNames"].update({s: terms.expand(s) for s in _subs(parsed)})
+    if "csf" in body:
+        # a context source filter is a query as q is (clause 4.9); kept for registrations
+        if not isinstance(body["csf"], str):
+            raise BadInput("csf must be a string")
+        query.parse(body["csf"])
+        out["csf"] = body["csf"]
+    if "jsonldContext" in body:
+        context = body["jsonldContext"]
+        parsed_context = urlparse(context) if isinstance(context, str) else None
+        if parsed_context is None or not parsed_context.scheme or not parsed_context.netloc:
+            raise BadInput("jsonldContext must be the URL of an @context")
+        out["jsonldContext"] = context
     if "geoQ" in body:
         geo = body["geoQ"]
         if not isinstance(geo, dict):
@@ -192,15 +204,35 @@ def _notification(raw: Any, terms: TermMap) -> dict[str, Any]:
         out["endpoint"]["receiverInfo"] = _key_values(
             raw["endpoint"]["receiverInfo"], "notification.endpoint.receiverInfo"
         )
+    if "notifierInfo" in raw["endpoint"]:
+        out["endpoint"]["notifierInfo"] = _key_values(
+            raw["endpoint"]["notifierInfo"], "notification.endpoint.notifierInfo"
+        )
     if "showChanges" in raw:
         if not isinstance(raw["showChanges"], bool):
             raise BadInput("notification.showChanges must be true or false")
+        if raw["showChanges"] and fmt == "keyValues":
+            raise BadInput("notification.showChanges needs the normalized or concise format")
         out["showChanges"] = raw["showChanges"]
+    for member in ("attributes", "pick", "omit"):
+        if member in raw:
+            names = raw[member]
+            if (
+                not isinstance(names, list)
+                or not names
+                or not all(isinstance(a, str) and a for a in names)
+            ):
+                raise BadInput(f"notification.{member} must be a non-empty list of names")
+    if "attributes" in raw and ("pick" in raw or "omit" in raw):
+        raise BadInput("notification.attributes cannot be used with pick or omit")
+    if set(raw.get("pick") or []) & set(raw.get("omit") or []):
+        raise BadInput("a member cannot be in both notification.pick and notification.omit")
     if "attributes" in raw:
-        attrs = raw["attributes"]
-        if not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):
-            raise BadInput("notification.attributes must be a list of names")
-        out["attributes"] = [terms.expand(a) for a in attrs]
+        out["attributes"] = [terms.expand(a) for a in raw["attributes"]]
+    for member in ("pick", "omit"):
+        if member in raw:
+            # applied to the rendered entities, whose names are in the subscription's terms
+            out[member] = list(raw[member])
     return out
 
 
