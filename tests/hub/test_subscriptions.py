@@ -310,6 +310,15 @@ def test_a_receiver_that_does_not_answer_does_not_hold_up_the_others(
         }
         silent_sub = listed[f"http://127.0.0.1:{silent.getsockname()[1]}/n"]
         assert silent_sub["notification"]["status"] == "failed"
+        # a new subscription to the endpoint left alone is put off, and shows the failure
+        late = subscribe(client, silent_sub["notification"]["endpoint"]["uri"])
+        put(client, 1, 99)
+        wait_for(lambda: len(receiver.received) >= 11, timeout=20)
+
+        def status() -> str:
+            return str(client.get(f"{B}/subscriptions/{late}").json()["notification"]["status"])
+
+        wait_for(lambda: status() == "failed", timeout=10)
     finally:
         silent.close()
 

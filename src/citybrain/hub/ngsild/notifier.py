@@ -198,12 +198,12 @@ def dispatch_once(
     delivered = 0
     breaker = breaker or EndpointBreaker()
     cache: dict[tuple[str, str], dict[str, Any] | None] = {}
-    put_off: dict[float, list[int]] = {}
+    put_off: dict[float, list[Any]] = {}
     for row in subscriptions.pending(engine=engine):
         uri = str(row.endpoint.get("uri", ""))
         until = breaker.down_until(uri)
         if until is not None:
-            put_off.setdefault(until, []).append(row.seq)
+            put_off.setdefault(until, []).append(row)
             continue
         key = (row.tenant, row.subscription_id)
         if key not in cache:
@@ -244,9 +244,9 @@ def dispatch_once(
         subscriptions.mark(engine=engine, row=row, error=None)
         delivered += 1
     now = time.monotonic()
-    for until, seqs in put_off.items():
+    for until, rows in put_off.items():
         wall = datetime.now(UTC) + timedelta(seconds=max(0.0, until - now))
-        subscriptions.postpone(engine=engine, seqs=seqs, until=wall)
+        subscriptions.postpone(engine=engine, rows=rows, until=wall)
     return delivered
 
 

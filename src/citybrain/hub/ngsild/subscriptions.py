@@ -583,16 +583,30 @@ def mark(*, engine: Engine, row: Any, error: str | None) -> None:
             )
 
 
-def postpone(*, engine: Engine, seqs: list[int], until: datetime) -> None:
-    """Put queued notifications off until a time, without counting an attempt."""
-    if not seqs:
+def postpone(*, engine: Engine, rows: list[Any], until: datetime) -> None:
+    """Put queued notifications off until a time, without counting an attempt.
+
+    Their endpoint failed a moment ago: their subscriptions show a failure (lastFailure, the
+    failed status) though this one was not tried.
+    """
+    if not rows:
         return
+    now = _now()
     with engine.begin() as conn:
         conn.execute(
             update(ngsild_outbox)
-            .where(ngsild_outbox.c.seq.in_(seqs), ngsild_outbox.c.next_attempt_at < until)
+            .where(
+                ngsild_outbox.c.seq.in_([r.seq for r in rows]),
+                ngsild_outbox.c.next_attempt_at < until,
+            )
             .values(next_attempt_at=until)
         )
+        for tenant, sub_id in {(r.tenant, r.subscription_id) for r in rows}:
+            conn.execute(
+                update(ngsild_subscriptions)
+                .where(ngsild_subscriptions.c.tenant == tenant, ngsild_subscriptions.c.id == sub_id)
+                .values(last_failure=now)
+            )
 
 
 def queue_one(
