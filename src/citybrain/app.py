@@ -227,12 +227,18 @@ async def _warm(app: FastAPI) -> None:
 
 
 def create_app(
-    settings: Settings, engine: Engine | None = None, *, elect_primary: bool = False
+    settings: Settings,
+    engine: Engine | None = None,
+    *,
+    elect_primary: bool = False,
+    warm: bool = False,
 ) -> FastAPI:
     """Build the app of one node; pass an engine already prepared by prepare_node to reuse it.
 
     elect_primary: one of several workers; background work runs only in the one that takes
     the node's primary lock (node/workers.py).
+    warm: let the plugins load what their busiest routes need before the first request
+    (`citybrain serve`; an app in a test loads on first use instead).
     """
 
     @contextlib.asynccontextmanager
@@ -243,7 +249,8 @@ def create_app(
         primary = claim_primary(settings.data_dir) if elect_primary else True
         app.state.tables = None if not primary else "importing"
         tasks = _background(app, settings) if primary else []
-        await _warm(app)
+        if warm:
+            await _warm(app)
         logging.getLogger("citybrain.node").info(
             "node started", extra={"code": settings.code, "level": settings.level.value}
         )

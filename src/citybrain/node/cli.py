@@ -66,7 +66,7 @@ def serve(
         engine.dispose()  # each worker opens its own connections
         serve_workers(settings, overrides, settings.workers)
         return
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, engine=engine, warm=True)
     # uvicorn finishes in-flight requests on SIGTERM/SIGINT before the lifespan closes
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
 

@@ -75,7 +75,7 @@ def _worker(overrides: dict[str, Any], index: int) -> None:
     settings = load_settings(**overrides)
     configure_logging(settings.log_level, settings.log_format)
     engine = create_engine_for(settings.effective_database_url)
-    app = create_app(settings, engine=engine, elect_primary=True)
+    app = create_app(settings, engine=engine, elect_primary=True, warm=True)
     config = uvicorn.Config(app, log_config=None, access_log=False)
     server = uvicorn.Server(config)
     sock = listening_socket(settings.host, settings.port)

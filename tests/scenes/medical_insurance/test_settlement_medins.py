@@ -466,3 +466,24 @@ def person_of(scene: Any, answer: Any) -> str:
     return settlement.get_settlement(scene, settlement_id=answer.settlement_id)["record"][
         "person_id"
     ]
+
+
+def test_a_served_node_loads_what_a_check_needs_before_the_first_request(
+    prepared_root: Any, tmp_path: Any
+) -> None:
+    from fastapi.testclient import TestClient
+    from test_voucher_node import CITY, fresh_nodes
+
+    from citybrain.app import create_app
+    from citybrain.core.config import load_settings
+    from citybrain.scenes.medical_insurance import service as scene_service
+
+    data = fresh_nodes(prepared_root, tmp_path)
+    scene_service.forget_scenes()
+    app = create_app(load_settings(data_dir=data, code=CITY, level="city"), warm=True)
+    try:
+        with TestClient(app):
+            scene = scene_service.scene_for(engine=app.state.engine, data_dir=data, code=CITY)
+            assert scene.institutions and "rulebase" in scene.extra and "replay" in scene.extra
+    finally:
+        scene_service.forget_scenes()
