@@ -237,8 +237,8 @@ def create_app(
 
     elect_primary: one of several workers; background work runs only in the one that takes
     the node's primary lock (node/workers.py).
-    warm: let the plugins load what their busiest routes need before the first request
-    (`citybrain serve`; an app in a test loads on first use instead).
+    warm: let the plugins load what their busiest routes need as soon as the node starts, in
+    the background (`citybrain serve`; an app in a test loads on first use instead).
     """
 
     @contextlib.asynccontextmanager
@@ -250,7 +250,8 @@ def create_app(
         app.state.tables = None if not primary else "importing"
         tasks = _background(app, settings) if primary else []
         if warm:
-            await _warm(app)
+            # in the background: the node answers at once (the demo starts 17 on two cores)
+            tasks.append(asyncio.create_task(_warm(app)))
         logging.getLogger("citybrain.node").info(
             "node started", extra={"code": settings.code, "level": settings.level.value}
         )

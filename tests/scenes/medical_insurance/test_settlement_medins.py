@@ -468,9 +468,11 @@ def person_of(scene: Any, answer: Any) -> str:
     ]
 
 
-def test_a_served_node_loads_what_a_check_needs_before_the_first_request(
+def test_a_served_node_loads_what_a_check_needs_as_it_starts(
     prepared_root: Any, tmp_path: Any
 ) -> None:
+    import time
+
     from fastapi.testclient import TestClient
     from test_voucher_node import CITY, fresh_nodes
 
@@ -482,8 +484,12 @@ def test_a_served_node_loads_what_a_check_needs_before_the_first_request(
     scene_service.forget_scenes()
     app = create_app(load_settings(data_dir=data, code=CITY, level="city"), warm=True)
     try:
-        with TestClient(app):
+        with TestClient(app) as client:
+            assert client.get("/health").status_code == 200  # answering while it loads
             scene = scene_service.scene_for(engine=app.state.engine, data_dir=data, code=CITY)
-            assert scene.institutions and "rulebase" in scene.extra and "replay" in scene.extra
+            deadline = time.monotonic() + 60
+            while not (scene.institutions and {"rulebase", "replay"} <= set(scene.extra)):
+                assert time.monotonic() < deadline, "the scene did not warm"
+                time.sleep(0.1)
     finally:
         scene_service.forget_scenes()

@@ -40,9 +40,7 @@ def build_notification(
         "type": "Notification",
         "subscriptionId": sub["id"],
         "notifiedAt": notified_at,
-        "data": [
-            _picked(render(e, terms, fmt=fmt, attrs=attrs), notification) for e in entities
-        ],
+        "data": [_picked(render(e, terms, fmt=fmt, attrs=attrs), notification) for e in entities],
     }
 
 
