@@ -426,28 +426,6 @@ def test_a_lookup_by_id_takes_the_primary_key_before_statistics(postgres_url: st
             sql = str(lookup.compile(engine, compile_kwargs={"literal_binds": True}))
             plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql))
         assert "ix_ngsild_entities_cell" not in plan, plan
-        # past FIRST_ANALYZE entities the store gathers statistics itself, not a minute later
-        with engine.connect() as conn:
-            analysed = (
-                "select last_analyze from pg_stat_user_tables where relname = 'ngsild_entities'"
-            )
-            assert conn.exec_driver_sql(analysed).scalar() is None
-            batch = [
-                expand_entity(dict(_mixed(i), id=f"urn:ngsi-ld:Thing:plan{i}"), terms)
-                for i in range(4000, 4000 + service.FIRST_ANALYZE)
-            ]
-        created, _, refused = service.upsert_many(
-            engine=engine, tenant=tenant, entities=batch, mode="upsert"
-        )
-        assert len(created) == service.FIRST_ANALYZE, refused
-        # the statistics views lag a moment behind (PostgreSQL before 15 reports by message)
-        deadline = time.monotonic() + 10
-        while True:
-            with engine.connect() as conn:
-                if conn.exec_driver_sql(analysed).scalar() is not None:
-                    break
-            assert time.monotonic() < deadline, "the store did not ANALYZE after the bulk load"
-            time.sleep(0.2)
     finally:
         gated.writer.reset(unbound)
         with engine.begin() as conn:
