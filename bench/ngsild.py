@@ -81,16 +81,20 @@ def _fresh(path: Path) -> Engine:
     return engine
 
 
-def _ours(path: Path) -> float:
-    engine = _fresh(path)
+def _upsert_rate(engine: Engine, count: int) -> float:
+    """Entities per second of our batch upsert of entity(0..count) into the engine's store."""
     terms = ContextStore().term_map(None)
     start = time.perf_counter()
-    for lo in range(0, ENTITIES, BATCH):
-        batch = [expand_entity(entity(i), terms) for i in range(lo, min(lo + BATCH, ENTITIES))]
+    for lo in range(0, count, BATCH):
+        batch = [expand_entity(entity(i), terms) for i in range(lo, min(lo + BATCH, count))]
         service.upsert_many(engine=engine, tenant="", entities=batch, mode="upsert")
-    rate = ENTITIES / (time.perf_counter() - start)
+    rate = count / (time.perf_counter() - start)
     engine.dispose()
     return rate
+
+
+def _ours(path: Path) -> float:
+    return _upsert_rate(_fresh(path), ENTITIES)
 
 
 def _raw(path: Path) -> float:
@@ -205,14 +209,7 @@ def _pg_ours(name: str) -> float:
     _pg_fresh(name)
     engine = create_engine_for(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
     upgrade(engine)
-    terms = ContextStore().term_map(None)
-    start = time.perf_counter()
-    for lo in range(0, PG_ENTITIES, BATCH):
-        batch = [expand_entity(entity(i), terms) for i in range(lo, min(lo + BATCH, PG_ENTITIES))]
-        service.upsert_many(engine=engine, tenant="", entities=batch, mode="upsert")
-    rate = PG_ENTITIES / (time.perf_counter() - start)
-    engine.dispose()
-    return rate
+    return _upsert_rate(engine, PG_ENTITIES)
 
 
 def _pg_raw(name: str) -> float:

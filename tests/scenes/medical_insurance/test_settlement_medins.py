@@ -363,15 +363,24 @@ def test_without_the_feed_another_worker_catches_up_from_the_store(city: City) -
     )
     assert paid.json()["outcome"] == "pass", paid.text
     # the same drug again at the other worker: it must know of the payment
+    assert _repeat_is_flagged(city, other, terminal, pharmacy, person, drug, "W-3")
+
+
+def _repeat_is_flagged(
+    city: City, scene: Any, terminal: Any, pharmacy: str, person: Any, drug: Any, txn: str
+) -> bool:
+    """Settle the drug again today at this scene (worker): is it flagged as dispensed again?"""
+    from citybrain.scenes.medical_insurance import settlement
+
     today = _now() - timedelta(minutes=40)
     again = dict(drug, service_date=today.date().isoformat())
     answer = settlement.submit(
-        other,
+        scene,
         principal=terminal,
         institution_id=pharmacy,
-        body=body(city.qr(person), "W-3", kind="pharmacy", items=[again], start=today),
+        body=body(city.qr(person), txn, kind="pharmacy", items=[again], start=today),
     )
-    assert "MI06_repeated_dispensing" in {f.rule_id for f in answer.findings}
+    return "MI06_repeated_dispensing" in {f.rule_id for f in answer.findings}
 
 
 def _worker_setup(city: City) -> tuple[Any, str, Any, Any, dict[str, Any], dict[str, Any]]:
@@ -440,15 +449,7 @@ def test_sibling_workers_hear_of_each_others_payments(city: City) -> None:
             event.remove(engine, "before_cursor_execute", count)
         assert not [q for q in asked if "medins_settlements" in q], asked
         assert paid.settlement_id in {s.settlement_id for s in history}
-        today = _now() - timedelta(minutes=40)
-        again = dict(drug, service_date=today.date().isoformat())
-        answer = settlement.submit(
-            two,
-            principal=terminal,
-            institution_id=pharmacy,
-            body=body(city.qr(person), "F-again", kind="pharmacy", items=[again], start=today),
-        )
-        assert "MI06_repeated_dispensing" in {f.rule_id for f in answer.findings}
+        assert _repeat_is_flagged(city, two, terminal, pharmacy, person, drug, "F-again")
         # the first worker stops: the second forgets and reads the store again, nothing missed
         feeds[0].close()
         assert paid.settlement_id in {
