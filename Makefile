@@ -52,7 +52,7 @@ typecheck: install
 	$(BIN)/mypy
 
 pytest: install assets $(CLIENTS)
-	$(BIN)/pytest -n $(PYTEST_WORKERS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint typecheck pytest
 

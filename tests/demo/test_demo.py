@@ -16,7 +16,9 @@ import pytest
 
 from conftest import CHROMIUM_ARGS, stop_process
 
-pytestmark = pytest.mark.slow
+# a test that serves several nodes runs after the others of its group, not beside them:
+# two of them at once on two cores starve each other's health waits
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("many_nodes")]
 
 
 def _free_block(size: int) -> int:

@@ -163,6 +163,7 @@ def _received(cluster: Cluster, code: str) -> list[dict[str, Any]]:
     return items
 
 
+@pytest.mark.xdist_group("many_nodes")  # not beside the demo: see tests/demo
 def test_a_killed_city_catches_up_exactly_once(cluster: Cluster) -> None:
     _poll(
         lambda: len(httpx.get(cluster.url(PROVINCE) + "/api/nodes", timeout=1).json()) == 2,

@@ -172,6 +172,7 @@ def _rollup(system: System) -> dict[str, Any]:
     return response.json()  # type: ignore[no-any-return]
 
 
+@pytest.mark.xdist_group("many_nodes")  # not beside the demo: see tests/demo
 def test_one_system_survives_a_killed_city(system: System) -> None:
     _poll(
         lambda: len(httpx.get(system.url(PROVINCE) + "/api/nodes", timeout=2).json()) == 3,

@@ -136,6 +136,7 @@ def _rollup(province: Path) -> dict[str, object]:
     return json.loads(out)  # type: ignore[no-any-return]
 
 
+@pytest.mark.xdist_group("many_nodes")  # not beside the demo: see tests/demo
 def test_rollup_moves_aggregates_only_and_names_missing_children(
     nodes: dict[str, object],
 ) -> None:

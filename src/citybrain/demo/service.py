@@ -186,7 +186,11 @@ def wait_healthy(
     timeout: float = 120.0,
     on_ready: Callable[[NodeSpec], None] | None = None,
 ) -> None:
-    """Wait until every node answers /health, or report the first that died or timed out."""
+    """Wait until every node answers /health, or report the first that died or stalled.
+
+    timeout is how long the wait may go without a node coming up: on a busy machine the
+    seventeen nodes start slowly but steadily, and only a start that stops moving is a fault.
+    """
     pending = dict(zip(specs, procs, strict=True))
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=2.0) as client:
@@ -199,6 +203,7 @@ def wait_healthy(
                 try:
                     if client.get(f"{spec.url}/health").status_code == 200:
                         del pending[spec]
+                        deadline = time.monotonic() + timeout
                         if on_ready:
                             on_ready(spec)
                 except httpx.HTTPError:
@@ -206,7 +211,8 @@ def wait_healthy(
             if pending and time.monotonic() > deadline:
                 missing = ", ".join(s.code for s in pending)
                 raise ServiceUnavailable(
-                    f"nodes {missing} did not become healthy in {timeout:.0f} s"
+                    f"nodes {missing} did not become healthy: none came up in the last "
+                    f"{timeout:.0f} s; see their logs"
                 )
             if pending:
                 time.sleep(0.3)

@@ -8,14 +8,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import joblib  # type: ignore[import-untyped,unused-ignore]
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer  # type: ignore[import-untyped,unused-ignore]
-from sklearn.model_selection import train_test_split  # type: ignore[import-untyped,unused-ignore]
-from sklearn.pipeline import Pipeline  # type: ignore[import-untyped,unused-ignore]
-from sklearn.svm import LinearSVC  # type: ignore[import-untyped,unused-ignore]
+
+# scikit-learn is imported where a model is built or loaded: it is 0.7 s of every node's start,
+# and a node classifies nothing until its first report
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline  # type: ignore[import-untyped,unused-ignore]
 
 from citybrain.core.errors import BadInput
 from citybrain.events import corpus
@@ -61,6 +62,12 @@ def model_path(data_dir: Path) -> Path:
 
 def build_pipeline() -> Pipeline:
     """Return the untrained pipeline."""
+    from sklearn.feature_extraction.text import (  # type: ignore[import-untyped,unused-ignore]
+        TfidfVectorizer,
+    )
+    from sklearn.pipeline import Pipeline  # type: ignore[import-untyped,unused-ignore]
+    from sklearn.svm import LinearSVC  # type: ignore[import-untyped,unused-ignore]
+
     return Pipeline(
         [
             (
@@ -78,6 +85,10 @@ def train(rows: list[dict[str, Any]], *, seed: int | None, test_size: float = 0.
         raise BadInput(f"a corpus of {len(rows)} rows is too small to train on (20 or more)")
     texts = [r["text"] for r in rows]
     labels = [r["event_type"] for r in rows]
+    from sklearn.model_selection import (  # type: ignore[import-untyped,unused-ignore]
+        train_test_split,
+    )
+
     start = time.perf_counter()
     x_train, x_test, y_train, y_test = train_test_split(
         texts, labels, test_size=test_size, random_state=seed or 0, stratify=labels
