@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from citybrain import __version__
 from citybrain.core.config import Settings
 from citybrain.core.db import check_connection, create_engine_for, upgrade
-from citybrain.core.fast_lane import FastLaneMiddleware
+from citybrain.core.fast_lane import FastLaneMiddleware, path_lanes_of
 from citybrain.core.problems import BodyLimitMiddleware, install_problem_handlers, problem
 from citybrain.decisions.alerts import service as alerts_service
 from citybrain.decisions.alerts.api import router as alerts_router
@@ -43,6 +43,7 @@ from citybrain.governance.lineage.api import router as lineage_router
 from citybrain.governance.quality.api import router as quality_router
 from citybrain.governance.sharing.api import router as sharing_router
 from citybrain.governance.verification.api import router as verification_router
+from citybrain.hub.ngsild import lane as ngsild_lane
 from citybrain.hub.ngsild import notifier
 from citybrain.hub.ngsild.api import router as ngsild_router
 from citybrain.hub.ngsild.jsonld import ContextStore
@@ -299,6 +300,8 @@ def create_app(
     app.include_router(geo_router)
     app.include_router(tables_router)
     app.include_router(ngsild_router)
+    # a sensor's single-attribute update, thousands a second: past FastAPI's layers
+    path_lanes_of(app)[("PATCH", "/ngsi-ld/v1/entities/")] = ngsild_lane.partial_update
     for router in (
         identity_router,
         catalog_router,

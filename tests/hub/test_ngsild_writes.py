@@ -17,17 +17,18 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy import Connection, Engine, delete, event, insert, select
 
 from citybrain.core.db import create_engine_for, upgrade
 from citybrain.core.errors import BadInput, NotFound
-from citybrain.hub.ngsild import commits, entities, service
+from citybrain.hub.ngsild import commits, entities, service, subscriptions
 from citybrain.hub.ngsild.entities import NGSI_NULL, expand_entity
 from citybrain.hub.ngsild.jsonld import ContextStore, validate_entity_id
 from citybrain.hub.ngsild.models import (
     ngsild_entities,
     ngsild_entity_types,
     ngsild_history,
+    ngsild_outbox,
     ngsild_tenants,
 )
 from conftest import free_port, serve_node, wait_healthy
@@ -433,3 +434,83 @@ def test_a_lookup_by_id_takes_the_primary_key_before_statistics(postgres_url: st
                 column = table.c.name if table is ngsild_tenants else table.c.tenant
                 conn.execute(delete(table).where(column == tenant))
         engine.dispose()
+
+
+def _statements(engine: Engine) -> list[str]:
+    seen: list[str] = []
+    event.listen(
+        engine, "before_cursor_execute", lambda _c, _cur, sql, *_a: seen.append(sql.lower())
+    )
+    return seen
+
+
+def _updates(
+    engine: Engine, ids: list[str], value: int = 2, fail: str | None = None
+) -> tuple[list[Any], int]:
+    state = type("State", (), {})()
+    terms = ContextStore().term_map(None)
+
+    def patch(conn: Connection, entity_id: str) -> None:
+        if entity_id == fail:
+            raise NotFound("refused")
+        service.partial_update_in(
+            conn,
+            tenant="",
+            entity_id=entity_id,
+            attr="urn:x:p",
+            fragment={"value": value},
+            terms=terms,
+        )
+
+    async def scenario() -> tuple[list[Any], int]:
+        committer = commits.committer(state, engine)
+        jobs = [committer.run(lambda conn, i=i: patch(conn, i)) for i in ids]
+        return await asyncio.gather(*jobs, return_exceptions=True), committer.rounds
+
+    return asyncio.run(scenario())
+
+
+def test_a_round_that_fails_nothing_takes_no_savepoint_and_reads_subscriptions_once(
+    engine: Engine,
+) -> None:
+    ids = [f"urn:x:{i}" for i in range(5)]
+    with engine.begin() as conn:
+        for entity_id in ids:
+            _put(conn, entity_id)
+    seen = _statements(engine)
+    results, rounds = _updates(engine, ids)
+    assert results == [None] * 5 and rounds == 1
+    assert not [s for s in seen if "savepoint" in s]
+    assert len([s for s in seen if "from ngsild_subscriptions" in s]) == 1
+    seen.clear()
+    # one unit fails: the round runs again, each unit in its savepoint, and keeps the others
+    results, _ = _updates(engine, ids, value=3, fail="urn:x:2")
+    assert isinstance(results[2], NotFound) and results[:2] + results[3:] == [None] * 4
+    assert [s for s in seen if s.startswith("savepoint")]
+    with engine.connect() as conn:
+        stored = conn.execute(select(ngsild_entities.c.id, ngsild_entities.c.entity)).all()
+    assert {k: v["urn:x:p"]["value"] for k, v in stored} == {
+        i: 2 if i == "urn:x:2" else 3 for i in ids
+    }
+
+
+def test_a_round_keeps_to_a_subscriptions_throttling(engine: Engine) -> None:
+    ids = [f"urn:x:{i}" for i in range(4)]
+    with engine.begin() as conn:
+        for entity_id in ids:
+            _put(conn, entity_id)
+    subscriptions.create(
+        engine=engine,
+        tenant="",
+        sub={
+            "entities": [{"type": "urn:x:T"}],
+            "notification": {"endpoint": {"uri": "http://127.0.0.1:9/n"}},
+            "throttling": 3600,
+        },
+        context=None,
+    )
+    results, rounds = _updates(engine, ids)
+    assert results == [None] * 4 and rounds == 1
+    with engine.connect() as conn:
+        # the first update notifies; the round's others fall inside the throttling
+        assert len(list(conn.execute(select(ngsild_outbox.c.seq)))) == 1

@@ -9,6 +9,11 @@ function as the FastAPI route, which stays for the OpenAPI description and for e
 the lane declines. It declines (and hands the request, body included, to FastAPI) whenever
 the request is not the common case: no JSON content type, a body that is not JSON, no
 principal. So errors look exactly as they do through FastAPI.
+
+A path lane serves a route with parameters (an NGSI-LD partial update names its entity and
+attribute in the path): registered by method and the static beginning of its path, it gets
+the scope and the raw body and answers (status, headers, body), or None to decline, when the
+request is anything but the common case it was written for.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from citybrain.governance.principal import Principal
 
 # a lane gets the app, the parsed body and the principal, and returns the JSON answer
 Lane = Callable[[Any, Any, Principal], Awaitable[bytes]]
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+# a path lane gets the app, the scope, the raw body and the principal; None declines
+PathLane = Callable[[Any, Scope, bytes, Principal], Awaitable[Answer | None]]
 log = logging.getLogger("citybrain.fast_lane")
 
 
@@ -36,6 +44,25 @@ def lanes_of(app: Any) -> dict[tuple[str, str], Lane]:
         lanes = {}
         app.state.fast_lanes = lanes
     return lanes
+
+
+def path_lanes_of(app: Any) -> dict[tuple[str, str], PathLane]:
+    """The path lanes of an app, by (method, static beginning of the path)."""
+    lanes: dict[tuple[str, str], PathLane] | None = getattr(app.state, "fast_path_lanes", None)
+    if lanes is None:
+        lanes = {}
+        app.state.fast_path_lanes = lanes
+    return lanes
+
+
+def _path_lane(state: Any, method: str, path: str) -> PathLane | None:
+    lanes: dict[tuple[str, str], PathLane] | None = getattr(state, "fast_path_lanes", None)
+    if not lanes:
+        return None
+    for (lane_method, head), lane in lanes.items():
+        if lane_method == method and path.startswith(head):
+            return lane
+    return None
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -76,10 +103,15 @@ class FastLaneMiddleware:
             await self.app(scope, receive, send)
             return
         owner = scope.get("app")
-        lanes = getattr(getattr(owner, "state", None), "fast_lanes", None)
+        state = getattr(owner, "state", None)
+        lanes = getattr(state, "fast_lanes", None)
         lane = lanes.get((scope["method"], scope["path"])) if lanes else None
         if lane is None:
-            await self.app(scope, receive, send)
+            path_lane = _path_lane(state, scope["method"], scope["path"])
+            if path_lane is None:
+                await self.app(scope, receive, send)
+            else:
+                await self._path_lane(path_lane, owner, scope, receive, send)
             return
         principal = (scope.get("state") or {}).get("principal")
         content_type = b""
@@ -118,3 +150,31 @@ class FastLaneMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": answer})
+
+    async def _path_lane(
+        self, lane: PathLane, owner: Any, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        principal = (scope.get("state") or {}).get("principal")
+        if not isinstance(principal, Principal):
+            await self.app(scope, receive, send)
+            return
+        raw = await _read_body(receive)
+        try:
+            answer = await lane(owner, scope, raw, principal)
+        except CityBrainError as exc:
+            response = problem(exc.status, exc.kind, exc.message, exc.detail or None)
+            await response(scope, receive, send)
+            return
+        except Exception:
+            log.exception("unexpected error", extra={"path": scope["path"]})
+            response = problem(500, "InternalError", "internal error; the node logged the details")
+            await response(scope, receive, send)
+            return
+        if answer is None:
+            await self.app(scope, _replay(raw, receive), send)
+            return
+        status, headers, body = answer
+        if body:
+            headers = [*headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

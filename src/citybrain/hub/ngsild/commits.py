@@ -9,18 +9,29 @@ acknowledged write survives kill -9 exactly as with a transaction per request.
 
 Units run one after the other on one connection, so each sees the writes of the units before
 it, as if the requests had come one by one.
+
+The workers of one node (`serve --workers N`) share a SQLite file, and SQLite makes a writer
+that finds the file locked sleep and retry (1, 2, 5 ... 100 ms): two workers' rounds then
+wait on each other's sleeps, and two workers served fewer updates than one. A round on a
+SQLite file first takes an exclusive `flock` on a lock file beside it, which wakes the next
+worker the moment the last one commits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import fcntl
+import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
+
+from citybrain.hub.ngsild import subscriptions
 
 T = TypeVar("T")
 MAX_ROUND = 256  # units per transaction: bounds how long one round holds the write lock
@@ -40,11 +51,35 @@ class _Outcome:
     error: BaseException | None = None
 
 
+def writer_lock_path(engine: Engine) -> str | None:
+    """The lock file the rounds on a SQLite file take across processes (None: no file)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database + ".writer-lock"
+
+
+@contextmanager
+def _writer_lock(path: str | None) -> Iterator[None]:
+    if path is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by close, also when the process dies
+        yield
+    finally:
+        os.close(fd)
+
+
 class GroupCommitter:
     """Runs the write units of one event loop in shared transactions, one commit a round."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.lock_path = writer_lock_path(engine)
         self.pending: list[_Unit] = []
         self.draining = False
         self.rounds = 0  # how many commits served the units so far (tests look at it)
@@ -83,26 +118,26 @@ class GroupCommitter:
 
     def _round(self, units: list[_Unit]) -> list[_Outcome]:
         """One transaction: each unit in a savepoint, then one commit for them all."""
-        outcomes: list[_Outcome] = []
+        with _writer_lock(self.lock_path):
+            return self._locked_round(units)
+
+    def _locked_round(self, units: list[_Unit]) -> list[_Outcome]:
         try:
             conn = self.engine.connect()
         except Exception as exc:
             return [_Outcome(unit, error=exc) for unit in units]
         try:
-            if conn.dialect.name == "sqlite":
-                # the driver starts no transaction before a SAVEPOINT, and the release of an
-                # outermost savepoint would commit: begin explicitly, as a writer
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            for unit in units:
-                savepoint = conn.begin_nested()
-                try:
-                    value = unit.context.run(unit.work, conn)
-                except Exception as exc:
-                    savepoint.rollback()
-                    outcomes.append(_Outcome(unit, error=exc))
-                else:
-                    savepoint.commit()
-                    outcomes.append(_Outcome(unit, value=value))
+            # most rounds fail no unit: run them without a savepoint each (a savepoint and its
+            # release cost more than a partial update); on the first failure roll the round
+            # back and run it again with each unit in its own savepoint
+            self._begin(conn)
+            outcomes, failure = self._run(conn, units, isolated=False)
+            if failure is not None:
+                conn.rollback()
+                if len(units) == 1:
+                    return [_Outcome(units[0], error=failure)]
+                self._begin(conn)
+                outcomes, _ = self._run(conn, units, isolated=True)
             try:
                 conn.commit()
             except Exception:
@@ -114,8 +149,44 @@ class GroupCommitter:
             # the transaction did not commit: no unit of this round is acknowledged
             return [_Outcome(unit, error=exc) for unit in units]
         finally:
+            if not conn.invalidated:  # an invalidated connection's info is gone with it
+                conn.info.pop(subscriptions.ROUND_ROWS, None)
             conn.close()
         return outcomes
+
+    @staticmethod
+    def _begin(conn: Connection) -> None:
+        conn.info[subscriptions.ROUND_ROWS] = {}
+        if conn.dialect.name == "sqlite":
+            # the driver starts no transaction before a SAVEPOINT, and the release of an
+            # outermost savepoint would commit: begin explicitly, as a writer
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @staticmethod
+    def _run(
+        conn: Connection, units: list[_Unit], *, isolated: bool
+    ) -> tuple[list[_Outcome], Exception | None]:
+        """Run the units; a failure outside savepoints stops the run and is returned."""
+        outcomes: list[_Outcome] = []
+        for unit in units:
+            if not isolated:
+                try:
+                    outcomes.append(_Outcome(unit, value=unit.context.run(unit.work, conn)))
+                except Exception as exc:
+                    return outcomes, exc
+                continue
+            savepoint = conn.begin_nested()
+            try:
+                value = unit.context.run(unit.work, conn)
+            except Exception as exc:
+                savepoint.rollback()
+                # what the unit read of the subscriptions may have gone with it
+                conn.info[subscriptions.ROUND_ROWS] = {}
+                outcomes.append(_Outcome(unit, error=exc))
+            else:
+                savepoint.commit()
+                outcomes.append(_Outcome(unit, value=value))
+        return outcomes, None
 
 
 def committer(state: Any, engine: Engine) -> GroupCommitter:

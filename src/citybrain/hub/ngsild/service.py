@@ -89,12 +89,14 @@ def require_tenant_in(conn: Connection, tenant: str) -> None:
 
 
 def _load(conn: Connection, tenant: str, entity_id: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        select(ngsild_entities.c.entity).where(
-            ngsild_entities.c.tenant == tenant, ngsild_entities.c.id == entity_id
-        )
-    ).first()
+    row = conn.execute(_LOAD_ENTITY, {"b_tenant": tenant, "b_id": entity_id}).first()
     return None if row is None else dict(row.entity)
+
+
+# built once, as _UPDATE_ENTITY below: a single-entity write reads its entity first
+_LOAD_ENTITY = select(ngsild_entities.c.entity).where(
+    ngsild_entities.c.tenant == bindparam("b_tenant"), ngsild_entities.c.id == bindparam("b_id")
+)
 
 
 def _save(

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlparse
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 
 from citybrain.core.errors import BadInput, Conflict, NotFound
 from citybrain.hub.ngsild import geoquery, query
@@ -413,11 +413,25 @@ def matches(sub: dict[str, Any], entity: dict[str, Any], changed: set[str]) -> b
     return True
 
 
+_ACTIVE = select(ngsild_subscriptions).where(ngsild_subscriptions.c.tenant == bindparam("b_tenant"))
+# conn.info key: the subscriptions a group-commit round has read, by tenant (see commits)
+ROUND_ROWS = "ngsild_round_subscriptions"
+
+
 def active_rows(conn: Connection, tenant: str) -> list[Any]:
-    """Return the subscriptions of a tenant (read once per batch of writes)."""
-    return list(
-        conn.execute(select(ngsild_subscriptions).where(ngsild_subscriptions.c.tenant == tenant))
-    )
+    """Return the subscriptions of a tenant (read once per batch of writes, or per round).
+
+    In a group-commit round the rows read for its first unit serve the others: the round
+    holds the writer's lock from before its first unit, a write that queues a notification
+    drops them (it moved last_notification), and so does a unit that rolls back.
+    """
+    cache: dict[str, list[Any]] | None = conn.info.get(ROUND_ROWS)
+    if cache is None:
+        return list(conn.execute(_ACTIVE, {"b_tenant": tenant}))
+    rows = cache.get(tenant)
+    if rows is None:
+        rows = cache[tenant] = list(conn.execute(_ACTIVE, {"b_tenant": tenant}))
+    return rows
 
 
 def deleted_form(instance: dict[str, Any]) -> dict[str, Any]:
@@ -525,6 +539,8 @@ def _queue_matching(
             .values(last_notification=now)
         )
         queued += 1
+    if queued:
+        conn.info.get(ROUND_ROWS, {}).pop(tenant, None)  # their last_notification moved
     return queued
 
 
