@@ -250,9 +250,14 @@ def bench_batch_pg() -> tuple[float, float] | None:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process and all its threads, from /proc."""
+    """User plus system CPU time of a process, its threads and its worker processes."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own + sum(_cpu_seconds(int(child)) for child in children)
 
 
 def _load(port: int, header: str, pid: int) -> tuple[float, float]:
@@ -282,26 +287,43 @@ def p95(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=20)[-1] if len(samples) >= 20 else max(samples)
 
 
-def bench_http(data: Path) -> dict[str, float]:
-    port = 18777
+def _serve(data: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
     node = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "citybrain",
-            "serve",
-            "--level",
-            "province",
-            "--code",
-            "370000",
-            "--data",
-            str(data),
-            "--port",
-            str(port),
-        ],
+        [sys.executable, "-m", "citybrain", "serve", "--level", "province", "--code", "370000"]
+        + ["--data", str(data), "--port", str(port), "--workers", str(workers)],
         stderr=subprocess.DEVNULL,
         env={**os.environ, "CITYBRAIN_LOG_LEVEL": "WARNING"},
     )
+    for _ in range(150):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return node
+
+
+def _stop(node: subprocess.Popen[bytes]) -> None:
+    node.terminate()
+    node.wait(timeout=30)
+
+
+def bench_patch_workers(data: Path, token: str) -> tuple[float, float]:
+    """The partial updates again, served by two worker processes (serve --workers 2)."""
+    port = 18779
+    node = _serve(data, port, 2)
+    try:
+        time.sleep(1)  # both workers listening
+        runs = [_load(port, token, node.pid) for _ in range(REPEAT)]
+        return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    finally:
+        _stop(node)
+
+
+def bench_http(data: Path) -> dict[str, float]:
+    port = 18777
+    node = _serve(data, port, 1)
     base = f"http://127.0.0.1:{port}/ngsi-ld/v1"
     # a client of the node sends a token; the sensors' entity type belongs to city management
     token = issue_token(
@@ -309,12 +331,6 @@ def bench_http(data: Path) -> dict[str, float]:
     )
     auth = {"Authorization": f"Bearer {token}"}
     try:
-        for _ in range(100):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         # the load runs in a separate process, as a client of the node would
         runs = [_load(port, token, node.pid) for _ in range(REPEAT)]
         rate = statistics.median(r[0] for r in runs)
@@ -343,17 +359,19 @@ def bench_http(data: Path) -> dict[str, float]:
                 )
                 geo_ms.append((time.perf_counter() - start) * 1000)
         empty_rate, empty_cpu_ms = bench_empty_patch(port + 1)
-        return {
-            "patch_per_s": rate,
-            "patch_cpu_ms": cpu_ms,
-            "query_p95_ms": p95(query_ms),
-            "geo_p95_ms": p95(geo_ms),
-            "empty_patch_per_s": empty_rate,
-            "empty_patch_cpu_ms": empty_cpu_ms,
-        }
     finally:
-        node.terminate()
-        node.wait(timeout=30)
+        _stop(node)
+    two_rate, two_cpu_ms = bench_patch_workers(data, token)
+    return {
+        "patch_per_s": rate,
+        "patch_cpu_ms": cpu_ms,
+        "patch_two_workers_per_s": two_rate,
+        "patch_two_workers_cpu_ms": two_cpu_ms,
+        "query_p95_ms": p95(query_ms),
+        "geo_p95_ms": p95(geo_ms),
+        "empty_patch_per_s": empty_rate,
+        "empty_patch_cpu_ms": empty_cpu_ms,
+    }
 
 
 EMPTY_APP = """
@@ -492,6 +510,8 @@ def main() -> None:
             "batch_upsert_ratio_to_store_rows": round(ours / floor, 3),
             "http_partial_updates_per_s": round(http["patch_per_s"]),
             "http_partial_update_node_cpu_ms": round(http["patch_cpu_ms"], 3),
+            "http_partial_updates_two_workers_per_s": round(http["patch_two_workers_per_s"]),
+            "http_partial_update_two_workers_cpu_ms": round(http["patch_two_workers_cpu_ms"], 3),
             "query_type_q_p95_ms": round(http["query_p95_ms"], 1),
             "geo_near_p95_ms": round(http["geo_p95_ms"], 1),
             "observations": OBSERVATIONS,

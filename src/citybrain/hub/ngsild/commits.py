@@ -2,9 +2,11 @@
 
 Each write request hands its store work (a function of a connection) to the committer of
 its event loop and waits. While one round runs in a worker thread, the next requests queue;
-the next round takes them all. A round runs every unit in a savepoint of its own, so a unit
-that fails (404, 409, 400) leaves no trace and the others are kept, then commits once: one
-fsync acknowledges every write of the round. No unit is answered before that commit, so an
+the next round takes them all and commits once: one fsync acknowledges every write of the
+round. A unit that fails (404, 409, 400) leaves no trace and the others are kept: the round
+first runs its units one after the other as they are, and if one fails, it rolls back and
+runs them again each in a savepoint of its own (a savepoint costs more than a partial
+update, and most rounds fail nothing). No unit is answered before that commit, so an
 acknowledged write survives kill -9 exactly as with a transaction per request.
 
 Units run one after the other on one connection, so each sees the writes of the units before
