@@ -514,3 +514,44 @@ def test_a_round_keeps_to_a_subscriptions_throttling(engine: Engine) -> None:
     with engine.connect() as conn:
         # the first update notifies; the round's others fall inside the throttling
         assert len(list(conn.execute(select(ngsild_outbox.c.seq)))) == 1
+
+
+def test_a_bulk_load_has_postgresql_count_the_store_again_in_a_new_database(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: ANALYZE follows what the catalog counted, not what this process loaded."""
+    import psycopg
+
+    from citybrain.hub.ngsild import gated
+
+    monkeypatch.setattr(service, "FIRST_ANALYZE", 500)
+    admin = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    name = admin.rsplit("/", 1)[1] + "_stats"
+    url = postgres_url.rsplit("/", 1)[0] + "/" + name
+    terms = ContextStore().term_map(None)
+    unbound = gated.writer.set(None)  # the store writes as the node itself
+    try:
+        # the second load goes to the same database made again: what the first one counted
+        # there is gone, and a count kept by this process would wait for 1,000 more entities
+        for load in (1200, 600):
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                conn.execute(f'CREATE DATABASE "{name}"')
+            engine = create_engine_for(url)
+            upgrade(engine)
+            for lo in range(0, load, 100):
+                batch = [expand_entity(_mixed(i), terms) for i in range(lo, lo + 100)]
+                service.upsert_many(engine=engine, tenant="", entities=batch, mode="upsert")
+            with engine.connect() as conn:
+                counted = conn.exec_driver_sql(
+                    "SELECT reltuples FROM pg_class WHERE oid = 'ngsild_entities'::regclass"
+                ).scalar()
+            engine.dispose()
+            # analysed in this database, and what is loaded since is less than what was
+            # counted or than the first threshold
+            assert counted is not None and counted > 0, (load, counted)
+            assert load - counted < max(500, counted), (load, counted)
+    finally:
+        gated.writer.reset(unbound)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -19,6 +19,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 
@@ -849,9 +850,9 @@ def upsert_many(
     return done
 
 
-# entities this process inserted since PostgreSQL last gathered the store's statistics here,
-# and how many there were then (per database URL)
-_loaded: dict[str, list[int]] = {}
+# entities this process inserted since it last had PostgreSQL gather the store's statistics
+# (per database URL)
+_loaded: dict[str, int] = {}
 _loaded_lock = threading.Lock()
 # a table never analysed is taken as tiny: without statistics PostgreSQL guesses that a
 # tenant holds 0.5 % of the rows and reads them all to find 500 ids (a second per batch at
@@ -860,18 +861,28 @@ FIRST_ANALYZE = 5_000
 
 
 def _keep_statistics(engine: Engine, inserted: int) -> None:
-    """ANALYZE the entity tables when a bulk load has doubled them since the last time."""
+    """ANALYZE the entity tables when a bulk load has doubled what PostgreSQL counted there.
+
+    What PostgreSQL counted is read from the catalog (`reltuples`, -1 before any ANALYZE),
+    not remembered here: the database may have been emptied or made again meanwhile, or
+    analysed by autovacuum.
+    """
     key = str(engine.url)
     with _loaded_lock:
-        counts = _loaded.setdefault(key, [0, 0])
-        counts[0] += inserted
-        if counts[0] < max(FIRST_ANALYZE, counts[1]):
-            return
-        counts[1] += counts[0]
-        counts[0] = 0
+        since = _loaded[key] = _loaded.get(key, 0) + inserted
+    if since < FIRST_ANALYZE:
+        return
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        counted = conn.execute(
+            text("SELECT reltuples FROM pg_class WHERE oid = CAST(:t AS regclass)"),
+            {"t": ngsild_entities.name},
+        ).scalar()
+        if counted is not None and since < counted:
+            return
         for table in (ngsild_entities, ngsild_entity_types, ngsild_history):
             conn.exec_driver_sql(f"ANALYZE {table.name}")
+    with _loaded_lock:
+        _loaded[key] = 0
 
 
 def upsert_many_in(
