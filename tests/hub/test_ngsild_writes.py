@@ -555,3 +555,61 @@ def test_a_bulk_load_has_postgresql_count_the_store_again_in_a_new_database(
         gated.writer.reset(unbound)
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _round_beside(engine: Engine, hold: Any, release: Any) -> tuple[list[Any], int]:
+    """Run two writes while something else holds a lock; count the loop's ticks meanwhile."""
+    state = type("State", (), {})()
+
+    async def scenario() -> tuple[list[Any], int]:
+        committer = commits.committer(state, engine)
+        ticks = 0
+        hold()
+        jobs = asyncio.gather(
+            committer.run(lambda conn: _put(conn, "urn:x:held1")),
+            committer.run(lambda conn: _put(conn, "urn:x:held2")),
+        )
+        # the loop goes on while the round waits: ten ticks of 30 ms in well under a second
+        deadline = time.monotonic() + 1.0
+        for _ in range(10):
+            await asyncio.sleep(0.03)
+            ticks += time.monotonic() < deadline
+        release()
+        return await jobs, ticks
+
+    return asyncio.run(scenario())
+
+
+def test_a_round_waits_for_sqlites_write_lock_off_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    engine = create_engine_for(f"sqlite:///{path}")
+    upgrade(engine)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    results, ticks = _round_beside(
+        engine, lambda: other.execute("BEGIN IMMEDIATE"), lambda: other.execute("COMMIT")
+    )
+    other.close()
+    assert results == ["urn:x:held1", "urn:x:held2"] and ticks == 10
+    with engine.connect() as conn:
+        assert len(conn.execute(select(ngsild_entities.c.id)).all()) == 2
+
+
+def test_a_round_takes_the_writer_lock_of_the_workers(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    path = tmp_path / "store.db"
+    engine = create_engine_for(f"sqlite:///{path}")
+    upgrade(engine)
+    lock_path = commits.writer_lock_path(engine)
+    assert lock_path == f"{path}.writer-lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    seen: list[int] = []
+
+    def release() -> None:
+        with engine.connect() as conn:  # nothing committed while another worker holds it
+            seen.append(len(conn.execute(select(ngsild_entities.c.id)).all()))
+        os.close(fd)
+
+    results, ticks = _round_beside(engine, lambda: fcntl.flock(fd, fcntl.LOCK_EX), release)
+    assert results == ["urn:x:held1", "urn:x:held2"] and ticks == 10 and seen == [0]

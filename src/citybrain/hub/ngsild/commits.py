@@ -12,6 +12,13 @@ acknowledged write survives kill -9 exactly as with a transaction per request.
 Units run one after the other on one connection, so each sees the writes of the units before
 it, as if the requests had come one by one.
 
+On SQLite a round runs on the event loop's own thread: its statements take microseconds,
+and handing each round to a worker thread cost more than the round (the two threads contend
+for the interpreter lock). It never waits there: the writer lock below is tried without
+blocking, SQLite's write lock with a busy timeout of 0, and a round that would wait for
+either, or whose unit fails, runs in a worker thread as on PostgreSQL, whose network round
+trips stay off the loop.
+
 The workers of one node (`serve --workers N`) share a SQLite file, and SQLite makes a writer
 that finds the file locked sleep and retry (1, 2, 5 ... 100 ms): two workers' rounds then
 wait on each other's sleeps, and two workers served fewer updates than one. A round on a
@@ -26,13 +33,14 @@ import contextvars
 import fcntl
 import os
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
+from citybrain.core.db import BUSY_TIMEOUT_MS
 from citybrain.hub.ngsild import subscriptions
 
 T = TypeVar("T")
@@ -63,17 +71,31 @@ def writer_lock_path(engine: Engine) -> str | None:
     return database + ".writer-lock"
 
 
-@contextmanager
-def _writer_lock(path: str | None) -> Iterator[None]:
+def _try_lock(path: str | None) -> int | None | bool:
+    """Take the writer lock if it is free: its descriptor, None if there is none, else False."""
     if path is None:
-        yield
-        return
+        return None
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # released by close, also when the process dies
-        yield
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         os.close(fd)
+        return False
+    return fd
+
+
+def _wait_lock(path: str | None) -> int | None:
+    """Wait for the writer lock (in a thread); its descriptor, or None if there is none."""
+    if path is None:
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _unlock(fd: int | None | bool) -> None:
+    if isinstance(fd, int) and not isinstance(fd, bool):
+        os.close(fd)  # closing releases the flock (so does the death of the process)
 
 
 class GroupCommitter:
@@ -82,6 +104,10 @@ class GroupCommitter:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.lock_path = writer_lock_path(engine)
+        # SQLite rounds run on the loop's thread: statements of microseconds, and handing
+        # each round to a thread cost more (the two threads contend for the interpreter)
+        # than the round itself; PostgreSQL's network round trips stay off the loop
+        self.inline = engine.dialect.name == "sqlite"
         self.pending: list[_Unit] = []
         self.draining = False
         self.rounds = 0  # how many commits served the units so far (tests look at it)
@@ -102,8 +128,17 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         try:
             while self.pending:
-                units, self.pending = self.pending[:MAX_ROUND], self.pending[MAX_ROUND:]
-                outcomes = await loop.run_in_executor(None, self._round, units)
+                lock = _try_lock(self.lock_path)
+                if lock is False:  # another worker's round: wait for it off the loop
+                    lock = await loop.run_in_executor(None, _wait_lock, self.lock_path)
+                try:
+                    units, self.pending = self.pending[:MAX_ROUND], self.pending[MAX_ROUND:]
+                    outcomes = self._locked_round(units, inline=True) if self.inline else None
+                    if outcomes is None:
+                        outcomes = await loop.run_in_executor(None, self._locked_round, units)
+                finally:
+                    _unlock(lock)
+                assert outcomes is not None
                 for outcome in outcomes:
                     if outcome.unit.future.done():
                         continue  # the request went away (client disconnected)
@@ -118,12 +153,12 @@ class GroupCommitter:
                     unit.future.cancel()
             self.pending = []
 
-    def _round(self, units: list[_Unit]) -> list[_Outcome]:
-        """One transaction: each unit in a savepoint, then one commit for them all."""
-        with _writer_lock(self.lock_path):
-            return self._locked_round(units)
+    def _locked_round(self, units: list[_Unit], inline: bool = False) -> list[_Outcome] | None:
+        """One transaction for the units, one commit; None when an inline round cannot be.
 
-    def _locked_round(self, units: list[_Unit]) -> list[_Outcome]:
+        inline: on the event loop's own thread, so the round never waits: None if SQLite's
+        write lock is held elsewhere or a unit fails (the round then runs in a thread).
+        """
         try:
             conn = self.engine.connect()
         except Exception as exc:
@@ -132,10 +167,13 @@ class GroupCommitter:
             # most rounds fail no unit: run them without a savepoint each (a savepoint and its
             # release cost more than a partial update); on the first failure roll the round
             # back and run it again with each unit in its own savepoint
-            self._begin(conn)
+            if not self._begin(conn, wait=not inline):
+                return None
             outcomes, failure = self._run(conn, units, isolated=False)
             if failure is not None:
                 conn.rollback()
+                if inline:
+                    return None
                 if len(units) == 1:
                     return [_Outcome(units[0], error=failure)]
                 self._begin(conn)
@@ -157,12 +195,25 @@ class GroupCommitter:
         return outcomes
 
     @staticmethod
-    def _begin(conn: Connection) -> None:
+    def _begin(conn: Connection, wait: bool = True) -> bool:
+        """Begin the round's transaction; False if it would have to wait and may not."""
         conn.info[subscriptions.ROUND_ROWS] = {}
-        if conn.dialect.name == "sqlite":
-            # the driver starts no transaction before a SAVEPOINT, and the release of an
-            # outermost savepoint would commit: begin explicitly, as a writer
+        if conn.dialect.name != "sqlite":
+            return True
+        # the driver starts no transaction before a SAVEPOINT, and the release of an
+        # outermost savepoint would commit: begin explicitly, as a writer
+        if wait:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return True
+        conn.exec_driver_sql("PRAGMA busy_timeout=0")
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except OperationalError:
+            conn.rollback()
+            return False
+        finally:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return True
 
     @staticmethod
     def _run(
