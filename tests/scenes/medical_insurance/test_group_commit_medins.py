@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import JSON, Boolean, Column, DateTime, Float, MetaData, String, Table, insert
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    MetaData,
+    String,
+    Table,
+    insert,
+    select,
+)
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from citybrain.core.db import create_engine_for
-from citybrain.scenes.medical_insurance.group_commit import executemany
+from citybrain.scenes.medical_insurance.group_commit import GroupWriter, Inserts, executemany
 
 
 def _table(name: str) -> tuple[MetaData, Table]:
@@ -86,3 +101,59 @@ def test_other_keys_go_the_usual_way_and_a_taken_key_is_an_integrity_error(
     # what the group commit's retry and the settlement's answer rely on
     with pytest.raises(IntegrityError), engine.begin() as conn:
         executemany(conn, insert(table), _rows("c")[:1])
+
+
+def _writer_table(tmp_path: Path) -> tuple[Engine, Table]:
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'w.db'}")
+    meta = MetaData()
+    table = Table("w", meta, Column("k", String(16), primary_key=True))
+    meta.create_all(engine)
+    return engine, table
+
+
+def _keys(engine: Engine, table: Table) -> list[str]:
+    with engine.connect() as conn:
+        return sorted(conn.execute(select(table.c.k)).scalars())
+
+
+def test_awaited_writes_commit_as_one_batch_on_the_loop(tmp_path: Path) -> None:
+    engine, table = _writer_table(tmp_path)
+    committed: list[list[object]] = []
+    writer = GroupWriter(engine, on_commit=committed.append)
+
+    async def scenario() -> list[object]:
+        writes = [Inserts([(insert(table), [{"k": f"k{i}"}])], result=i) for i in range(6)]
+        return list(await asyncio.gather(*(writer.run_async(w) for w in writes)))
+
+    assert asyncio.run(scenario()) == list(range(6))
+    assert writer.inline_batches == 1 and committed == [list(range(6))]
+    assert writer._thread is None  # the writer thread was never needed
+    assert _keys(engine, table) == [f"k{i}" for i in range(6)]
+
+
+def test_a_failing_write_stays_its_own_and_a_locked_file_waits_off_the_loop(
+    tmp_path: Path,
+) -> None:
+    engine, table = _writer_table(tmp_path)
+    writer = GroupWriter(engine)
+    other = sqlite3.connect(tmp_path / "w.db", isolation_level=None, check_same_thread=False)
+    other.execute("INSERT INTO w VALUES ('taken')")
+
+    async def scenario() -> tuple[list[object], int]:
+        other.execute("BEGIN IMMEDIATE")  # another process is writing
+        writes = [Inserts([(insert(table), [{"k": k}])], result=k) for k in ("a", "taken", "b")]
+        jobs = asyncio.gather(*(writer.run_async(w) for w in writes), return_exceptions=True)
+        ticks = 0
+        deadline = time.monotonic() + 1.0
+        for _ in range(10):  # the loop goes on meanwhile
+            await asyncio.sleep(0.03)
+            ticks += time.monotonic() < deadline
+        other.execute("COMMIT")
+        return list(await jobs), ticks
+
+    results, ticks = asyncio.run(scenario())
+    other.close()
+    writer.close()
+    assert ticks == 10 and writer.inline_batches == 0
+    assert results[0] == "a" and results[2] == "b" and isinstance(results[1], IntegrityError)
+    assert _keys(engine, table) == ["a", "b", "taken"]

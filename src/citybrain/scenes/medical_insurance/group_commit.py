@@ -6,19 +6,31 @@ or await it (`asyncio.wrap_future`). One writer thread takes everything queued, 
 transaction and resolves the futures after the commit. When the batch fails (a unique key
 taken by another process, a bad row), each write of the batch runs again in a transaction of
 its own, so one write's failure is its own and never another's.
+
+On SQLite an awaiting caller (`run_async`) has its write batched with the others of its
+event loop and committed on the loop's own thread: the statements of a batch take
+microseconds, and handing each batch to the writer thread and its answer back cost more
+(the two threads contend for the interpreter lock). The loop never waits for SQLite there: a
+batch that finds the file's write lock taken (busy timeout 0), or that fails, goes to the
+writer thread as every write does on PostgreSQL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.dml import Insert
+
+from citybrain.core.db import BUSY_TIMEOUT_MS
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,14 @@ MAX_BATCH = 256
 _log = logging.getLogger("citybrain.medins")
 
 
+@dataclass
+class _LoopQueue:
+    """The writes an event loop has queued for its next batch on SQLite."""
+
+    pending: list[tuple[Write, asyncio.Future[Any]]]
+    draining: bool = False
+
+
 class GroupWriter:
     """One writer thread per engine, committing queued writes in batches."""
 
@@ -94,6 +114,85 @@ class GroupWriter:
         self._queue: list[tuple[Write, Future[Any]]] = []
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._loops: weakref.WeakKeyDictionary[Any, _LoopQueue] = weakref.WeakKeyDictionary()
+        self.inline_batches = 0  # batches committed on a loop's thread (tests look at it)
+
+    async def run_async(self, write: Write) -> Any:
+        """Await a write's commit: on SQLite batched on this loop's thread, else as submit."""
+        if self.engine.dialect.name != "sqlite":
+            return await asyncio.wrap_future(self.submit(write))
+        loop = asyncio.get_running_loop()
+        queue = self._loops.get(loop)
+        if queue is None:
+            queue = self._loops[loop] = _LoopQueue([])
+        if self._closed:
+            raise RuntimeError("the writer is closed")
+        future: asyncio.Future[Any] = loop.create_future()
+        queue.pending.append((write, future))
+        if not queue.draining:
+            queue.draining = True
+            loop.create_task(self._drain(queue))
+        return await future
+
+    async def _drain(self, queue: _LoopQueue) -> None:
+        try:
+            while queue.pending:
+                batch, queue.pending = queue.pending[:MAX_BATCH], queue.pending[MAX_BATCH:]
+                results = self._commit_inline([write for write, _ in batch])
+                if results is None:
+                    for write, future in batch:  # to the writer thread, one by one if need be
+                        _forward(asyncio.wrap_future(self.submit(write)), future)
+                    continue
+                self.inline_batches += 1
+                self._committed(results)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            queue.draining = False
+
+    def _commit_inline(self, writes: list[Write]) -> list[Any] | None:
+        """Commit a batch without waiting for the file's lock; None if it waits or fails."""
+        try:
+            conn = self.engine.connect()
+        except Exception:  # noqa: BLE001 - the writer thread meets it again and reports it
+            return None
+        try:
+            conn.exec_driver_sql("PRAGMA busy_timeout=0")
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            finally:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            results = self._write_batch(conn, writes)
+            conn.commit()
+        except Exception as exc:  # noqa: BLE001 - the writer thread runs the batch again
+            try:
+                conn.rollback()
+            except Exception:  # noqa: BLE001 - never pool a connection in doubt
+                conn.invalidate()
+            if not isinstance(exc, OperationalError):
+                _log.debug("an inline batch failed; the writer thread retries it", exc_info=True)
+            return None
+        finally:
+            conn.close()
+        return results
+
+    @staticmethod
+    def _write_batch(conn: Connection, writes: list[Write]) -> list[Any]:
+        """Run a batch's writes on one connection; the inserts of all go as one executemany."""
+        results: list[Any] = []
+        merged: dict[Any, list[dict[str, Any]]] = {}
+        for write in writes:
+            if isinstance(write, Inserts):
+                for statement, rows in write.rows:
+                    merged.setdefault(statement, []).extend(rows)
+                results.append(write.result)
+            else:
+                results.append(write(conn))
+        for statement, rows in merged.items():
+            if rows:
+                executemany(conn, statement, rows)
+        return results
 
     def submit(self, write: Write) -> Future[Any]:
         """Queue a write; the future gets its result once it is committed, or its error."""
@@ -133,20 +232,9 @@ class GroupWriter:
             self._commit(batch)
 
     def _commit(self, batch: list[tuple[Write, Future[Any]]]) -> None:
-        results: list[Any] = []
         try:
             with self.engine.begin() as conn:
-                merged: dict[Any, list[dict[str, Any]]] = {}
-                for write, _ in batch:
-                    if isinstance(write, Inserts):
-                        for statement, rows in write.rows:
-                            merged.setdefault(statement, []).extend(rows)
-                        results.append(write.result)
-                    else:
-                        results.append(write(conn))
-                for statement, rows in merged.items():
-                    if rows:
-                        executemany(conn, statement, rows)
+                results = self._write_batch(conn, [write for write, _ in batch])
         except Exception:  # noqa: BLE001 - retried one by one below, each error to its caller
             if len(batch) == 1:
                 self._one(batch[0])
@@ -176,3 +264,19 @@ class GroupWriter:
             return
         self._committed([result])
         future.set_result(result)
+
+
+def _forward(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    """Settle target as source settles (a write handed on to the writer thread)."""
+
+    def done(finished: asyncio.Future[Any]) -> None:
+        if target.done():
+            return
+        if finished.cancelled():
+            target.cancel()
+        elif finished.exception() is not None:
+            target.set_exception(finished.exception())  # type: ignore[arg-type]
+        else:
+            target.set_result(finished.result())
+
+    source.add_done_callback(done)

@@ -839,7 +839,7 @@ async def submit_async(
                 answer = prepared
             else:
                 try:
-                    await asyncio.wrap_future(scene.writer.submit(prepared.write))
+                    await scene.writer.run_async(prepared.write)
                 except Exception as exc:  # noqa: BLE001 - _finish answers or raises what fits
                     answer = _finish(scene, principal, prepared, exc)
                 else:
