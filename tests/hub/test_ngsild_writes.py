@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, delete, event, insert, select
 
 from citybrain.core.db import create_engine_for, upgrade
 from citybrain.core.errors import BadInput, NotFound
+from citybrain.core.writer_lock import writer_lock_path
 from citybrain.hub.ngsild import commits, entities, service, subscriptions
 from citybrain.hub.ngsild.entities import NGSI_NULL, expand_entity
 from citybrain.hub.ngsild.jsonld import ContextStore, validate_entity_id
@@ -601,7 +602,7 @@ def test_a_round_takes_the_writer_lock_of_the_workers(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     engine = create_engine_for(f"sqlite:///{path}")
     upgrade(engine)
-    lock_path = commits.writer_lock_path(engine)
+    lock_path = writer_lock_path(engine)
     assert lock_path == f"{path}.writer-lock"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)
     seen: list[int] = []

@@ -157,3 +157,31 @@ def test_a_failing_write_stays_its_own_and_a_locked_file_waits_off_the_loop(
     assert ticks == 10 and writer.inline_batches == 0
     assert results[0] == "a" and results[2] == "b" and isinstance(results[1], IntegrityError)
     assert _keys(engine, table) == ["a", "b", "taken"]
+
+
+def test_another_workers_commit_is_waited_for_by_the_writer_thread(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    engine, table = _writer_table(tmp_path)
+    writer = GroupWriter(engine)
+    fd = os.open(f"{tmp_path / 'w.db'}.writer-lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another worker of the node is committing
+    seen: list[list[str]] = []
+
+    async def scenario() -> tuple[list[object], int]:
+        writes = [Inserts([(insert(table), [{"k": k}])], result=k) for k in ("a", "b")]
+        jobs = asyncio.gather(*(writer.run_async(w) for w in writes))
+        ticks = 0
+        deadline = time.monotonic() + 1.0
+        for _ in range(10):
+            await asyncio.sleep(0.03)
+            ticks += time.monotonic() < deadline
+        seen.append(_keys(engine, table))
+        os.close(fd)
+        return list(await jobs), ticks
+
+    results, ticks = asyncio.run(scenario())
+    writer.close()
+    assert results == ["a", "b"] and ticks == 10 and writer.inline_batches == 0
+    assert seen == [[]] and _keys(engine, table) == ["a", "b"]

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import fcntl
-import os
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +39,12 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
 from citybrain.core.db import BUSY_TIMEOUT_MS
+from citybrain.core.writer_lock import (
+    release_writer_lock,
+    try_writer_lock,
+    wait_writer_lock,
+    writer_lock_path,
+)
 from citybrain.hub.ngsild import subscriptions
 
 T = TypeVar("T")
@@ -59,43 +63,6 @@ class _Outcome:
     unit: _Unit
     value: Any = None
     error: BaseException | None = None
-
-
-def writer_lock_path(engine: Engine) -> str | None:
-    """The lock file the rounds on a SQLite file take across processes (None: no file)."""
-    if engine.dialect.name != "sqlite":
-        return None
-    database = engine.url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return database + ".writer-lock"
-
-
-def _try_lock(path: str | None) -> int | None | bool:
-    """Take the writer lock if it is free: its descriptor, None if there is none, else False."""
-    if path is None:
-        return None
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return False
-    return fd
-
-
-def _wait_lock(path: str | None) -> int | None:
-    """Wait for the writer lock (in a thread); its descriptor, or None if there is none."""
-    if path is None:
-        return None
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
-
-
-def _unlock(fd: int | None | bool) -> None:
-    if isinstance(fd, int) and not isinstance(fd, bool):
-        os.close(fd)  # closing releases the flock (so does the death of the process)
 
 
 class GroupCommitter:
@@ -128,16 +95,16 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         try:
             while self.pending:
-                lock = _try_lock(self.lock_path)
+                lock = try_writer_lock(self.lock_path)
                 if lock is False:  # another worker's round: wait for it off the loop
-                    lock = await loop.run_in_executor(None, _wait_lock, self.lock_path)
+                    lock = await loop.run_in_executor(None, wait_writer_lock, self.lock_path)
                 try:
                     units, self.pending = self.pending[:MAX_ROUND], self.pending[MAX_ROUND:]
                     outcomes = self._locked_round(units, inline=True) if self.inline else None
                     if outcomes is None:
                         outcomes = await loop.run_in_executor(None, self._locked_round, units)
                 finally:
-                    _unlock(lock)
+                    release_writer_lock(lock)
                 assert outcomes is not None
                 for outcome in outcomes:
                     if outcome.unit.future.done():

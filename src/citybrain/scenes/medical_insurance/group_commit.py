@@ -11,8 +11,9 @@ On SQLite an awaiting caller (`run_async`) has its write batched with the others
 event loop and committed on the loop's own thread: the statements of a batch take
 microseconds, and handing each batch to the writer thread and its answer back cost more
 (the two threads contend for the interpreter lock). The loop never waits for SQLite there: a
-batch that finds the file's write lock taken (busy timeout 0), or that fails, goes to the
-writer thread as every write does on PostgreSQL.
+batch that finds the file taken by another worker's commit (core/writer_lock.py, tried
+without waiting) or by another writer (busy timeout 0), or that fails, goes to the writer
+thread, as every write does on PostgreSQL; the thread waits for the writer lock.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.dml import Insert
 
 from citybrain.core.db import BUSY_TIMEOUT_MS
+from citybrain.core.writer_lock import (
+    release_writer_lock,
+    try_writer_lock,
+    writer_lock,
+    writer_lock_path,
+)
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,7 @@ class GroupWriter:
         self._closed = False
         self._loops: weakref.WeakKeyDictionary[Any, _LoopQueue] = weakref.WeakKeyDictionary()
         self.inline_batches = 0  # batches committed on a loop's thread (tests look at it)
+        self.lock_path = writer_lock_path(engine)
 
     async def run_async(self, write: Write) -> Any:
         """Await a write's commit: on SQLite batched on this loop's thread, else as submit."""
@@ -138,7 +146,12 @@ class GroupWriter:
         try:
             while queue.pending:
                 batch, queue.pending = queue.pending[:MAX_BATCH], queue.pending[MAX_BATCH:]
-                results = self._commit_inline([write for write, _ in batch])
+                lock = try_writer_lock(self.lock_path)
+                try:
+                    # another worker's commit under way: the writer thread waits for it
+                    results = None if lock is False else self._commit_inline([w for w, _ in batch])
+                finally:
+                    release_writer_lock(lock)
                 if results is None:
                     for write, future in batch:  # to the writer thread, one by one if need be
                         _forward(asyncio.wrap_future(self.submit(write)), future)
@@ -233,7 +246,7 @@ class GroupWriter:
 
     def _commit(self, batch: list[tuple[Write, Future[Any]]]) -> None:
         try:
-            with self.engine.begin() as conn:
+            with writer_lock(self.engine), self.engine.begin() as conn:
                 results = self._write_batch(conn, [write for write, _ in batch])
         except Exception:  # noqa: BLE001 - retried one by one below, each error to its caller
             if len(batch) == 1:
@@ -257,7 +270,7 @@ class GroupWriter:
     def _one(self, item: tuple[Write, Future[Any]]) -> None:
         write, future = item
         try:
-            with self.engine.begin() as conn:
+            with writer_lock(self.engine), self.engine.begin() as conn:
                 result = write(conn)
         except Exception as exc:  # noqa: BLE001 - handed to the caller waiting on it
             future.set_exception(exc)
