@@ -37,22 +37,22 @@ PathLane = Callable[[Any, Scope, bytes, Principal], Awaitable[Answer | None]]
 log = logging.getLogger("citybrain.fast_lane")
 
 
+def _registry(app: Any, name: str) -> dict[tuple[str, str], Any]:
+    found: dict[tuple[str, str], Any] | None = getattr(app.state, name, None)
+    if found is None:
+        found = {}
+        setattr(app.state, name, found)
+    return found
+
+
 def lanes_of(app: Any) -> dict[tuple[str, str], Lane]:
     """The lanes of an app, by (method, path); plugins add theirs at start."""
-    lanes: dict[tuple[str, str], Lane] | None = getattr(app.state, "fast_lanes", None)
-    if lanes is None:
-        lanes = {}
-        app.state.fast_lanes = lanes
-    return lanes
+    return _registry(app, "fast_lanes")
 
 
 def path_lanes_of(app: Any) -> dict[tuple[str, str], PathLane]:
     """The path lanes of an app, by (method, static beginning of the path)."""
-    lanes: dict[tuple[str, str], PathLane] | None = getattr(app.state, "fast_path_lanes", None)
-    if lanes is None:
-        lanes = {}
-        app.state.fast_path_lanes = lanes
-    return lanes
+    return _registry(app, "fast_path_lanes")
 
 
 def _path_lane(state: Any, method: str, path: str) -> PathLane | None:
@@ -89,6 +89,22 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+_FAILED: Any = object()  # what _answered returns once it has sent an error
+
+
+async def _answered(call: Awaitable[Any], scope: Scope, receive: Receive, send: Send) -> Any:
+    """Await a lane; on its error send the problem details FastAPI would, and return _FAILED."""
+    try:
+        return await call
+    except CityBrainError as exc:
+        response = problem(exc.status, exc.kind, exc.message, exc.detail or None)
+    except Exception:
+        log.exception("unexpected error", extra={"path": scope["path"]})
+        response = problem(500, "InternalError", "internal error; the node logged the details")
+    await response(scope, receive, send)
+    return _FAILED
 
 
 class FastLaneMiddleware:
@@ -128,16 +144,8 @@ class FastLaneMiddleware:
         except orjson.JSONDecodeError:
             await self.app(scope, _replay(raw, receive), send)
             return
-        try:
-            answer = await lane(owner, body, principal)
-        except CityBrainError as exc:
-            response = problem(exc.status, exc.kind, exc.message, exc.detail or None)
-            await response(scope, receive, send)
-            return
-        except Exception:
-            log.exception("unexpected error", extra={"path": scope["path"]})
-            response = problem(500, "InternalError", "internal error; the node logged the details")
-            await response(scope, receive, send)
+        answer = await _answered(lane(owner, body, principal), scope, receive, send)
+        if answer is _FAILED:
             return
         await send(
             {
@@ -159,16 +167,8 @@ class FastLaneMiddleware:
             await self.app(scope, receive, send)
             return
         raw = await _read_body(receive)
-        try:
-            answer = await lane(owner, scope, raw, principal)
-        except CityBrainError as exc:
-            response = problem(exc.status, exc.kind, exc.message, exc.detail or None)
-            await response(scope, receive, send)
-            return
-        except Exception:
-            log.exception("unexpected error", extra={"path": scope["path"]})
-            response = problem(500, "InternalError", "internal error; the node logged the details")
-            await response(scope, receive, send)
+        answer = await _answered(lane(owner, scope, raw, principal), scope, receive, send)
+        if answer is _FAILED:
             return
         if answer is None:
             await self.app(scope, _replay(raw, receive), send)
