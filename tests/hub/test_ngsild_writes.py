@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, delete, event, insert, select
 
 from citybrain.core.db import create_engine_for, upgrade
 from citybrain.core.errors import BadInput, NotFound
-from citybrain.core.writer_lock import nowait_engine, writer_lock_path
+from citybrain.core.writer_lock import writer_lock_path
 from citybrain.hub.ngsild import commits, entities, service, subscriptions
 from citybrain.hub.ngsild.entities import NGSI_NULL, expand_entity
 from citybrain.hub.ngsild.jsonld import ContextStore, validate_entity_id
@@ -438,12 +438,10 @@ def test_a_lookup_by_id_takes_the_primary_key_before_statistics(postgres_url: st
 
 
 def _statements(engine: Engine) -> list[str]:
-    """What the engine runs, also through its no-wait twin (the rounds on the loop)."""
     seen: list[str] = []
-    for one in (engine, nowait_engine(engine)):
-        event.listen(
-            one, "before_cursor_execute", lambda _c, _cur, sql, *_a: seen.append(sql.lower())
-        )
+    event.listen(
+        engine, "before_cursor_execute", lambda _c, _cur, sql, *_a: seen.append(sql.lower())
+    )
     return seen
 
 

@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import fcntl
 import os
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
-from sqlalchemy import Engine, event
-
-from citybrain.core.db import create_engine_for
+from sqlalchemy import Engine
 
 
 def writer_lock_path(engine: Engine) -> str | None:
@@ -73,28 +69,3 @@ def writer_lock(engine: Engine) -> Iterator[None]:
         yield
     finally:
         release_writer_lock(fd)
-
-
-_nowait: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
-
-
-def _no_busy_wait(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.execute("PRAGMA busy_timeout=0")
-
-
-def nowait_engine(engine: Engine) -> Engine | None:
-    """An engine on the same SQLite file that never waits for its write lock, or None.
-
-    For a group commit on an event loop's own thread: a BEGIN IMMEDIATE there fails at once
-    when another connection writes (busy timeout 0) instead of sleeping on the loop, and the
-    batch goes to a thread. None for PostgreSQL and in-memory SQLite (another engine would
-    be another database).
-    """
-    if writer_lock_path(engine) is None:
-        return None
-    found = _nowait.get(engine)
-    if found is None:
-        found = create_engine_for(engine.url.render_as_string(hide_password=False))
-        event.listen(found, "connect", _no_busy_wait)  # after the engine's own pragmas
-        _nowait[engine] = found
-    return found

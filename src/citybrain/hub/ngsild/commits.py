@@ -38,8 +38,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
+from citybrain.core.db import BUSY_TIMEOUT_MS
 from citybrain.core.writer_lock import (
-    nowait_engine,
     release_writer_lock,
     try_writer_lock,
     wait_writer_lock,
@@ -74,8 +74,7 @@ class GroupCommitter:
         # SQLite rounds run on the loop's thread: statements of microseconds, and handing
         # each round to a thread cost more (the two threads contend for the interpreter)
         # than the round itself; PostgreSQL's network round trips stay off the loop
-        self.nowait = nowait_engine(engine)
-        self.inline = self.nowait is not None
+        self.inline = engine.dialect.name == "sqlite"
         self.pending: list[_Unit] = []
         self.draining = False
         self.rounds = 0  # how many commits served the units so far (tests look at it)
@@ -128,7 +127,7 @@ class GroupCommitter:
         write lock is held elsewhere or a unit fails (the round then runs in a thread).
         """
         try:
-            conn = (self.nowait if inline and self.nowait else self.engine).connect()
+            conn = self.engine.connect()
         except Exception as exc:
             return [_Outcome(unit, error=exc) for unit in units]
         try:
@@ -169,15 +168,18 @@ class GroupCommitter:
         if conn.dialect.name != "sqlite":
             return True
         # the driver starts no transaction before a SAVEPOINT, and the release of an
-        # outermost savepoint would commit: begin explicitly, as a writer (on the loop, on a
-        # connection that does not wait: see nowait_engine)
+        # outermost savepoint would commit: begin explicitly, as a writer
+        if wait:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return True
+        conn.exec_driver_sql("PRAGMA busy_timeout=0")
         try:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         except OperationalError:
-            if wait:
-                raise
             conn.rollback()
             return False
+        finally:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         return True
 
     @staticmethod

@@ -31,8 +31,8 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.dml import Insert
 
+from citybrain.core.db import BUSY_TIMEOUT_MS
 from citybrain.core.writer_lock import (
-    nowait_engine,
     release_writer_lock,
     try_writer_lock,
     writer_lock,
@@ -124,11 +124,10 @@ class GroupWriter:
         self._loops: weakref.WeakKeyDictionary[Any, _LoopQueue] = weakref.WeakKeyDictionary()
         self.inline_batches = 0  # batches committed on a loop's thread (tests look at it)
         self.lock_path = writer_lock_path(engine)
-        self.nowait = nowait_engine(engine)  # None: every write goes to the writer thread
 
     async def run_async(self, write: Write) -> Any:
         """Await a write's commit: on SQLite batched on this loop's thread, else as submit."""
-        if self.nowait is None:
+        if self.engine.dialect.name != "sqlite":
             return await asyncio.wrap_future(self.submit(write))
         loop = asyncio.get_running_loop()
         queue = self._loops.get(loop)
@@ -167,13 +166,16 @@ class GroupWriter:
 
     def _commit_inline(self, writes: list[Write]) -> list[Any] | None:
         """Commit a batch without waiting for the file's lock; None if it waits or fails."""
-        assert self.nowait is not None
         try:
-            conn = self.nowait.connect()
+            conn = self.engine.connect()
         except Exception:  # noqa: BLE001 - the writer thread meets it again and reports it
             return None
         try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")  # fails at once if another is writing
+            conn.exec_driver_sql("PRAGMA busy_timeout=0")
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            finally:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             results = self._write_batch(conn, writes)
             conn.commit()
         except Exception as exc:  # noqa: BLE001 - the writer thread runs the batch again
