@@ -36,3 +36,17 @@ def report(
         print(f"  reference {key}: {value}")
     print(f"  ratio: {ratio}")
     return result
+
+
+def wait_healthy(port: int, tries: int = 150, pause: float = 0.2) -> bool:
+    """Poll http://127.0.0.1:PORT/health until it answers 200; False if it never does."""
+    import httpx
+
+    for _ in range(tries):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(pause)
+    return False

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import report  # noqa: E402
+from _harness import report, wait_healthy  # noqa: E402
 from citybrain.app import prepare_node  # noqa: E402
 from citybrain.core.config import load_settings  # noqa: E402
 from citybrain.federation import distributed, trust  # noqa: E402
@@ -101,14 +101,7 @@ class Nodes:
 
     def wait(self) -> None:
         for name, port in self.ports.items():
-            for _ in range(300):
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
-            else:
+            if not wait_healthy(port, tries=300, pause=0.1):
                 raise RuntimeError(f"node {name} did not start")
 
     def stop(self) -> None:

@@ -36,7 +36,7 @@ import orjson
 from sqlalchemy import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import report  # noqa: E402
+from _harness import report, wait_healthy  # noqa: E402
 from citybrain.core.config import load_settings  # noqa: E402
 from citybrain.core.db import create_engine_for, upgrade  # noqa: E402
 from citybrain.governance.identity.tokens import issue_token  # noqa: E402
@@ -294,13 +294,7 @@ def _serve(data: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
         stderr=subprocess.DEVNULL,
         env={**os.environ, "CITYBRAIN_LOG_LEVEL": "WARNING"},
     )
-    for _ in range(150):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+    wait_healthy(port)
     return node
 
 

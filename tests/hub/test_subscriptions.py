@@ -183,91 +183,43 @@ def test_mqtt_notification(client: TestClient, mqtt_broker: tuple[str, int]) -> 
         sub.disconnect()
 
 
+def _sub(notification: dict[str, Any] | None = None, **members: Any) -> dict[str, Any]:
+    """A subscription to type T notifying http://x/y, with the members given."""
+    endpoint = {"endpoint": {"uri": "http://x/y"}}
+    return {"type": "Subscription", "entities": [{"type": "T"}]} | {
+        "notification": endpoint | (notification or {}),
+        **members,
+    }
+
+
 @pytest.mark.parametrize(
     "body",
     [
         {"type": "Subscription", "entities": [{"type": "T"}]},
-        {
-            "type": "Subscription",
-            "entities": [{"type": "T"}],
-            "notification": {"endpoint": {"uri": "ftp://x/y"}},
-        },
+        _sub({"endpoint": {"uri": "ftp://x/y"}}),
         {"type": "Subscription", "notification": {"endpoint": {"uri": "http://x/y"}}},
-        {
-            "type": "Sub",
-            "entities": [{"type": "T"}],
-            "notification": {"endpoint": {"uri": "http://x/y"}},
-        },
-        {
-            "type": "Subscription",
-            "entities": [{"type": "T"}],
-            "q": "a>>",
-            "notification": {"endpoint": {"uri": "http://x/y"}},
-        },
-        {
-            "type": "Subscription",
-            "entities": [{"type": "T"}],
-            "throttling": -1,
-            "notification": {"endpoint": {"uri": "http://x/y"}},
-        },
-        {
-            "type": "Subscription",
-            "entities": [{"type": "T"}],
-            "throttling": 5,
-            "timeInterval": 5,
-            "notification": {"endpoint": {"uri": "http://x/y"}},
-        },
-        {
-            "type": "Subscription",
-            "entities": [{"type": "T"}],
-            "expiresAt": "2000-01-01T00:00:00Z",
-            "notification": {"endpoint": {"uri": "http://x/y"}},
-        },
-        {
-            "type": "Subscription",
-            "entities": [{"type": "T"}],
-            "geoQ": {"georel": "near;maxDistance==x", "geometry": "Point", "coordinates": [1, 2]},
-            "notification": {"endpoint": {"uri": "http://x/y"}},
-        },
-        {
-            "type": "Subscription",
-            "entities": [{"type": "T"}],
-            "notification": {"endpoint": {"uri": "http://x/y"}, "format": "xml"},
-        },
+        _sub(type="Sub"),
+        _sub(q="a>>"),
+        _sub(throttling=-1),
+        _sub(throttling=5, timeInterval=5),
+        _sub(expiresAt="2000-01-01T00:00:00Z"),
+        _sub(geoQ={"georel": "near;maxDistance==x", "geometry": "Point", "coordinates": [1, 2]}),
+        _sub({"format": "xml"}),
         *(
-            {"type": "Subscription", "entities": [{"type": "T"}], **extra}
-            for extra in (
-                {"notification": {"endpoint": {"uri": "http://x/y"}, **notification}}
-                for notification in (
-                    {"pick": ["id"], "omit": ["id"]},
-                    {"pick": ["name"], "attributes": ["name"]},
-                    {"omit": ["name"], "attributes": ["name"]},
-                    {"attributes": []},
-                    {"pick": []},
-                    {"omit": []},
-                    {"format": "keyValues", "showChanges": True},
-                )
+            _sub(notification)
+            for notification in (
+                {"pick": ["id"], "omit": ["id"]},
+                {"pick": ["name"], "attributes": ["name"]},
+                {"omit": ["name"], "attributes": ["name"]},
+                {"attributes": []},
+                {"pick": []},
+                {"omit": []},
+                {"format": "keyValues", "showChanges": True},
             )
         ),
-        {
-            "type": "Subscription",
-            "entities": [{"type": "T"}],
-            "notification": {
-                "endpoint": {"uri": "http://x/y", "notifierInfo": [{"key": "k", "value": {}}]}
-            },
-        },
-        {
-            "type": "Subscription",
-            "entities": [{"type": "T"}],
-            "jsonldContext": "unknownContext",
-            "notification": {"endpoint": {"uri": "http://x/y"}},
-        },
-        {
-            "type": "Subscription",
-            "entities": [{"type": "T"}],
-            "csf": "((",
-            "notification": {"endpoint": {"uri": "http://x/y"}},
-        },
+        _sub({"endpoint": {"uri": "http://x/y", "notifierInfo": [{"key": "k", "value": {}}]}}),
+        _sub(jsonldContext="unknownContext"),
+        _sub(csf="(("),
     ],
 )
 def test_bad_subscriptions(client: TestClient, body: dict[str, Any]) -> None:
