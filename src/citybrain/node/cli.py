@@ -12,6 +12,7 @@ from citybrain.core.db import check_connection as check_db
 from citybrain.core.db import create_engine_for, current_revision, upgrade
 from citybrain.core.errors import BadInput
 from citybrain.core.logging import configure_logging
+from citybrain.core.runtime import tune_gc
 
 db_app = typer.Typer(no_args_is_help=True)
 
@@ -67,6 +68,7 @@ def serve(
         serve_workers(settings, overrides, settings.workers)
         return
     app = create_app(settings, engine=engine, warm=True)
+    tune_gc()
     # uvicorn finishes in-flight requests on SIGTERM/SIGINT before the lifespan closes
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
 

@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from citybrain.core.config import Settings, load_settings
 from citybrain.core.logging import configure_logging
+from citybrain.core.runtime import tune_gc
 
 PRIMARY_LOCK = ".primary.lock"
 _log = logging.getLogger("citybrain.node")
@@ -76,6 +77,7 @@ def _worker(overrides: dict[str, Any], index: int) -> None:
     configure_logging(settings.log_level, settings.log_format)
     engine = create_engine_for(settings.effective_database_url)
     app = create_app(settings, engine=engine, elect_primary=True, warm=True)
+    tune_gc()
     config = uvicorn.Config(app, log_config=None, access_log=False)
     server = uvicorn.Server(config)
     sock = listening_socket(settings.host, settings.port)

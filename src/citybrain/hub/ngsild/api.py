@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
@@ -13,6 +14,7 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import orjson
 from fastapi import Depends, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import Connection, Engine
@@ -128,9 +130,9 @@ def _tenant(request: Request) -> str:
     return service.check_tenant(request.headers.get("NGSILD-Tenant"))
 
 
-async def _write(request: Request, work: Callable[[Connection], T]) -> T:
-    """Run a single-entity store write in this node's next group commit (see commits)."""
-    return await commits.committer(request.app.state, _engine(request)).run(work)
+async def _write(request: Request, work: Callable[[Connection], T], weight: int = 1) -> T:
+    """Run a store write in this node's next group commit (see commits); weight: entities."""
+    return await commits.committer(request.app.state, _engine(request)).run(work, weight)
 
 
 class _Unsupported(CityBrainError):
@@ -167,7 +169,9 @@ async def _body_json(request: Request) -> Any:
     if not raw:
         raise _invalid("the request body is empty")
     try:
-        return json.loads(raw)
+        # orjson: a third of the time of json for a batch, and it refuses NaN, Infinity and
+        # lone surrogates, which are not JSON and could not be stored
+        return orjson.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _invalid(f"the body is not valid JSON: {exc}") from None
 
@@ -924,7 +928,7 @@ async def batch(request: Request, operation: str) -> Response:
     created_any = False
     replace = request.query_params.get("options", "") == "replace"
     if operation in ("create", "upsert") and not replace:
-        return _batch_write(request, items, media, terms, store, operation, engine, tenant)
+        return await _batch_write(request, items, media, terms, store, operation, engine, tenant)
     for item in items:
         entity_id = str(item.get("id")) if isinstance(item, dict) else str(item)
         try:
@@ -973,7 +977,11 @@ async def batch(request: Request, operation: str) -> Response:
     return Response(status_code=204)
 
 
-def _batch_write(
+# entities a batch expands between two turns of the event loop (about 1 ms of work)
+EXPAND_SLICE = 100
+
+
+async def _batch_write(
     request: Request,
     items: list[Any],
     media: str,
@@ -986,15 +994,23 @@ def _batch_write(
     """Create or upsert a batch in one transaction, refusing bad items one by one."""
     errors: list[dict[str, Any]] = []
     valid: list[dict[str, Any]] = []
-    for item in items:
+    for k, item in enumerate(items, 1):
         entity_id = str(item.get("id")) if isinstance(item, dict) else str(item)
         try:
             valid.append(expand_entity(item, _item_terms(item, media, terms, store)))
         except CityBrainError as exc:
             errors.append(_batch_error(entity_id, exc))
-    created, updated, refused = service.upsert_many(
-        engine=engine, tenant=tenant, entities=valid, mode=operation
+        if k % EXPAND_SLICE == 0:
+            # let the loop run between slices: a round whose writer lock has come waits for
+            # the loop, and the other workers wait for that lock
+            await asyncio.sleep(0)
+    # stamped and made into rows here, so the round (one writer at a time) only writes them
+    prepared = service.prepare_batch(engine.dialect, tenant, valid)
+    created, updated, refused = await _write(
+        request, partial(service.write_batch_in, prepared=prepared, mode=operation), len(valid)
     )
+    if created and engine.dialect.name == "postgresql":
+        await asyncio.to_thread(service.keep_statistics, engine, len(created))
     for entity_id, reason in refused.items():
         kind = Conflict if "exists" in reason else BadInput
         errors.append(_batch_error(entity_id, kind(reason)))

@@ -22,6 +22,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.engine import Dialect
 
 from citybrain.core.db import json_dumps
 from citybrain.core.errors import BadInput, Conflict, NotFound
@@ -843,10 +844,11 @@ def upsert_many(
 
     Returns the ids created, the ids updated, and the ids refused with their reasons.
     """
+    prepared = prepare_batch(engine.dialect, tenant, entities)
     with engine.begin() as conn:
-        done = upsert_many_in(conn, tenant=tenant, entities=entities, mode=mode)
+        done = write_batch_in(conn, prepared, mode)
     if engine.dialect.name == "postgresql" and done[0]:
-        _keep_statistics(engine, len(done[0]))
+        keep_statistics(engine, len(done[0]))
     return done
 
 
@@ -860,7 +862,7 @@ _loaded_lock = threading.Lock()
 FIRST_ANALYZE = 5_000
 
 
-def _keep_statistics(engine: Engine, inserted: int) -> None:
+def keep_statistics(engine: Engine, inserted: int) -> None:
     """ANALYZE the entity tables when a bulk load has doubled what PostgreSQL counted there.
 
     What PostgreSQL counted is read from the catalog (`reltuples`, -1 before any ANALYZE),
@@ -889,24 +891,75 @@ def upsert_many_in(
     conn: Connection, *, tenant: str, entities: list[dict[str, Any]], mode: str
 ) -> tuple[list[str], list[str], dict[str, str]]:
     """Write a batch in the caller's transaction, so a connector commits its checkpoint too."""
-    created: list[str] = []
-    updated: list[str] = []
+    return write_batch_in(conn, prepare_batch(conn.dialect, tenant, entities), mode)
+
+
+@dataclass
+class PreparedBatch:
+    """A batch made ready before its transaction: each entity stamped as if it were new, and
+    the rows that insert it, so the transaction (one writer at a time) only writes them."""
+
+    tenant: str
+    entities: list[dict[str, Any]]  # as given (unstamped): an existing one is merged from these
+    refused: dict[str, str]
+    moment: datetime
+    stamped: list[dict[str, Any]]
+    entity_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    type_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    history_rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def prepare_batch(dialect: Dialect, tenant: str, entities: list[dict[str, Any]]) -> PreparedBatch:
+    """Check a batch's ids and write permissions and build its rows, outside any transaction."""
     refused: dict[str, str] = {}
     seen: set[str] = set()
     unique: list[dict[str, Any]] = []
+    refusals: dict[tuple[str, ...], str | None] = {}  # a batch has few distinct type lists
     for entity in entities:
         if entity["id"] in seen:
             refused[entity["id"]] = "the id appears twice in this batch"
             continue
-        not_allowed = gated.write_refusal(entity.get("type") or [])
+        types = tuple(entity.get("type") or ())
+        not_allowed = refusals.get(types, "")
+        if not_allowed == "":
+            not_allowed = refusals[types] = gated.write_refusal(types)
         if not_allowed is not None:
             refused[entity["id"]] = not_allowed
             continue
         seen.add(entity["id"])
         unique.append(entity)
+    moment = datetime.now(UTC)
+    moment_iso = iso(moment)
+    stamped = [stamp(_stampable_copy(entity), moment=moment_iso) for entity in unique]
+    prepared = PreparedBatch(tenant, unique, refused, moment, stamped)
+    _fresh_rows(dialect, prepared)
+    return prepared
+
+
+def _stampable_copy(entity: dict[str, Any]) -> dict[str, Any]:
+    """A copy that stamp() may change without touching the entity: its dicts, one level."""
+    copy: dict[str, Any] = {}
+    for name, attr in entity.items():
+        if type(attr) is dict:
+            attr = dict(attr)
+        elif type(attr) is list and name not in ENTITY_MEMBERS:
+            attr = [dict(a) if type(a) is dict else a for a in attr]
+        copy[name] = attr
+    return copy
+
+
+def write_batch_in(
+    conn: Connection, prepared: PreparedBatch, mode: str
+) -> tuple[list[str], list[str], dict[str, str]]:
+    """Write a prepared batch in the caller's transaction: new entities from their rows,
+    existing ones merged (upsert) or refused (create)."""
+    tenant = prepared.tenant
+    created: list[str] = []
+    updated: list[str] = []
+    refused = dict(prepared.refused)
     _ensure_tenant(conn, tenant)
     existing: dict[str, dict[str, Any]] = {}
-    ids = [e["id"] for e in unique]
+    ids = [e["id"] for e in prepared.entities]
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         for row in conn.execute(
@@ -915,15 +968,11 @@ def upsert_many_in(
             )
         ):
             existing[row.id] = dict(row.entity)
-    moment = datetime.now(UTC)
-    moment_iso = iso(moment)
     fresh: list[dict[str, Any]] = []
-    changed: list[dict[str, Any]] = []
-    for entity in unique:
+    for entity, stamped in zip(prepared.entities, prepared.stamped, strict=True):
         current = existing.get(entity["id"])
         if current is None:
-            # the batch's entities are fresh objects: no copy needed
-            fresh.append(stamp(entity, moment=moment_iso))
+            fresh.append(stamped)
             created.append(entity["id"])
         elif mode == "create":
             refused[entity["id"]] = f"entity {entity['id']} exists already"
@@ -939,11 +988,18 @@ def upsert_many_in(
                     current[name] = _merge_instances(current.get(name), attr, keep_existing=False)
             _save(conn, tenant, stamp(current), new=False)
             updated.append(entity["id"])
-    _insert_fresh(conn, tenant, fresh, moment)
-    changed.extend(fresh)
+    rows: list[list[tuple[Any, ...]]] = [
+        prepared.entity_rows,
+        prepared.type_rows,
+        prepared.history_rows,
+    ]
+    if existing:  # their prepared rows are not written: the rows of the new ones only
+        rows = [[r for r in part if r[1] not in existing] for part in rows]
+    for table, names, part in zip(_BATCH_TABLES, _BATCH_COLUMNS, rows, strict=True):
+        insert_tuples(conn, table, names, part)
     subs = subscriptions.active_rows(conn, tenant)
     if subs:
-        for entity in changed:
+        for entity in fresh:
             subscriptions.enqueue(conn, tenant, entity, subs, new=True)
     return created, updated, refused
 
@@ -962,29 +1018,29 @@ _ENTITY_COLUMNS = (
 )
 _TYPE_COLUMNS = ("tenant", "id", "type")
 _HISTORY_COLUMNS = ("tenant", "entity_id", "attribute", "dataset_id", "at", "number", "instance")
+_BATCH_TABLES = (ngsild_entities, ngsild_entity_types, ngsild_history)
+_BATCH_COLUMNS = (_ENTITY_COLUMNS, _TYPE_COLUMNS, _HISTORY_COLUMNS)
 
 
-def _insert_fresh(
-    conn: Connection, tenant: str, fresh: list[dict[str, Any]], moment: datetime
-) -> None:
-    """Insert new stamped entities: their rows, type rows and history rows, as tuples.
+def _fresh_rows(dialect: Dialect, prepared: PreparedBatch) -> None:
+    """Build the rows of the batch's stamped entities: entity, type and history rows.
 
     The same rows _save and record_history write one entity at a time, built in one pass;
     on SQLite the values are made ready for the driver here (JSON text, time stamps each
-    converted once), which is most of what a batch costs beyond SQLite's own work.
+    converted once), which is most of what a batch costs beyond SQLite's own work. The
+    entity's id is each row's second value (write_batch_in drops those of existing ones).
     """
-    if not fresh:
-        return
+    tenant = prepared.tenant
     # SQLite's executemany and PostgreSQL's COPY take JSON as text
-    ready = conn.dialect.name in ("sqlite", "postgresql")
+    ready = dialect.name in ("sqlite", "postgresql")
     dump: Any = json_dumps if ready else _same
-    when: Any = _time_binder(conn) if conn.dialect.name == "sqlite" else _same
-    written_at = when(moment)
-    entity_rows: list[tuple[Any, ...]] = []
-    type_rows: list[tuple[Any, ...]] = []
-    history: list[tuple[Any, ...]] = []
+    when: Any = _time_binder(dialect) if dialect.name == "sqlite" else _same
+    written_at = when(prepared.moment)
+    entity_rows = prepared.entity_rows
+    type_rows = prepared.type_rows
+    history = prepared.history_rows
     times: dict[Any, Any] = {}  # a batch shares few time stamps: parse each once
-    for entity in fresh:
+    for entity in prepared.stamped:
         entity_id = entity["id"]
         geo = prefilter.geo_columns(entity)
         entity_rows.append(
@@ -1027,18 +1083,14 @@ def _insert_fresh(
                         dump(inst),
                     )
                 )
-    insert_tuples(conn, ngsild_entities, _ENTITY_COLUMNS, entity_rows)
-    insert_tuples(conn, ngsild_entity_types, _TYPE_COLUMNS, type_rows)
-    insert_tuples(conn, ngsild_history, _HISTORY_COLUMNS, history)
 
 
 def _same(value: Any) -> Any:
     return value
 
 
-def _time_binder(conn: Connection) -> Any:
+def _time_binder(dialect: Dialect) -> Any:
     """The SQLite driver's form of a time stamp column value (what SQLAlchemy would bind)."""
-    dialect = conn.dialect
     proc = ngsild_history.c.at.type.dialect_impl(dialect).bind_processor(dialect)
     return proc if proc is not None else _same
 
@@ -1060,7 +1112,7 @@ def insert_tuples(
     """Insert rows given as tuples in the order of `names`.
 
     On SQLite and PostgreSQL the values must be ready for the driver (JSON as text, see
-    _insert_fresh): SQLite's go straight to its executemany, PostgreSQL's through COPY in the
+    _fresh_rows): SQLite's go straight to its executemany, PostgreSQL's through COPY in the
     same transaction (a tenth of what row-by-row inserts cost the server and the client).
     """
     if not rows:

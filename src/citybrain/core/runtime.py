@@ -1,0 +1,24 @@
+"""Process settings of a serving node: the garbage collector's schedule."""
+
+from __future__ import annotations
+
+import gc
+
+# allocations between two young collections (Python's default is 700): a batch of 1,000
+# entities makes some 30,000 containers that live until its commit, and with the default
+# every young collection walked them again (about a tenth of a batch upsert's CPU)
+YOUNG_THRESHOLD = 10_000
+MIDDLE_THRESHOLD = 50
+OLD_THRESHOLD = 100
+
+
+def tune_gc() -> None:
+    """Collect less often, and never walk what the node loaded at start (modules, caches).
+
+    Objects alive now move to the permanent generation (gc.freeze): a full collection then
+    walks only what the node made since. Reference counting still frees all of it that is
+    not cyclic; only cyclic garbage made before the freeze would stay.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, OLD_THRESHOLD)
