@@ -29,6 +29,22 @@ def _request(host: str, port: int, i: int, entities: int) -> bytes:
     return head.encode() + body
 
 
+async def read_status(reader: asyncio.StreamReader) -> bytes:
+    """Read one answer: its status code; the headers and Content-Length bytes of body skipped."""
+    status = await reader.readline()
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    if length:
+        await reader.readexactly(length)
+    parts = status.split(b" ", 2)
+    return parts[1] if len(parts) > 1 else b"closed"
+
+
 async def _worker(
     host: str, port: int, k: int, step: int, stop: float, entities: int, out: list[int]
 ) -> None:
@@ -37,17 +53,7 @@ async def _worker(
     try:
         while time.monotonic() < stop:
             writer.write(_request(host, port, i, entities))
-            status = await reader.readline()
-            length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            if length:
-                await reader.readexactly(length)
-            if status.split(b" ", 2)[1] == b"204":
+            if await read_status(reader) == b"204":
                 ok += 1
             else:
                 bad += 1
