@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import gc
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, insert, select
 
 from citybrain.app import create_app
 from citybrain.core.config import load_settings
@@ -21,7 +22,7 @@ from citybrain.core.runtime import YOUNG_THRESHOLD, tune_gc
 from citybrain.hub.ngsild import api, commits, service
 from citybrain.hub.ngsild.entities import expand_entity
 from citybrain.hub.ngsild.jsonld import ContextStore
-from citybrain.hub.ngsild.models import ngsild_entities, ngsild_history
+from citybrain.hub.ngsild.models import ngsild_entities, ngsild_entity_types, ngsild_history
 
 BASE = "/ngsi-ld/v1"
 
@@ -176,3 +177,96 @@ def test_a_serving_node_collects_less_often_and_not_what_it_loaded() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_sqlite_clusters_history_and_types_and_keeps_the_rows_of_before(tmp_path: Path) -> None:
+    from alembic import command
+
+    from citybrain.core.db import _alembic_config
+
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'store.db'}")
+    upgrade(engine, "0019")
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(ngsild_history),
+            [
+                {
+                    "tenant": "",
+                    "entity_id": "urn:x:1",
+                    "attribute": "urn:a",
+                    "at": at,
+                    "number": float(k),
+                    "instance": {"value": k},
+                }
+                for k in range(3)
+            ],
+        )
+        conn.execute(insert(ngsild_entity_types).values(tenant="", id="urn:x:1", type="urn:T"))
+    upgrade(engine)
+    with engine.begin() as conn:
+        ddl = dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master").all())
+        assert ddl["ngsild_history"].endswith("WITHOUT ROWID")
+        assert ddl["ngsild_entity_types"].endswith("WITHOUT ROWID")
+        assert "ix_ngsild_history_lookup" not in ddl  # the key serves the lookups
+        service.add_history(
+            conn,
+            [
+                {
+                    "tenant": "",
+                    "entity_id": "urn:x:1",
+                    "attribute": "urn:a",
+                    "at": at,
+                    "number": 9.0,
+                    "instance": {"value": 9},
+                }
+            ],
+        )
+        # numbered after the rows of before, so a tie on `at` keeps the order of writing
+        seqs = conn.execute(select(ngsild_history.c.seq).order_by(ngsild_history.c.seq))
+        assert list(seqs.scalars()) == [1, 2, 3, 4]
+        assert conn.execute(select(ngsild_entity_types.c.type)).scalars().all() == ["urn:T"]
+    command.downgrade(_alembic_config(engine), "0019")
+    with engine.connect() as conn:
+        assert len(conn.execute(select(ngsild_history)).all()) == 4
+        ddl = dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master").all())
+        assert "WITHOUT ROWID" not in ddl["ngsild_history"]
+        assert "ix_ngsild_history_lookup" in ddl
+
+
+def test_a_batch_of_new_entities_is_not_looked_up_and_stays_in_its_transaction(
+    engine: Engine,
+) -> None:
+    from sqlalchemy import event
+
+    terms = ContextStore().term_map(None)
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    batch = [expand_entity(_entity(i), terms) for i in range(4)]
+    with engine.connect() as conn:
+        conn.begin()
+        created, _, _ = service.upsert_many_in(conn, tenant="", entities=batch, mode="create")
+        assert len(created) == 4
+        conn.rollback()  # the savepoint's release committed nothing on its own
+    event.remove(engine, "before_cursor_execute", seen)
+    assert not any(
+        s.lstrip().upper().startswith("SELECT") and "ngsild_entities" in s for s in statements
+    )
+    with engine.connect() as conn:
+        assert conn.execute(select(ngsild_entities)).first() is None
+        assert conn.execute(select(ngsild_history)).first() is None
+    # now one of them exists: the savepoint takes the batch's rows back, the lookup decides
+    service.create_entity(engine=engine, tenant="", entity=expand_entity(_entity(2), terms))
+    again = [expand_entity(_entity(i), terms) for i in range(4)]
+    created, _, refused = service.upsert_many(
+        engine=engine, tenant="", entities=again, mode="create"
+    )
+    assert created == [_entity(i)["id"] for i in (0, 1, 3)]
+    assert list(refused) == [_entity(2)["id"]]
+    with engine.connect() as conn:
+        assert len(conn.execute(select(ngsild_entities)).all()) == 4
+        assert len(conn.execute(select(ngsild_history)).all()) == 4 * 3

@@ -7,7 +7,7 @@ import gc
 # allocations between two young collections (Python's default is 700): a batch of 1,000
 # entities makes some 30,000 containers that live until its commit, and with the default
 # every young collection walked them again (about a tenth of a batch upsert's CPU)
-YOUNG_THRESHOLD = 10_000
+YOUNG_THRESHOLD = 200_000
 MIDDLE_THRESHOLD = 50
 OLD_THRESHOLD = 100
 

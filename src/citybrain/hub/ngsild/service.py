@@ -23,6 +23,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import IntegrityError
 
 from citybrain.core.db import json_dumps
 from citybrain.core.errors import BadInput, Conflict, NotFound
@@ -174,9 +175,31 @@ _DELETE_TYPES = delete(ngsild_entity_types).where(
 def record_history(conn: Connection, tenant: str, entity: dict[str, Any]) -> None:
     """Append to the temporal history every attribute instance written in this change."""
     # only instances written by this change carry the entity's new modifiedAt
-    rows = _history_rows(tenant, entity)
-    if rows:
-        conn.execute(insert(ngsild_history), rows)
+    add_history(conn, _history_rows(tenant, entity))
+
+
+# on SQLite the history is clustered on its key (migration 0020), without a rowid to number
+# its rows: seq comes from this counter row, taken in the writing transaction, so under
+# SQLite's write lock (PostgreSQL numbers them with the column's own sequence)
+_TAKE_SEQS = "UPDATE ngsild_history_next SET next = next + ? WHERE id = 0 RETURNING next"
+
+
+def take_history_seqs(conn: Connection, count: int) -> int | None:
+    """The first of `count` new history seq numbers on SQLite; None where the store numbers."""
+    if conn.dialect.name != "sqlite":
+        return None
+    after = conn.exec_driver_sql(_TAKE_SEQS, (count,)).scalar_one()
+    return int(after) - count
+
+
+def add_history(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert history rows given as column dicts, each numbered (see take_history_seqs)."""
+    if not rows:
+        return
+    first = take_history_seqs(conn, len(rows))
+    if first is not None:
+        rows = [{**row, "seq": first + k} for k, row in enumerate(rows)]
+    conn.execute(insert(ngsild_history), rows)
 
 
 def history_row(tenant: str, entity_id: str, name: str, inst: dict[str, Any]) -> dict[str, Any]:
@@ -739,8 +762,7 @@ def upsert_temporal(
             for point in points:
                 point = {**point, "createdAt": moment, "modifiedAt": moment}
                 rows.append(history_row(tenant, entity["id"], name, point))
-        if rows:
-            conn.execute(insert(ngsild_history), rows)
+        add_history(conn, rows)
     return current is None
 
 
@@ -954,10 +976,13 @@ def write_batch_in(
     """Write a prepared batch in the caller's transaction: new entities from their rows,
     existing ones merged (upsert) or refused (create)."""
     tenant = prepared.tenant
-    created: list[str] = []
-    updated: list[str] = []
     refused = dict(prepared.refused)
     _ensure_tenant(conn, tenant)
+    if _insert_if_all_new(conn, prepared):
+        _notify_new(conn, tenant, prepared.stamped)
+        return [e["id"] for e in prepared.entities], [], refused
+    created: list[str] = []
+    updated: list[str] = []
     existing: dict[str, dict[str, Any]] = {}
     ids = [e["id"] for e in prepared.entities]
     for start in range(0, len(ids), 500):
@@ -988,20 +1013,57 @@ def write_batch_in(
                     current[name] = _merge_instances(current.get(name), attr, keep_existing=False)
             _save(conn, tenant, stamp(current), new=False)
             updated.append(entity["id"])
-    rows: list[list[tuple[Any, ...]]] = [
-        prepared.entity_rows,
-        prepared.type_rows,
-        prepared.history_rows,
-    ]
+    rows = [prepared.entity_rows, prepared.type_rows, prepared.history_rows]
     if existing:  # their prepared rows are not written: the rows of the new ones only
         rows = [[r for r in part if r[1] not in existing] for part in rows]
-    for table, names, part in zip(_BATCH_TABLES, _BATCH_COLUMNS, rows, strict=True):
-        insert_tuples(conn, table, names, part)
+    insert_tuples(conn, ngsild_entities, _ENTITY_COLUMNS, rows[0])
+    _insert_dependent_rows(conn, rows[1], rows[2])
+    _notify_new(conn, tenant, fresh)
+    return created, updated, refused
+
+
+def _insert_if_all_new(conn: Connection, prepared: PreparedBatch) -> bool:
+    """On SQLite, insert the batch's rows if none of its entities exists yet; else nothing.
+
+    The entity rows go first, in a savepoint: an existing id stops them with a key conflict
+    and the savepoint takes them back (write_batch_in then looks the ids up). A bulk load,
+    whose ids are new, so skips the lookup of each id, which the insert makes anyway.
+    """
+    if conn.dialect.name != "sqlite" or not prepared.entity_rows:
+        return False
+    driver = conn.connection.dbapi_connection
+    if driver is not None and not driver.in_transaction:
+        # the driver opens no transaction before a SAVEPOINT, whose release would commit
+        conn.exec_driver_sql("BEGIN")
+    savepoint = conn.begin_nested()
+    try:
+        insert_tuples(conn, ngsild_entities, _ENTITY_COLUMNS, prepared.entity_rows)
+    except IntegrityError:
+        savepoint.rollback()
+        return False
+    savepoint.commit()
+    _insert_dependent_rows(conn, prepared.type_rows, prepared.history_rows)
+    return True
+
+
+def _insert_dependent_rows(
+    conn: Connection, type_rows: list[tuple[Any, ...]], history_rows: list[tuple[Any, ...]]
+) -> None:
+    """Insert a batch's type and history rows; on SQLite the history rows numbered here."""
+    insert_tuples(conn, ngsild_entity_types, _TYPE_COLUMNS, type_rows)
+    names: tuple[str, ...] = _HISTORY_COLUMNS
+    first = take_history_seqs(conn, len(history_rows)) if history_rows else None
+    if first is not None:
+        history_rows = [(first + k, *row) for k, row in enumerate(history_rows)]
+        names = ("seq", *_HISTORY_COLUMNS)
+    insert_tuples(conn, ngsild_history, names, history_rows)
+
+
+def _notify_new(conn: Connection, tenant: str, fresh: list[dict[str, Any]]) -> None:
     subs = subscriptions.active_rows(conn, tenant)
     if subs:
         for entity in fresh:
             subscriptions.enqueue(conn, tenant, entity, subs, new=True)
-    return created, updated, refused
 
 
 _ENTITY_COLUMNS = (
@@ -1018,8 +1080,6 @@ _ENTITY_COLUMNS = (
 )
 _TYPE_COLUMNS = ("tenant", "id", "type")
 _HISTORY_COLUMNS = ("tenant", "entity_id", "attribute", "dataset_id", "at", "number", "instance")
-_BATCH_TABLES = (ngsild_entities, ngsild_entity_types, ngsild_history)
-_BATCH_COLUMNS = (_ENTITY_COLUMNS, _TYPE_COLUMNS, _HISTORY_COLUMNS)
 
 
 def _fresh_rows(dialect: Dialect, prepared: PreparedBatch) -> None:
