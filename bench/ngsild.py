@@ -151,21 +151,10 @@ STORE_TABLES = (
 )
 
 
-def _insert_store_rows(
-    cursor: Any, rows: list[tuple[tuple[object, ...], ...]], mark: str, first_seq: int | None
-) -> None:
-    """Raw executemany of _store_rows into the three tables (mark: the driver's placeholder).
-
-    first_seq: on SQLite, the history rows' numbers start there (the table has no rowid to
-    number them; migration 0020); PostgreSQL numbers them itself.
-    """
-    history: list[tuple[object, ...]] = [h for r in rows for h in r[2:]]
-    tables = list(STORE_TABLES)
-    if first_seq is not None:
-        history = [(first_seq + k, *h) for k, h in enumerate(history)]
-        tables[2] = (tables[2][0], "seq, " + tables[2][1])
-    parts = ([r[0] for r in rows], [r[1] for r in rows], history)
-    for (table, columns), values in zip(tables, parts, strict=True):
+def _insert_store_rows(cursor: Any, rows: list[tuple[tuple[object, ...], ...]], mark: str) -> None:
+    """Raw executemany of _store_rows into the three tables (mark: the driver's placeholder)."""
+    parts = ([r[0] for r in rows], [r[1] for r in rows], [h for r in rows for h in r[2:]])
+    for (table, columns), values in zip(STORE_TABLES, parts, strict=True):
         marks = ",".join(mark for _ in columns.split(","))
         cursor.executemany(f"insert into {table} ({columns}) values ({marks})", values)
 
@@ -182,7 +171,7 @@ def _floor(path: Path) -> float:
     start = time.perf_counter()
     for lo in range(0, ENTITIES, BATCH):
         rows = [_store_rows(i, iso, db_time) for i in range(lo, min(lo + BATCH, ENTITIES))]
-        _insert_store_rows(conn, rows, "?", 1 + 2 * lo)
+        _insert_store_rows(conn, rows, "?")
         conn.commit()
     rate = ENTITIES / (time.perf_counter() - start)
     conn.close()
@@ -241,7 +230,7 @@ def _pg_raw(name: str) -> float:
         start = time.perf_counter()
         for lo in range(0, PG_ENTITIES, BATCH):
             rows = [_store_rows(i, iso, moment) for i in range(lo, min(lo + BATCH, PG_ENTITIES))]
-            _insert_store_rows(cur, rows, "%s", None)
+            _insert_store_rows(cur, rows, "%s")
             conn.commit()
         return PG_ENTITIES / (time.perf_counter() - start)
 
@@ -499,10 +488,6 @@ def bench_temporal(data: Path) -> tuple[float, float]:
             for k, eid in enumerate(ids)
         ]
         with engine.begin() as conn:
-            first = service.take_history_seqs(conn, len(rows))
-            if first is not None:  # SQLite: numbered as the store numbers them
-                for k, row in enumerate(rows):
-                    row["seq"] = first + k
             service.bulk_insert(conn, ngsild_history, rows)
     from fastapi.testclient import TestClient
 

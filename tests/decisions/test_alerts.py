@@ -21,8 +21,7 @@ from citybrain.decisions.indicators.models import indicator_values
 from citybrain.events import service as events
 from citybrain.events.models import TransitionRequest
 from citybrain.governance.principal import Principal, Role
-from citybrain.hub.ngsild import service as ngsild_service
-from citybrain.hub.ngsild.models import ngsild_entities, ngsild_entity_types
+from citybrain.hub.ngsild.models import ngsild_entities, ngsild_entity_types, ngsild_history
 from conftest import bearer
 
 NOW = datetime(2025, 3, 3, 4, 0, tzinfo=UTC)
@@ -62,8 +61,8 @@ def _readings(
     engine: Engine, entity_id: str, attribute: str, points: list[tuple[datetime, float]]
 ) -> None:
     with engine.begin() as conn:
-        ngsild_service.add_history(
-            conn,
+        conn.execute(
+            insert(ngsild_history),
             [
                 {
                     "tenant": "",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import gc
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -179,59 +178,27 @@ def test_a_serving_node_collects_less_often_and_not_what_it_loaded() -> None:
         gc.set_threshold(*threshold)
 
 
-def test_sqlite_clusters_history_and_types_and_keeps_the_rows_of_before(tmp_path: Path) -> None:
+def test_sqlite_clusters_the_type_rows_and_keeps_those_of_before(tmp_path: Path) -> None:
     from alembic import command
 
     from citybrain.core.db import _alembic_config
 
     engine = create_engine_for(f"sqlite:///{tmp_path / 'store.db'}")
     upgrade(engine, "0019")
-    at = datetime(2026, 11, 1, tzinfo=UTC)
     with engine.begin() as conn:
-        conn.execute(
-            insert(ngsild_history),
-            [
-                {
-                    "tenant": "",
-                    "entity_id": "urn:x:1",
-                    "attribute": "urn:a",
-                    "at": at,
-                    "number": float(k),
-                    "instance": {"value": k},
-                }
-                for k in range(3)
-            ],
-        )
         conn.execute(insert(ngsild_entity_types).values(tenant="", id="urn:x:1", type="urn:T"))
     upgrade(engine)
     with engine.begin() as conn:
         ddl = dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master").all())
-        assert ddl["ngsild_history"].endswith("WITHOUT ROWID")
         assert ddl["ngsild_entity_types"].endswith("WITHOUT ROWID")
-        assert "ix_ngsild_history_lookup" not in ddl  # the key serves the lookups
-        service.add_history(
-            conn,
-            [
-                {
-                    "tenant": "",
-                    "entity_id": "urn:x:1",
-                    "attribute": "urn:a",
-                    "at": at,
-                    "number": 9.0,
-                    "instance": {"value": 9},
-                }
-            ],
-        )
-        # numbered after the rows of before, so a tie on `at` keeps the order of writing
-        seqs = conn.execute(select(ngsild_history.c.seq).order_by(ngsild_history.c.seq))
-        assert list(seqs.scalars()) == [1, 2, 3, 4]
+        assert "ix_ngsild_entity_types_type" in ddl
+        assert "WITHOUT ROWID" not in ddl["ngsild_history"]
         assert conn.execute(select(ngsild_entity_types.c.type)).scalars().all() == ["urn:T"]
     command.downgrade(_alembic_config(engine), "0019")
     with engine.connect() as conn:
-        assert len(conn.execute(select(ngsild_history)).all()) == 4
         ddl = dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master").all())
-        assert "WITHOUT ROWID" not in ddl["ngsild_history"]
-        assert "ix_ngsild_history_lookup" in ddl
+        assert "WITHOUT ROWID" not in ddl["ngsild_entity_types"]
+        assert conn.execute(select(ngsild_entity_types.c.type)).scalars().all() == ["urn:T"]
 
 
 def test_a_batch_of_new_entities_is_not_looked_up_and_stays_in_its_transaction(

@@ -175,31 +175,9 @@ _DELETE_TYPES = delete(ngsild_entity_types).where(
 def record_history(conn: Connection, tenant: str, entity: dict[str, Any]) -> None:
     """Append to the temporal history every attribute instance written in this change."""
     # only instances written by this change carry the entity's new modifiedAt
-    add_history(conn, _history_rows(tenant, entity))
-
-
-# on SQLite the history is clustered on its key (migration 0020), without a rowid to number
-# its rows: seq comes from this counter row, taken in the writing transaction, so under
-# SQLite's write lock (PostgreSQL numbers them with the column's own sequence)
-_TAKE_SEQS = "UPDATE ngsild_history_next SET next = next + ? WHERE id = 0 RETURNING next"
-
-
-def take_history_seqs(conn: Connection, count: int) -> int | None:
-    """The first of `count` new history seq numbers on SQLite; None where the store numbers."""
-    if conn.dialect.name != "sqlite":
-        return None
-    after = conn.exec_driver_sql(_TAKE_SEQS, (count,)).scalar_one()
-    return int(after) - count
-
-
-def add_history(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert history rows given as column dicts, each numbered (see take_history_seqs)."""
-    if not rows:
-        return
-    first = take_history_seqs(conn, len(rows))
-    if first is not None:
-        rows = [{**row, "seq": first + k} for k, row in enumerate(rows)]
-    conn.execute(insert(ngsild_history), rows)
+    rows = _history_rows(tenant, entity)
+    if rows:
+        conn.execute(insert(ngsild_history), rows)
 
 
 def history_row(tenant: str, entity_id: str, name: str, inst: dict[str, Any]) -> dict[str, Any]:
@@ -762,7 +740,8 @@ def upsert_temporal(
             for point in points:
                 point = {**point, "createdAt": moment, "modifiedAt": moment}
                 rows.append(history_row(tenant, entity["id"], name, point))
-        add_history(conn, rows)
+        if rows:
+            conn.execute(insert(ngsild_history), rows)
     return current is None
 
 
@@ -1049,14 +1028,9 @@ def _insert_if_all_new(conn: Connection, prepared: PreparedBatch) -> bool:
 def _insert_dependent_rows(
     conn: Connection, type_rows: list[tuple[Any, ...]], history_rows: list[tuple[Any, ...]]
 ) -> None:
-    """Insert a batch's type and history rows; on SQLite the history rows numbered here."""
+    """Insert a batch's type and history rows."""
     insert_tuples(conn, ngsild_entity_types, _TYPE_COLUMNS, type_rows)
-    names: tuple[str, ...] = _HISTORY_COLUMNS
-    first = take_history_seqs(conn, len(history_rows)) if history_rows else None
-    if first is not None:
-        history_rows = [(first + k, *row) for k, row in enumerate(history_rows)]
-        names = ("seq", *_HISTORY_COLUMNS)
-    insert_tuples(conn, ngsild_history, names, history_rows)
+    insert_tuples(conn, ngsild_history, _HISTORY_COLUMNS, history_rows)
 
 
 def _notify_new(conn: Connection, tenant: str, fresh: list[dict[str, Any]]) -> None:
