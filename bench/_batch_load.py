@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import read_status  # noqa: E402
+from _harness import read_status  # noqa: E402
 from ngsild import BATCH, entity  # noqa: E402
 
 

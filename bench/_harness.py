@@ -1,7 +1,9 @@
-"""Common output of every benchmark: print the figures and write bench/results/NAME.json."""
+"""Common parts of the benchmarks: their output (figures, bench/results/NAME.json), health
+waits, and reading the answers of the raw HTTP load generators."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import time
@@ -50,3 +52,19 @@ def wait_healthy(port: int, tries: int = 150, pause: float = 0.2) -> bool:
             pass
         time.sleep(pause)
     return False
+
+
+async def read_status(reader: asyncio.StreamReader) -> bytes:
+    """Read one answer: its status code; the headers and Content-Length bytes of body skipped."""
+    status = await reader.readline()
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    if length:
+        await reader.readexactly(length)
+    parts = status.split(b" ", 2)
+    return parts[1] if len(parts) > 1 else b"closed"

@@ -14,6 +14,10 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import read_status  # noqa: E402
 
 AUTH = {"header": ""}
 
@@ -27,22 +31,6 @@ def _request(host: str, port: int, i: int, entities: int) -> bytes:
         f"{AUTH['header']}\r\n"
     )
     return head.encode() + body
-
-
-async def read_status(reader: asyncio.StreamReader) -> bytes:
-    """Read one answer: its status code; the headers and Content-Length bytes of body skipped."""
-    status = await reader.readline()
-    length = 0
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b""):
-            break
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    if length:
-        await reader.readexactly(length)
-    parts = status.split(b" ", 2)
-    return parts[1] if len(parts) > 1 else b"closed"
 
 
 async def _worker(

@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import report  # noqa: E402
+from _harness import read_status, report  # noqa: E402
 
 N = int(os.environ.get("CITYBRAIN_BENCH_ENROLLMENT_APPS", "2600000"))
 CHUNK = int(os.environ.get("CITYBRAIN_BENCH_ENROLLMENT_CHUNK", "650000"))
@@ -349,18 +349,8 @@ async def _parent(
         try:
             start = time.perf_counter()
             writer.write(request)
-            status = await reader.readline()
-            length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            if length:
-                await reader.readexactly(length)
-            parts = status.split(b" ", 2)
-            out.append((int(parts[1]) if len(parts) > 1 else 0, time.perf_counter() - start))
+            code = await read_status(reader)
+            out.append((int(code) if code.isdigit() else 0, time.perf_counter() - start))
         finally:
             writer.close()
 

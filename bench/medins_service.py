@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import read_status  # noqa: E402
 
 SCALE = os.environ.get("CITYBRAIN_BENCH_MEDINS_SCALE", "0.0003")
 RATE = float(os.environ.get("CITYBRAIN_BENCH_MEDINS_RATE", "1000"))
@@ -69,18 +70,9 @@ async def _worker(
             if wait > 0:
                 await asyncio.sleep(wait)
             writer.write(requests[i])
-            status = await reader.readline()
-            length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            if length:
-                await reader.readexactly(length)
+            status = await read_status(reader)
             state["latency"].append((time.perf_counter() - due[i]) * 1000)
-            code = status.split(b" ", 2)[1].decode() if status else "closed"
+            code = status.decode()
             state["status"][code] = state["status"].get(code, 0) + 1
     finally:
         writer.close()
