@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 
 REQUIRE_SERVICES = os.environ.get("CITYBRAIN_REQUIRE_SERVICES") == "1"
 PG_HOST = os.environ.get("CITYBRAIN_TEST_PG_HOST", "127.0.0.1")
@@ -41,6 +42,16 @@ def need_service(name: str, available: bool, how: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"CITYBRAIN_REQUIRE_SERVICES=1 and {message}", pytrace=False)
     pytest.skip(message)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    """A migrated SQLite store in the test's folder."""
+    from citybrain.core.db import create_engine_for, upgrade
+
+    made = create_engine_for(f"sqlite:///{tmp_path / 'store.db'}")
+    upgrade(made)
+    return made
 
 
 @pytest.fixture(scope="session")

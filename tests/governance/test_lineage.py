@@ -11,18 +11,9 @@ from sqlalchemy import Engine
 
 from citybrain.app import create_app
 from citybrain.core.config import load_settings
-from citybrain.core.db import create_engine_for, upgrade
 from citybrain.core.errors import BadInput
 from citybrain.governance.lineage.service import lineage_graph, node_kind, record_lineage
 from conftest import bearer
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    """A migrated SQLite store."""
-    e = create_engine_for(f"sqlite:///{tmp_path / 'store.db'}")
-    upgrade(e)
-    return e
 
 
 def _chain(engine: Engine) -> None:

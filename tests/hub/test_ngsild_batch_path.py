@@ -38,13 +38,6 @@ def _entity(i: int, value: int = 1) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    made = create_engine_for(f"sqlite:///{tmp_path / 'store.db'}")
-    upgrade(made)
-    return made
-
-
 def test_preparing_a_batch_leaves_its_entities_as_given(engine: Engine) -> None:
     terms = ContextStore().term_map(None)
     batch = [expand_entity(_entity(i), terms) for i in range(3)]

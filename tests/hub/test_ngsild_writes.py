@@ -37,13 +37,6 @@ from conftest import free_port, serve_node, wait_healthy
 SYSTEM = {"createdAt", "modifiedAt"}
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    made = create_engine_for(f"sqlite:///{tmp_path / 'store.db'}")
-    upgrade(made)
-    return made
-
-
 TENANTS = ("wbatch", "wsingle", "wcommit")
 
 
