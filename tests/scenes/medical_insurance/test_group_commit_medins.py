@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -185,3 +186,49 @@ def test_another_workers_commit_is_waited_for_by_the_writer_thread(tmp_path: Pat
     writer.close()
     assert results == ["a", "b"] and ticks == 10 and writer.inline_batches == 0
     assert seen == [[]] and _keys(engine, table) == ["a", "b"]
+
+
+def test_the_commit_waits_off_the_loop_and_what_arrives_meanwhile_is_the_next_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from citybrain.scenes.medical_insurance import group_commit
+
+    engine, table = _writer_table(tmp_path)
+    committed: list[list[object]] = []
+    writer = GroupWriter(engine, on_commit=committed.append)
+    real = group_commit._commit_and_close
+    threads: list[str] = []
+
+    def slow_fsync(conn: object) -> bool:
+        threads.append(threading.current_thread().name)
+        time.sleep(0.3)  # a slow disk
+        return real(conn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(group_commit, "_commit_and_close", slow_fsync)
+
+    async def scenario() -> tuple[list[object], int]:
+        first = [
+            writer.run_async(Inserts([(insert(table), [{"k": f"a{i}"}])], result=i))
+            for i in range(3)
+        ]
+        jobs = [asyncio.ensure_future(w) for w in first]
+        ticks = 0
+        for _ in range(5):  # the loop serves on while the first batch's commit waits
+            await asyncio.sleep(0.02)
+            ticks += 1
+        later = [
+            writer.run_async(Inserts([(insert(table), [{"k": f"b{i}"}])], result=10 + i))
+            for i in range(3)
+        ]
+        return list(await asyncio.gather(*jobs, *later)), ticks
+
+    started = time.monotonic()
+    results, ticks = asyncio.run(scenario())
+    writer.close()
+    assert results == [0, 1, 2, 10, 11, 12] and ticks == 5
+    assert time.monotonic() - started < 1.5
+    # two commits, each on the committer thread: the second took all that came meanwhile
+    assert committed == [[0, 1, 2], [10, 11, 12]] and writer.inline_batches == 2
+    assert all(name.startswith("medins-commit") for name in threads) and len(threads) == 2
+    assert writer._thread is None
+    assert len(_keys(engine, table)) == 6

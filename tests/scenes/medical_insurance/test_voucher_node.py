@@ -379,3 +379,45 @@ def test_the_replay_store_survives_a_restart(prepared_root: Path, tmp_path: Path
         )
         assert again.status_code == 409, again.text
     scene_service.forget_scenes()
+
+
+def test_a_voucher_changed_by_another_process_is_seen_at_the_next_poll(
+    city: City, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import update
+
+    from citybrain.core.db import create_engine_for
+    from citybrain.scenes.medical_insurance import voucher as vouchers
+    from citybrain.scenes.medical_insurance.tables import vouchers as table
+
+    voucher_id = city.activate(city.people[0])["voucher_id"]
+    scene = scene_service.scene_for(
+        engine=city.client.app.state.engine, data_dir=city.data, code=CITY
+    )
+    old_tag = vouchers.voucher_info(scene, voucher_id).device_tag
+    new_tag = vouchers.voucher_token.device_tag("device-0002")
+    # another worker of the node binds the voucher to a new device
+    other = create_engine_for(str(city.client.app.state.engine.url))
+    with other.begin() as conn:
+        conn.execute(
+            update(table)
+            .where(table.c.voucher_id == voucher_id)
+            .values(device_tag=new_tag, updated_at=datetime.now(UTC))
+        )
+    other.dispose()
+    monkeypatch.setattr(vouchers, "POLL_SECONDS", 3600.0)
+    assert vouchers.voucher_info(scene, voucher_id).device_tag == old_tag  # kept, not reread
+    monkeypatch.setattr(vouchers, "POLL_SECONDS", 0.0)
+    assert vouchers.voucher_info(scene, voucher_id).device_tag == new_tag
+    # and a token of the old device is refused at once
+    token = vouchers.voucher_token.sign(
+        scene.key,
+        issuer=CITY,
+        voucher_id=voucher_id,
+        device=old_tag,
+        issued_at=int(datetime.now(UTC).timestamp()),
+        ttl=60,
+    )
+    with pytest.raises(vouchers.VoucherRefused) as refused:
+        vouchers.check(scene, token)
+    assert refused.value.reason is vouchers.Refusal.other_device

@@ -8,12 +8,15 @@ taken by another process, a bad row), each write of the batch runs again in a tr
 its own, so one write's failure is its own and never another's.
 
 On SQLite an awaiting caller (`run_async`) has its write batched with the others of its
-event loop and committed on the loop's own thread: the statements of a batch take
-microseconds, and handing each batch to the writer thread and its answer back cost more
-(the two threads contend for the interpreter lock). The loop never waits for SQLite there: a
-batch that finds the file taken by another worker's commit (core/writer_lock.py, tried
-without waiting) or by another writer (busy timeout 0), or that fails, goes to the writer
-thread, as every write does on PostgreSQL; the thread waits for the writer lock.
+event loop and its statements run on the loop's own thread: they take a fraction of a
+millisecond, and handing each batch to the writer thread and its answer back cost more (the
+two threads contend for the interpreter lock at every row). The commit itself, the fsync,
+waits on the committer thread, which holds no interpreter lock meanwhile: the loop serves
+on, and the writes that arrive during the commit make the next batch. The loop never waits
+for SQLite: a batch that finds the file taken by another worker's commit
+(core/writer_lock.py, tried without waiting) or by another writer (busy timeout 0), or that
+fails, goes to the writer thread, as every write does on PostgreSQL; the thread waits for
+the writer lock.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,7 +125,8 @@ class GroupWriter:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._loops: weakref.WeakKeyDictionary[Any, _LoopQueue] = weakref.WeakKeyDictionary()
-        self.inline_batches = 0  # batches committed on a loop's thread (tests look at it)
+        self.inline_batches = 0  # batches written on a loop's thread (tests look at it)
+        self._commit_pool: ThreadPoolExecutor | None = None
         self.lock_path = writer_lock_path(engine)
 
     async def run_async(self, write: Write) -> Any:
@@ -149,7 +153,8 @@ class GroupWriter:
                 lock = try_writer_lock(self.lock_path)
                 try:
                     # another worker's commit under way: the writer thread waits for it
-                    results = None if lock is False else self._commit_inline([w for w, _ in batch])
+                    written = None if lock is False else self._write_inline([w for w, _ in batch])
+                    results = None if written is None else await self._commit_off_loop(*written)
                 finally:
                     release_writer_lock(lock)
                 if results is None:
@@ -164,8 +169,8 @@ class GroupWriter:
         finally:
             queue.draining = False
 
-    def _commit_inline(self, writes: list[Write]) -> list[Any] | None:
-        """Commit a batch without waiting for the file's lock; None if it waits or fails."""
+    def _write_inline(self, writes: list[Write]) -> tuple[Connection, list[Any]] | None:
+        """Run a batch's statements without waiting for the file's lock; None if it would."""
         try:
             conn = self.engine.connect()
         except Exception:  # noqa: BLE001 - the writer thread meets it again and reports it
@@ -176,19 +181,32 @@ class GroupWriter:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             finally:
                 conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            results = self._write_batch(conn, writes)
-            conn.commit()
+            return conn, self._write_batch(conn, writes)
         except Exception as exc:  # noqa: BLE001 - the writer thread runs the batch again
-            try:
-                conn.rollback()
-            except Exception:  # noqa: BLE001 - never pool a connection in doubt
-                conn.invalidate()
+            _abandon(conn)
             if not isinstance(exc, OperationalError):
                 _log.debug("an inline batch failed; the writer thread retries it", exc_info=True)
             return None
-        finally:
-            conn.close()
-        return results
+
+    async def _commit_off_loop(self, conn: Connection, results: list[Any]) -> list[Any] | None:
+        """Commit on the committer thread while the loop serves on; None if the commit failed.
+
+        The statements took the loop a fraction of a millisecond; the commit is the fsync,
+        which holds no interpreter lock, and the writes that arrive meanwhile make the next
+        batch larger.
+        """
+        done = self._committer().submit(_commit_and_close, conn)
+        try:
+            committed = await asyncio.shield(asyncio.wrap_future(done))
+        except asyncio.CancelledError:
+            done.result()  # the writer lock is held until the file is consistent again
+            raise
+        return results if committed else None
+
+    def _committer(self) -> ThreadPoolExecutor:
+        if self._commit_pool is None:
+            self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="medins-commit")
+        return self._commit_pool
 
     @staticmethod
     def _write_batch(conn: Connection, writes: list[Write]) -> list[Any]:
@@ -233,6 +251,8 @@ class GroupWriter:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._commit_pool is not None:
+            self._commit_pool.shutdown(wait=True)
 
     def _run(self) -> None:
         while True:
@@ -277,6 +297,28 @@ class GroupWriter:
             return
         self._committed([result])
         future.set_result(result)
+
+
+def _abandon(conn: Connection) -> None:
+    """Roll back and return a connection whose batch failed (never pool one in doubt)."""
+    try:
+        conn.rollback()
+    except Exception:  # noqa: BLE001
+        conn.invalidate()
+    finally:
+        conn.close()
+
+
+def _commit_and_close(conn: Connection) -> bool:
+    """Commit a batch written on the loop (the committer thread's part); False if it failed."""
+    try:
+        conn.commit()
+    except Exception:  # noqa: BLE001 - rolled back; the writer thread runs the batch again
+        _log.debug("an inline batch's commit failed; the writer thread retries it", exc_info=True)
+        _abandon(conn)
+        return False
+    conn.close()
+    return True
 
 
 def _forward(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:

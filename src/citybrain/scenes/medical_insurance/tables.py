@@ -35,6 +35,8 @@ vouchers = Table(
     Column("status", String(16), nullable=False),
     Column("activated_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # the changes since a moment: how every process of the node refreshes its voucher cache
+    Index("ix_medins_vouchers_updated", "updated_at"),
 )
 
 # the replay store: one row per token nonce ever accepted; a token is usable once

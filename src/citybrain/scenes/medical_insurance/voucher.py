@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from citybrain.core.db import BUSY_TIMEOUT_MS
 from citybrain.core.errors import (
     BadInput,
     CityBrainError,
@@ -262,7 +263,7 @@ def activate(
                 update(vouchers).where(vouchers.c.voucher_id == voucher_id).values(**values)
             )
         row = conn.execute(select(vouchers).where(vouchers.c.voucher_id == voucher_id)).one()
-    _cache(scene).pop(voucher_id, None)
+    _cache(scene).entries.pop(voucher_id, None)
     audit.append(
         data_dir=scene.data_dir,
         principal=principal,
@@ -337,21 +338,58 @@ def issue_token(
 # the voucher cache and the replay store
 
 
-# a device change made by another process of the node takes effect here within this time
-CACHE_SECONDS = 10.0
+# how often a process asks the store which vouchers changed: an activation or a new device
+# made by another process of the node takes effect here within this time
+POLL_SECONDS = 0.5
+# a change is stamped before its commit, which may wait this long for the store's lock
+CHANGE_SLACK = timedelta(seconds=BUSY_TIMEOUT_MS / 1000 + 2)
+MAX_CACHED = 200_000
 
 
-def _cache(scene: Scene) -> dict[str, tuple[float, VoucherInfo | None]]:
-    cache: dict[str, tuple[float, VoucherInfo | None]] = scene.extra.setdefault("vouchers", {})
+@dataclass
+class _VoucherCache:
+    """The vouchers this process has read, and when it last asked the store what changed."""
+
+    entries: dict[str, VoucherInfo | None]
+    polled: float  # monotonic seconds
+    since: datetime  # the store's clock at that poll
+
+
+def _cache(scene: Scene) -> _VoucherCache:
+    cache: _VoucherCache | None = scene.extra.get("vouchers")
+    if cache is None:
+        cache = scene.extra.setdefault(
+            "vouchers", _VoucherCache({}, time.monotonic(), datetime.now(UTC))
+        )
     return cache
 
 
+def _forget_changed(scene: Scene, cache: _VoucherCache) -> None:
+    """Drop from the cache the vouchers changed since the last poll (with the commit slack)."""
+    polled = time.monotonic()
+    if polled - cache.polled < POLL_SECONDS:
+        return
+    moment = datetime.now(UTC)
+    with scene.engine.connect() as conn:
+        changed = conn.execute(
+            select(vouchers.c.voucher_id).where(vouchers.c.updated_at >= cache.since - CHANGE_SLACK)
+        ).scalars()
+        # a voucher read while its change committed is dropped again by the next polls
+        for voucher_id in changed:
+            cache.entries.pop(voucher_id, None)
+    cache.polled, cache.since = polled, moment
+
+
 def voucher_info(scene: Scene, voucher_id: str) -> VoucherInfo | None:
-    """Return a voucher's binding and masked view, cached in the process for a few seconds."""
+    """Return a voucher's binding and masked view, kept in the process until it changes.
+
+    Every settlement checks the voucher: reading it from the store each time cost as much
+    as the rules. The cache asks the store twice a second which vouchers changed.
+    """
     cache = _cache(scene)
-    cached = cache.get(voucher_id)
-    if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
-        return cached[1]
+    _forget_changed(scene, cache)
+    if voucher_id in cache.entries:
+        return cache.entries[voucher_id]
     with scene.engine.connect() as conn:
         row = conn.execute(select(vouchers).where(vouchers.c.voucher_id == voucher_id)).first()
     info = None
@@ -374,9 +412,9 @@ def voucher_info(scene: Scene, voucher_id: str) -> VoucherInfo | None:
                 insured_county=row.insured_county,
             ),
         )
-    if len(cache) > 200_000:
-        cache.clear()
-    cache[voucher_id] = (time.monotonic(), info)
+    if len(cache.entries) > MAX_CACHED:
+        cache.entries.clear()
+    cache.entries[voucher_id] = info
     return info
 
 
