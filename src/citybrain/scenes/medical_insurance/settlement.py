@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from citybrain.core.errors import Conflict, NotFound, Unprocessable
@@ -68,6 +68,17 @@ CST = timezone(timedelta(hours=8))
 _INSERT_SETTLEMENT = insert(settlements)
 _INSERT_USE = insert(voucher_uses)
 _INSERT_FINDING = insert(findings)
+# the reads of every settlement, built once with their parameters: building a select costs a
+# settlement more than running it
+_PAID_HISTORY = select(settlements.c.record).where(
+    settlements.c.person_id == bindparam("person_id"),
+    settlements.c.settled_on >= bindparam("since"),
+    settlements.c.paid.is_(True),
+)
+_STORED_ANSWER = select(settlements.c.body_hash, settlements.c.answer).where(
+    settlements.c.institution_id == bindparam("institution_id"),
+    settlements.c.txn_id == bindparam("txn_id"),
+)
 # a terminal may settle a voucher it scanned this long ago (the scan used the token)
 SCAN_GRACE = timedelta(minutes=30)
 # clocks of terminals run a little ahead sometimes: "in the future" means beyond this
@@ -258,13 +269,7 @@ def history_of(scene: Scene, person_id: str, on: datetime) -> list[Settlement]:
         since = (on - timedelta(days=days + 1)).date().isoformat()
         moment = now_utc()
         with scene.engine.connect() as conn:
-            rows = conn.execute(
-                select(settlements.c.record).where(
-                    settlements.c.person_id == person_id,
-                    settlements.c.settled_on >= since,
-                    settlements.c.paid.is_(True),
-                )
-            ).all()
+            rows = conn.execute(_PAID_HISTORY, {"person_id": person_id, "since": since}).all()
         found = sorted(
             (Settlement.model_validate(r.record) for r in rows), key=lambda s: s.settled_at
         )
@@ -399,11 +404,7 @@ def _stored_answer(scene: Scene, key: tuple[str, str]) -> tuple[str, dict[str, A
     if found is not None:
         return found
     with scene.engine.connect() as conn:
-        row = conn.execute(
-            select(settlements.c.body_hash, settlements.c.answer).where(
-                settlements.c.institution_id == key[0], settlements.c.txn_id == key[1]
-            )
-        ).first()
+        row = conn.execute(_STORED_ANSWER, {"institution_id": key[0], "txn_id": key[1]}).first()
     return (row.body_hash, row.answer) if row is not None else None
 
 
