@@ -13,10 +13,10 @@ millisecond, and handing each batch to the writer thread and its answer back cos
 two threads contend for the interpreter lock at every row). The commit itself, the fsync,
 waits on the committer thread, which holds no interpreter lock meanwhile: the loop serves
 on, and the writes that arrive during the commit make the next batch. The loop never waits
-for SQLite: a batch that finds the file taken by another worker's commit
-(core/writer_lock.py, tried without waiting) or by another writer (busy timeout 0), or that
-fails, goes to the writer thread, as every write does on PostgreSQL; the thread waits for
-the writer lock.
+for SQLite: when another worker of the node is committing (core/writer_lock.py), the batch
+waits for the writer lock on the committer thread too. A batch that finds the file taken by
+another writer (busy timeout 0), or that fails, goes to the writer thread, as every write
+does on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from citybrain.core.db import BUSY_TIMEOUT_MS
 from citybrain.core.writer_lock import (
     release_writer_lock,
     try_writer_lock,
+    wait_writer_lock,
     writer_lock,
     writer_lock_path,
 )
@@ -151,9 +152,12 @@ class GroupWriter:
             while queue.pending:
                 batch, queue.pending = queue.pending[:MAX_BATCH], queue.pending[MAX_BATCH:]
                 lock = try_writer_lock(self.lock_path)
+                if lock is False:  # another worker is committing: wait off the loop
+                    lock = await self._off_loop(
+                        wait_writer_lock, self.lock_path, undo=release_writer_lock
+                    )
                 try:
-                    # another worker's commit under way: the writer thread waits for it
-                    written = None if lock is False else self._write_inline([w for w, _ in batch])
+                    written = self._write_inline([w for w, _ in batch])
                     results = None if written is None else await self._commit_off_loop(*written)
                 finally:
                     release_writer_lock(lock)
@@ -195,13 +199,22 @@ class GroupWriter:
         which holds no interpreter lock, and the writes that arrive meanwhile make the next
         batch larger.
         """
-        done = self._committer().submit(_commit_and_close, conn)
-        try:
-            committed = await asyncio.shield(asyncio.wrap_future(done))
-        except asyncio.CancelledError:
-            done.result()  # the writer lock is held until the file is consistent again
-            raise
+        committed = await self._off_loop(_commit_and_close, conn)
         return results if committed else None
+
+    async def _off_loop(
+        self, call: Callable[[Any], Any], arg: Any, undo: Callable[[Any], None] | None = None
+    ) -> Any:
+        """Run a call on the committer thread; a cancelled wait still lets it finish (and undo)."""
+        done = self._committer().submit(call, arg)
+        try:
+            return await asyncio.shield(asyncio.wrap_future(done))
+        except asyncio.CancelledError:
+            # the file must be consistent and the writer lock free when the loop stops
+            outcome = done.result()
+            if undo is not None:
+                undo(outcome)
+            raise
 
     def _committer(self) -> ThreadPoolExecutor:
         if self._commit_pool is None:
