@@ -508,3 +508,43 @@ def test_postgresql_store(postgres_url: str, node_dir: Path) -> None:
     why = service.explain(engine=engine, tree="operational", item="*", unit=CITY, period=period)
     assert why.children and why.period == period
     engine.dispose()
+
+
+def test_the_schedule_computes_in_a_child_process(
+    node_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(data_dir=node_dir, code=CITY, level="city")
+    engine = prepare_node(settings)
+
+    def here(**_: object) -> None:
+        raise AssertionError("computed in the serving process")
+
+    # the serving process's compute is out of reach: only a child can have done the work
+    monkeypatch.setattr(service, "compute", here)
+    asyncio.run(
+        service.run_schedule(
+            engine=engine, settings=settings, every=0, first_after=0, trees=["u4ssc"], iterations=1
+        )
+    )
+    runs = service.values(engine=engine, tree="u4ssc", item="SC:EH:H:5A", unit=CITY, history=True)
+    assert len(runs) == 1
+
+
+def test_a_failing_scheduled_computation_is_logged_and_the_schedule_goes_on(
+    node_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings(data_dir=node_dir, code=CITY, level="city")
+    engine = prepare_node(settings)
+    with caplog.at_level("ERROR"):
+        asyncio.run(
+            service.run_schedule(
+                engine=engine,
+                settings=settings,
+                every=0,
+                first_after=0,
+                trees=["nope"],
+                iterations=1,
+            )
+        )
+    failed = [r for r in caplog.records if "scheduled indicator computation failed" in r.message]
+    assert failed and "exited with" in str(failed[0].exc_info[1])

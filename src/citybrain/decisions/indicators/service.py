@@ -970,15 +970,22 @@ async def run_schedule(
 ) -> None:
     """Compute every tree for the current period now and then, until cancelled.
 
-    A node with children then rolls their values up (citybrain.federation.rollup). The
-    first run waits `first_after` seconds so a starting node serves requests at once; a
-    failure is logged and the loop goes on.
+    Each tree is computed in a child process (scheduled.py), so the requests the node
+    serves meanwhile do not wait for it. A node with children then rolls their values up
+    (citybrain.federation.rollup). The first run waits `first_after` seconds so a starting
+    node serves requests at once; a failure is logged and the loop goes on.
     """
+    from citybrain.decisions.indicators.scheduled import compute_in_child
+
     done = 0
     await asyncio.sleep(first_after)
     while iterations is None or done < iterations:
         for tree in trees or sorted(scoring.shipped_trees()):
             try:
+                if clock is now:  # in a process of its own, off the serving interpreter
+                    await compute_in_child(settings, tree)
+                    continue
+                # an injected clock (tests) cannot cross to a child: computed here
                 await asyncio.to_thread(
                     compute,
                     engine=engine,
