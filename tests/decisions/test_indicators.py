@@ -530,7 +530,7 @@ def test_the_schedule_computes_in_a_child_process(
     assert len(runs) == 1
 
 
-def test_a_failing_scheduled_computation_is_logged_and_the_schedule_goes_on(
+def test_a_failing_scheduled_computation_is_logged_and_the_other_trees_are_computed(
     node_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = load_settings(data_dir=node_dir, code=CITY, level="city")
@@ -542,9 +542,12 @@ def test_a_failing_scheduled_computation_is_logged_and_the_schedule_goes_on(
                 settings=settings,
                 every=0,
                 first_after=0,
-                trees=["nope"],
+                trees=["nope", "u4ssc"],
                 iterations=1,
             )
         )
     failed = [r for r in caplog.records if "scheduled indicator computation failed" in r.message]
-    assert failed and "exited with" in str(failed[0].exc_info[1])
+    reason = str(failed[0].exc_info[1]) if failed and failed[0].exc_info else ""
+    assert "exited with 1" in reason and "nope" in reason
+    runs = service.values(engine=engine, tree="u4ssc", item="SC:EH:H:5A", unit=CITY, history=True)
+    assert len(runs) == 1

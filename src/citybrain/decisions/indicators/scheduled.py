@@ -3,50 +3,53 @@
 A node's schedule computes every tree once an hour. In the serving process that work held
 the interpreter lock for seconds, and every request waited behind it (a settlement's p99 went
 from tens of milliseconds to more than a second). The schedule starts this module instead:
-`python -m citybrain.decisions.indicators.scheduled DATA CODE LEVEL TREE`, with the store's
+`python -m citybrain.decisions.indicators.scheduled DATA CODE LEVEL TREE...`, with the store's
 URL in CITYBRAIN_DATABASE_URL, at a lower priority, so the serving processes keep the cores.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
 
 from citybrain.core.config import Settings
 
-log = logging.getLogger("citybrain.indicators")
 # the child yields the cores to the serving processes
 NICENESS = 10
 
 
 def main(argv: list[str]) -> int:
-    """Compute one tree for a node (the child's side); 0 when it ran."""
+    """Compute the trees for a node (the child's side); the number of trees that failed."""
     from citybrain.core.db import create_engine_for
     from citybrain.decisions.indicators.service import compute
 
-    data, code, level, tree = argv
+    data, code, level, *trees = argv
     os.nice(NICENESS)
     engine = create_engine_for(os.environ["CITYBRAIN_DATABASE_URL"])
+    failed = 0
     try:
-        compute(
-            engine=engine,
-            data_dir=Path(data),
-            code=code,
-            level=level,
-            tree=tree,
-            trigger="schedule",
-        )
+        for tree in trees:
+            try:
+                compute(
+                    engine=engine,
+                    data_dir=Path(data),
+                    code=code,
+                    level=level,
+                    tree=tree,
+                    trigger="schedule",
+                )
+            except Exception as exc:  # the other trees are still computed
+                failed += 1
+                print(f"{tree}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
     finally:
         engine.dispose()
-    return 0
+    return failed
 
 
-async def compute_in_child(settings: Settings, tree: str) -> None:
-    """Run one tree's scheduled computation in a child process; raise if it failed."""
-
+async def compute_in_child(settings: Settings, trees: list[str]) -> None:
+    """Run the scheduled computation of some trees in one child process; raise if any failed."""
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -54,7 +57,7 @@ async def compute_in_child(settings: Settings, tree: str) -> None:
         str(settings.data_dir),
         settings.code,
         settings.level.value,
-        tree,
+        *trees,
         env={**os.environ, "CITYBRAIN_DATABASE_URL": settings.effective_database_url},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -66,8 +69,10 @@ async def compute_in_child(settings: Settings, tree: str) -> None:
         await child.wait()
         raise
     if child.returncode != 0:
-        last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
-        raise RuntimeError(f"the computation of {tree} exited with {child.returncode}: {last[0]}")
+        lines = err.decode(errors="replace").strip().splitlines() or ["no message"]
+        raise RuntimeError(
+            f"the scheduled computation exited with {child.returncode}: " + "; ".join(lines[-5:])
+        )
 
 
 if __name__ == "__main__":

@@ -980,12 +980,15 @@ async def run_schedule(
     done = 0
     await asyncio.sleep(first_after)
     while iterations is None or done < iterations:
-        for tree in trees or sorted(scoring.shipped_trees()):
+        every_tree = trees or sorted(scoring.shipped_trees())
+        if clock is now:  # in a process of its own, off the serving interpreter
             try:
-                if clock is now:  # in a process of its own, off the serving interpreter
-                    await compute_in_child(settings, tree)
-                    continue
-                # an injected clock (tests) cannot cross to a child: computed here
+                await compute_in_child(settings, every_tree)
+            except Exception:  # the schedule outlives one bad run
+                log.exception("scheduled indicator computation failed", extra={"trees": every_tree})
+        # an injected clock (tests) cannot cross to a child: computed here
+        for tree in every_tree if clock is not now else []:
+            try:
                 await asyncio.to_thread(
                     compute,
                     engine=engine,
