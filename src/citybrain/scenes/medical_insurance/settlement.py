@@ -577,11 +577,16 @@ def _prepare(
     institution_id: str,
     body: Any,
     now: datetime | None = None,
+    digest: str | None = None,
 ) -> SettlementAnswer | _Pending:
-    """Do everything but the commit: an answer for a retry, else the write to commit."""
+    """Do everything but the commit: an answer for a retry, else the write to commit.
+
+    `digest`: the body's hash, when the caller has it already.
+    """
     moment = now_utc(now)
     inst = institution(scene, institution_id)
-    digest = body_hash(body) if isinstance(body, dict) else ""
+    if digest is None:
+        digest = body_hash(body) if isinstance(body, dict) else ""
     parsed = validate(scene, body, now=moment)
     try:
         checked, scanned = _voucher(scene, principal, parsed, institution_id, moment)
@@ -833,7 +838,12 @@ async def submit_async(
             return _replay(stored, digest, str(body["txn_id"]))
         try:
             prepared = _prepare(
-                scene, principal=principal, institution_id=institution_id, body=body, now=now
+                scene,
+                principal=principal,
+                institution_id=institution_id,
+                body=body,
+                now=now,
+                digest=digest,
             )
             computed: dict[str, Any] | None = None
             if isinstance(prepared, SettlementAnswer):
