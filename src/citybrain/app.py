@@ -201,11 +201,18 @@ def _background(app: FastAPI, settings: Settings) -> list[asyncio.Task[None]]:
         asyncio.create_task(federation_outbox.run(engine=app.state.engine, settings=settings))
     )
     tasks.append(asyncio.create_task(events_bridge.run(engine=app.state.engine, settings=settings)))
-    tasks.append(
-        asyncio.create_task(
-            indicators_service.run_schedule(engine=app.state.engine, settings=settings)
+    every = settings.indicator_schedule_seconds
+    if every > 0:
+        tasks.append(
+            asyncio.create_task(
+                indicators_service.run_schedule(
+                    engine=app.state.engine,
+                    settings=settings,
+                    every=every,
+                    first_after=min(60.0, every),
+                )
+            )
         )
-    )
     tasks.append(
         asyncio.create_task(notify_service.run(engine=app.state.engine, settings=settings))
     )

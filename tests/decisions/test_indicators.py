@@ -551,3 +551,28 @@ def test_a_failing_scheduled_computation_is_logged_and_the_other_trees_are_compu
     assert "exited with 1" in reason and "nope" in reason
     runs = service.values(engine=engine, tree="u4ssc", item="SC:EH:H:5A", unit=CITY, history=True)
     assert len(runs) == 1
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"), [(0, []), (900, [(900.0, 60.0)]), (30, [(30.0, 30.0)])]
+)
+def test_the_schedule_follows_its_setting(
+    node_dir: Path, monkeypatch: pytest.MonkeyPatch, seconds: float, expected: list[object]
+) -> None:
+    started: list[tuple[float, float]] = []
+
+    async def schedule(*, every: float, first_after: float, **_: object) -> None:
+        started.append((every, first_after))
+
+    monkeypatch.setattr(service, "run_schedule", schedule)
+    settings = load_settings(
+        data_dir=node_dir, code=CITY, level="city", indicator_schedule_seconds=seconds
+    )
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/health").status_code == 200
+    assert started == expected
+
+
+def test_a_negative_schedule_is_refused(node_dir: Path) -> None:
+    with pytest.raises(Exception, match="indicator_schedule_seconds"):
+        load_settings(data_dir=node_dir, code=CITY, level="city", indicator_schedule_seconds=-1)

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         description="at start, subscribe the event centre to device alarms in the hub "
         "(overflowing bins, faulty street lamps, camera alarms)",
     )
+    indicator_schedule_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="seconds between the scheduled computations of the indicator trees, "
+        "the first a minute after start (0: none)",
+    )
     smtp_host: str = Field("127.0.0.1", description="SMTP server that sends e-mail notifications")
     smtp_port: int = Field(25, ge=1, le=65535, description="port of the SMTP server")
     smtp_from: str = Field(
