@@ -450,20 +450,19 @@ def test_roles_and_bad_input(client: TestClient, node_dir: Path) -> None:
     )
 
 
-def test_schedule_computes_with_an_injected_clock(node_dir: Path) -> None:
+def _scheduled(node_dir: Path, **options: Any) -> Any:
+    """Run the node's schedule at once, with no wait between runs; return the node's store."""
     settings = load_settings(data_dir=node_dir, code=CITY, level="city")
     engine = prepare_node(settings)
     asyncio.run(
-        service.run_schedule(
-            engine=engine,
-            settings=settings,
-            every=0,
-            first_after=0,
-            clock=lambda: datetime(2026, 10, 15, tzinfo=UTC),
-            trees=["u4ssc"],
-            iterations=2,
-        )
+        service.run_schedule(engine=engine, settings=settings, every=0, first_after=0, **options)
     )
+    return engine
+
+
+def test_schedule_computes_with_an_injected_clock(node_dir: Path) -> None:
+    clock = lambda: datetime(2026, 10, 15, tzinfo=UTC)  # noqa: E731
+    engine = _scheduled(node_dir, clock=clock, trees=["u4ssc"], iterations=2)
     history = service.values(
         engine=engine, tree="u4ssc", item="SC:EH:H:5A", unit=CITY, history=True
     )
@@ -513,19 +512,12 @@ def test_postgresql_store(postgres_url: str, node_dir: Path) -> None:
 def test_the_schedule_computes_in_a_child_process(
     node_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = load_settings(data_dir=node_dir, code=CITY, level="city")
-    engine = prepare_node(settings)
-
     def here(**_: object) -> None:
         raise AssertionError("computed in the serving process")
 
     # the serving process's compute is out of reach: only a child can have done the work
     monkeypatch.setattr(service, "compute", here)
-    asyncio.run(
-        service.run_schedule(
-            engine=engine, settings=settings, every=0, first_after=0, trees=["u4ssc"], iterations=1
-        )
-    )
+    engine = _scheduled(node_dir, trees=["u4ssc"], iterations=1)
     runs = service.values(engine=engine, tree="u4ssc", item="SC:EH:H:5A", unit=CITY, history=True)
     assert len(runs) == 1
 
@@ -533,19 +525,8 @@ def test_the_schedule_computes_in_a_child_process(
 def test_a_failing_scheduled_computation_is_logged_and_the_other_trees_are_computed(
     node_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = load_settings(data_dir=node_dir, code=CITY, level="city")
-    engine = prepare_node(settings)
     with caplog.at_level("ERROR"):
-        asyncio.run(
-            service.run_schedule(
-                engine=engine,
-                settings=settings,
-                every=0,
-                first_after=0,
-                trees=["nope", "u4ssc"],
-                iterations=1,
-            )
-        )
+        engine = _scheduled(node_dir, trees=["nope", "u4ssc"], iterations=1)
     failed = [r for r in caplog.records if "scheduled indicator computation failed" in r.message]
     reason = str(failed[0].exc_info[1]) if failed and failed[0].exc_info else ""
     assert "exited with 1" in reason and "nope" in reason
