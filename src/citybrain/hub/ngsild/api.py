@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -23,7 +21,16 @@ from citybrain.core.errors import BadInput, CityBrainError, Conflict, NotFound
 from citybrain.core.routing import APIRouter
 from citybrain.federation import distributed
 from citybrain.governance.principal import Principal
-from citybrain.hub.ngsild import commits, gated, geoquery, query, service, subscriptions, temporal
+from citybrain.hub.ngsild import (
+    commits,
+    gated,
+    geoquery,
+    linked,
+    query,
+    service,
+    subscriptions,
+    temporal,
+)
 from citybrain.hub.ngsild.entities import (
     ENTITY_MEMBERS,
     NGSI_NULL,
@@ -45,6 +52,7 @@ from citybrain.hub.ngsild.jsonld import (
     validate_attribute_name,
     validate_entity_id,
 )
+from citybrain.hub.ngsild.projection import Projection, projection_of
 
 PREFIX = "/ngsi-ld/v1"
 T = TypeVar("T")
@@ -300,86 +308,6 @@ def _split(value: str | None) -> list[str] | None:
     return items or None
 
 
-_CORE_MEMBERS = {"id", "type", "scope", "createdAt", "modifiedAt", "deletedAt"}
-# a member name in pick/omit: anything but the grammar's separators, braces and operators
-_MEMBER = re.compile(r"[^\s,|{}();=<>!~\"'&?\[\]]+")
-
-
-def _projection_list(text: str, i: int, what: str) -> tuple[list[tuple[str, Any]], int]:
-    """Parse names separated by ',' or '|', each optionally followed by a nested {list}."""
-    members: list[tuple[str, Any]] = []
-    while True:
-        m = _MEMBER.match(text, i)
-        if m is None:
-            raise BadInput(f"{what}: an attribute or entity member name is expected at {i}")
-        name, i = m.group(), m.end()
-        nested = None
-        if i < len(text) and text[i] == "{":
-            nested, i = _projection_list(text, i + 1, what)
-            if i >= len(text) or text[i] != "}":
-                raise BadInput(f"{what}: the brace opened before {i} is not closed")
-            i += 1
-        members.append((name, nested))
-        if i < len(text) and text[i] in ",|":
-            i += 1
-            continue
-        return members, i
-
-
-def _projection_members(text: str, what: str) -> list[str]:
-    """The top-level members of a pick or omit value (clause 4.21)."""
-    members, end = _projection_list(text, 0, what)
-    if end != len(text):
-        raise BadInput(f"{what}: unexpected {text[end]!r} at {end}")
-    if any(nested is not None for _, nested in members):
-        # nested projections select members of linked entities (clause 4.21), only with join
-        raise BadInput(f"{what}: a projection into linked entities needs join, not offered")
-    return [name for name, _ in members]
-
-
-@dataclass(frozen=True)
-class _Projection:
-    """What a read returns of each entity: attrs (a filter) or pick/omit (a projection)."""
-
-    attrs: set[str] | None = None
-    pick: frozenset[str] | None = None
-    omit: frozenset[str] = frozenset()
-
-    def apply(self, rendered: dict[str, Any]) -> dict[str, Any]:
-        """Keep the picked members (id and type included), drop the omitted ones."""
-        if self.pick is None and not self.omit:
-            return rendered
-        return {
-            k: v
-            for k, v in rendered.items()
-            if (self.pick is None or k in self.pick) and k not in self.omit
-        }
-
-
-def _projection(terms: TermMap, params: Mapping[str, str]) -> _Projection:
-    """attrs, pick and omit of a read: the query parameters, or a batch query's members."""
-    attrs = _split(params.get("attrs"))
-    pick = params.get("pick")
-    omit = params.get("omit")
-    if attrs is not None and (pick is not None or omit is not None):
-        raise BadInput("attrs cannot be combined with pick or omit")
-    if pick is None and omit is None:
-        return _Projection(attrs={terms.expand(a) for a in attrs} if attrs else None)
-
-    def names(text: str, what: str) -> frozenset[str]:
-        # rendered members are compacted with the reader's context: compare in that form
-        return frozenset(
-            n if n in _CORE_MEMBERS else terms.compact(terms.expand(n))
-            for n in _projection_members(text, what)
-        )
-
-    picked = names(pick, "pick") if pick is not None else None
-    omitted = names(omit, "omit") if omit is not None else frozenset()
-    if picked is not None and picked & omitted:
-        raise BadInput(f"{sorted(picked & omitted)} cannot be both picked and omitted")
-    return _Projection(pick=picked, omit=omitted)
-
-
 def _type_selector(request: Request, terms: TermMap, entity_id: str) -> None:
     """Refuse an operation on an entity that is not of the ?type the request names.
 
@@ -540,6 +468,8 @@ async def query_entities(request: Request) -> Response:
     limit, offset, count = _page_params(request)
     spec = _spec_from(params, terms)
     fmt, sys_attrs = _options(request)
+    join = linked.parse_join(request.query_params)
+    projection = projection_of(terms, request.query_params, join.level if join else None)
     reader = gated.Reader(request)
     spec = _gated_spec(reader, spec)
     sources = _sources(request, spec)
@@ -554,23 +484,13 @@ async def query_entities(request: Request) -> Response:
     )
     shown = reader.many(page)
     total -= len(page) - len(shown)
+    show = _shower(request, terms, fmt, sys_attrs)
+    # an entity the projection empties is left out
+    pairs = [(e, r) for e, r in ((e, show(e, projection)) for e in shown) if r]
+    payload = [r for _, r in pairs]
+    if join is not None:
+        payload += _joiner(request, reader, terms, fmt, show, join).expand(pairs, projection)
     reader.finish()
-    projection = _projection(terms, request.query_params)
-    lang = request.query_params.get("lang")
-    datasets = _split(request.query_params.get("datasetId"))
-    rendered = (
-        projection.apply(
-            render(
-                apply_lang(select_datasets(e, datasets), lang),
-                terms,
-                fmt=fmt,
-                sys_attrs=sys_attrs,
-                attrs=projection.attrs,
-            )
-        )
-        for e in shown
-    )
-    payload = [e for e in rendered if e]  # an entity the projection empties is left out
     partial: dict[str, str] = {}
     if sources:
         payload, total, partial = await _distribute(
@@ -597,6 +517,8 @@ async def retrieve_entity(request: Request, entity_id: str) -> Response:
     validate_entity_id(entity_id)
     terms = _terms_for_read(request)
     fmt, sys_attrs = _options(request)
+    join = linked.parse_join(request.query_params)
+    projection = projection_of(terms, request.query_params, join.level if join else None)
     entity = service.get_entity(
         engine=_engine(request), tenant=_tenant(request), entity_id=entity_id
     )
@@ -605,19 +527,60 @@ async def retrieve_entity(request: Request, entity_id: str) -> Response:
         raise NotFound(f"entity {entity_id} is not of type {', '.join(wanted)}")
     reader = gated.Reader(request)
     entity = reader.one(entity)
-    reader.finish()
-    projection = _projection(terms, request.query_params)
-    lang = request.query_params.get("lang")
-    entity = select_datasets(entity, _split(request.query_params.get("datasetId")))
-    rendered = projection.apply(
-        render(
-            apply_lang(entity, lang), terms, fmt=fmt, sys_attrs=sys_attrs, attrs=projection.attrs
-        )
-    )
+    show = _shower(request, terms, fmt, sys_attrs)
+    rendered = show(entity, projection)
     if not rendered:
         # clause 5.7.1.4: nothing of the entity is left to return
         raise NotFound(f"entity {entity_id} has none of the members picked")
-    return _respond(request, rendered, terms, geojson=True)
+    extras: list[dict[str, Any]] = []
+    if join is not None:
+        extras = _joiner(request, reader, terms, fmt, show, join).expand(
+            [(entity, rendered)], projection
+        )
+    reader.finish()
+    # flat: the entity and the entities it links to, as a list (the entity alone if none)
+    payload: Any = [rendered, *extras] if extras else rendered
+    return _respond(request, payload, terms, geojson=True)
+
+
+def _shower(
+    request: Request, terms: TermMap, fmt: str, sys_attrs: bool
+) -> Callable[[dict[str, Any], Projection], dict[str, Any]]:
+    """Return how this read renders a stored entity under a projection."""
+    lang = request.query_params.get("lang")
+    datasets = _split(request.query_params.get("datasetId"))
+
+    def show(entity: dict[str, Any], projection: Projection) -> dict[str, Any]:
+        return projection.apply(
+            render(
+                apply_lang(select_datasets(entity, datasets), lang),
+                terms,
+                fmt=fmt,
+                sys_attrs=sys_attrs,
+                attrs=projection.attrs,
+            )
+        )
+
+    return show
+
+
+def _joiner(
+    request: Request,
+    reader: gated.Reader,
+    terms: TermMap,
+    fmt: str,
+    show: Callable[[dict[str, Any], Projection], dict[str, Any]],
+    join: linked.Join,
+) -> linked.Joiner:
+    return linked.Joiner(
+        engine=_engine(request),
+        tenant=_tenant(request),
+        reader=reader,
+        terms=terms,
+        fmt=fmt,
+        render=show,
+        join=join,
+    )
 
 
 @router.get("/info/sourceIdentity")
@@ -1134,7 +1097,7 @@ async def _batch_query(request: Request) -> Response:
     shown = reader.many(page)
     total -= len(page) - len(shown)
     reader.finish()
-    projection = _projection(terms, {k: v for k, v in params.items() if k == "attrs"} | members)
+    projection = projection_of(terms, {k: v for k, v in params.items() if k == "attrs"} | members)
     rendered = (
         projection.apply(render(e, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=projection.attrs))
         for e in shown
@@ -1402,7 +1365,7 @@ def _temporal_entities(
 ) -> Response:
     """Run a temporal query given as parameters (GET) or built from a Query body (POST)."""
     tq = temporal.parse_query(params, aggregated=mode == "aggregatedValues")
-    projection = _projection(terms, params)
+    projection = projection_of(terms, params)
     limit, offset, count = _page_params(request)
     spec = _spec_from(params, terms)
     engine, tenant = _engine(request), _tenant(request)
@@ -1441,7 +1404,7 @@ async def temporal_retrieve(request: Request, entity_id: str) -> Response:
     mode, sys_attrs = _temporal_mode(request)
     tq = temporal.parse_query(dict(request.query_params), aggregated=mode == "aggregatedValues")
     engine, tenant = _engine(request), _tenant(request)
-    projection = _projection(terms, request.query_params)
+    projection = projection_of(terms, request.query_params)
     entity = service.get_entity(engine=engine, tenant=tenant, entity_id=entity_id)
     reader = gated.Reader(request, action="ngsild.temporal")
     entity = reader.one(entity)
