@@ -136,9 +136,7 @@ def test_a_missing_linked_entity_leaves_the_relationship_as_it_is(client: TestCl
         {"join": "inline", "pick": "name", "omit": "name"},
     ],
 )
-def test_bad_join_requests_are_bad_request_data(
-    client: TestClient, params: dict[str, str]
-) -> None:
+def test_bad_join_requests_are_bad_request_data(client: TestClient, params: dict[str, str]) -> None:
     for path in (f"/entities/{BUILDING}", "/entities?type=Building"):
         r = client.get(f"{BASE}{path}", params=params)
         assert r.status_code == 400, (path, params, r.text)

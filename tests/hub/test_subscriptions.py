@@ -215,6 +215,9 @@ def _sub(notification: dict[str, Any] | None = None, **members: Any) -> dict[str
                 {"pick": []},
                 {"omit": []},
                 {"format": "keyValues", "showChanges": True},
+                {"join": "sideways"},
+                {"join": "inline", "joinLevel": 0},
+                {"join": "flat", "joinLevel": "two"},
             )
         ),
         _sub({"endpoint": {"uri": "http://x/y", "notifierInfo": [{"key": "k", "value": {}}]}}),
@@ -303,3 +306,38 @@ def test_pick_and_omit_shape_the_notified_entities(client: TestClient, receiver:
     wait_for(lambda: len(receiver.received) >= 2)
     shapes = sorted(sorted(n["data"][0]) for n in receiver.received)
     assert shapes == [["id", "pm25"], ["id", "pm25", "type"]]
+
+
+def test_join_sends_the_linked_entities_with_the_notification(
+    client: TestClient, receiver: Receiver
+) -> None:
+    """Clause 4.5.23 in notifications: notification.join inline or flat, whole linked entities."""
+    uri = f"http://127.0.0.1:{receiver.port}/n"
+    device = {
+        "id": "urn:ngsi-ld:Device:1",
+        "type": "Device",
+        "name": {"type": "Property", "value": "d1"},
+    }
+    assert client.post(f"{B}/entities", json=device).status_code == 201
+    for join in ("inline", "flat"):
+        notification = {
+            "endpoint": {"uri": uri},
+            "format": "keyValues",
+            "join": join,
+            "joinLevel": 1,
+            "attributes": ["refDevice"],
+        }
+        sub_id = subscribe(client, uri, notification=notification)
+        shown = client.get(f"{B}/subscriptions/{sub_id}").json()["notification"]
+        assert (shown["join"], shown["joinLevel"]) == (join, 1)
+    put(client, 1, 40, refDevice={"type": "Relationship", "object": "urn:ngsi-ld:Device:1"})
+    wait_for(lambda: len(receiver.received) >= 2)
+    by_size = sorted(receiver.received, key=lambda n: len(n["data"]))
+    inline, flat = by_size[0]["data"], by_size[1]["data"]
+    assert inline[0]["refDevice"] == {
+        "id": "urn:ngsi-ld:Device:1",
+        "type": "Device",
+        "name": "d1",
+    }
+    assert [e["id"] for e in flat] == [f"{AQ}1", "urn:ngsi-ld:Device:1"]
+    assert flat[0]["refDevice"] == "urn:ngsi-ld:Device:1" and flat[1]["name"] == "d1"

@@ -52,7 +52,7 @@ from citybrain.hub.ngsild.jsonld import (
     validate_attribute_name,
     validate_entity_id,
 )
-from citybrain.hub.ngsild.projection import Projection, projection_of
+from citybrain.hub.ngsild.projection import Join, Projection, parse_join, projection_of
 
 PREFIX = "/ngsi-ld/v1"
 T = TypeVar("T")
@@ -468,7 +468,7 @@ async def query_entities(request: Request) -> Response:
     limit, offset, count = _page_params(request)
     spec = _spec_from(params, terms)
     fmt, sys_attrs = _options(request)
-    join = linked.parse_join(request.query_params)
+    join = parse_join(request.query_params)
     projection = projection_of(terms, request.query_params, join.level if join else None)
     reader = gated.Reader(request)
     spec = _gated_spec(reader, spec)
@@ -517,7 +517,7 @@ async def retrieve_entity(request: Request, entity_id: str) -> Response:
     validate_entity_id(entity_id)
     terms = _terms_for_read(request)
     fmt, sys_attrs = _options(request)
-    join = linked.parse_join(request.query_params)
+    join = parse_join(request.query_params)
     projection = projection_of(terms, request.query_params, join.level if join else None)
     entity = service.get_entity(
         engine=_engine(request), tenant=_tenant(request), entity_id=entity_id
@@ -570,7 +570,7 @@ def _joiner(
     terms: TermMap,
     fmt: str,
     show: Callable[[dict[str, Any], Projection], dict[str, Any]],
-    join: linked.Join,
+    join: Join,
 ) -> linked.Joiner:
     return linked.Joiner(
         engine=_engine(request),

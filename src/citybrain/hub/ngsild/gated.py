@@ -275,16 +275,17 @@ def reader_claims(request: Request) -> dict[str, Any] | None:
     }
 
 
-def notified_entities(
-    sub: dict[str, Any], entities: list[dict[str, Any]], *, engine: Engine, data_dir: Path | None
-) -> list[dict[str, Any]]:
-    """Return the entities a subscription's reader may receive, as it may see them.
+def subscription_reader(
+    sub: dict[str, Any], *, engine: Engine, data_dir: Path | None
+) -> Reader | None:
+    """Return the reader a subscription's notifications are read as; None: it sees everything.
 
-    Subscriptions made by local processes (no reader) receive everything, as before.
+    Subscriptions made by local processes have no reader. A stored reader the node cannot
+    understand is refused (Forbidden): it receives nothing.
     """
     claims = sub.get("_reader")
     if not isinstance(claims, dict) or data_dir is None:
-        return entities
+        return None
     try:
         principal = Principal(
             subject=str(claims["subject"]),
@@ -294,10 +295,20 @@ def notified_entities(
             phone=claims.get("phone"),
         )
     except (KeyError, ValueError):
-        return []  # a reader the node cannot understand receives nothing
-    reader = Reader.for_principal(
-        principal, engine=engine, data_dir=data_dir, action="ngsild.notify"
-    )
+        raise Forbidden("the subscription's reader is not understood") from None
+    return Reader.for_principal(principal, engine=engine, data_dir=data_dir, action="ngsild.notify")
+
+
+def notified_entities(
+    sub: dict[str, Any], entities: list[dict[str, Any]], *, engine: Engine, data_dir: Path | None
+) -> list[dict[str, Any]]:
+    """Return the entities a subscription's reader may receive, as it may see them."""
+    try:
+        reader = subscription_reader(sub, engine=engine, data_dir=data_dir)
+    except Forbidden:
+        return []
+    if reader is None:
+        return entities
     shown = reader.many(entities)
     reader.finish()
     return shown

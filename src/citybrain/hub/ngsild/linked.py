@@ -10,48 +10,17 @@ not see is not followed, and a Relationship to an entity that does not exist is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
 
-from citybrain.core.errors import BadInput
 from citybrain.hub.ngsild import gated, service
 from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, instances
 from citybrain.hub.ngsild.jsonld import TermMap
-from citybrain.hub.ngsild.projection import Projection
+from citybrain.hub.ngsild.projection import Join, Projection
 
-# how many hops a read may follow; a deeper join or selection is refused
-MAX_JOIN_LEVEL = 10
 _RELATIONSHIPS = ("Relationship", "ListRelationship")
-
-
-@dataclass(frozen=True)
-class Join:
-    """How to return linked entities: inline or flat, and how many hops to follow."""
-
-    mode: str
-    level: int
-
-
-def parse_join(params: Mapping[str, str]) -> Join | None:
-    """Read `join` and `joinLevel`; None when no linked entities are asked for."""
-    mode = params.get("join")
-    level_text = params.get("joinLevel")
-    level = 1
-    if level_text is not None:
-        try:
-            level = int(level_text)
-        except ValueError:
-            raise BadInput(f"joinLevel must be a positive integer, not {level_text!r}") from None
-        if not 1 <= level <= MAX_JOIN_LEVEL:
-            raise BadInput(f"joinLevel must be between 1 and {MAX_JOIN_LEVEL}, not {level}")
-    if mode is None or mode == "@none":
-        return None
-    if mode not in ("inline", "flat"):
-        raise BadInput(f"join must be inline, flat or @none, not {mode!r}")
-    return Join(mode, level)
 
 
 def _targets(instance: dict[str, Any]) -> list[str]:
@@ -92,7 +61,7 @@ class Joiner:
         *,
         engine: Engine,
         tenant: str,
-        reader: gated.Reader,
+        reader: gated.Reader | None,
         terms: TermMap,
         fmt: str,
         render: Render,
@@ -123,7 +92,10 @@ class Joiner:
                 count=False,
             )
             for entity in page:
-                self._cache[entity["id"]] = self.reader.entity(entity)
+                # a subscription of a local process has no reader: it sees every entity
+                self._cache[entity["id"]] = (
+                    self.reader.entity(entity) if self.reader is not None else entity
+                )
             for entity_id in chunk:
                 self._cache.setdefault(entity_id, None)
 

@@ -17,30 +17,57 @@ import paho.mqtt.publish as mqtt_publish
 from sqlalchemy import Engine, select
 
 from citybrain.core.errors import CityBrainError
-from citybrain.hub.ngsild import gated, service, subscriptions
+from citybrain.hub.ngsild import gated, linked, service, subscriptions
 from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, instances, render
 from citybrain.hub.ngsild.jsonld import CORE_URL, ContextStore, link_header_for
 from citybrain.hub.ngsild.models import ngsild_subscriptions
+from citybrain.hub.ngsild.projection import WHOLE, parse_join
 
 log = logging.getLogger(__name__)
 
 
 def build_notification(
-    sub: dict[str, Any], entities: list[dict[str, Any]], store: ContextStore, notified_at: str
+    sub: dict[str, Any],
+    entities: list[dict[str, Any]],
+    store: ContextStore,
+    notified_at: str,
+    *,
+    engine: Engine | None = None,
+    tenant: str = "",
+    reader: gated.Reader | None = None,
 ) -> dict[str, Any]:
-    """Render the notification body with the subscription's own @context and format."""
+    """Render the notification body with the subscription's own @context and format.
+
+    With notification.join (and the engine to read them from), the linked entities go with
+    the data, inline or after the entities, as the subscription's reader may see them.
+    """
     terms = store.term_map(sub.get("_context"))
     notification = sub.get("notification", {})
     attrs = set(notification["attributes"]) if notification.get("attributes") else None
     fmt = notification.get("format", "normalized")
     if not notification.get("showChanges"):
         entities = [_without_previous(e) for e in entities]
+    pairs = [(e, _picked(render(e, terms, fmt=fmt, attrs=attrs), notification)) for e in entities]
+    data = [rendered for _, rendered in pairs]
+    join = parse_join(notification)
+    if join is not None and engine is not None:
+        joiner = linked.Joiner(
+            engine=engine,
+            tenant=tenant,
+            reader=reader,
+            terms=terms,
+            fmt=fmt,
+            # the linked entities are sent whole: attributes, pick and omit are the entity's
+            render=lambda e, _: render(e, terms, fmt=fmt),
+            join=join,
+        )
+        data += joiner.expand(pairs, WHOLE)
     return {
         "id": f"urn:ngsi-ld:Notification:{uuid.uuid4()}",
         "type": "Notification",
         "subscriptionId": sub["id"],
         "notifiedAt": notified_at,
-        "data": [_picked(render(e, terms, fmt=fmt, attrs=attrs), notification) for e in entities],
+        "data": data,
     }
 
 
@@ -223,7 +250,18 @@ def dispatch_once(
             subscriptions.mark(engine=engine, row=row, error=None)
             continue
         try:
-            body = build_notification(sub, shown, store, row.payload["notifiedAt"])
+            reader = gated.subscription_reader(sub, engine=engine, data_dir=data_dir)
+            body = build_notification(
+                sub,
+                shown,
+                store,
+                row.payload["notifiedAt"],
+                engine=engine,
+                tenant=row.tenant,
+                reader=reader,
+            )
+            if reader is not None:
+                reader.finish()  # the linked entities read for the notification
             context = sub.get("_context")
             context_url = context if isinstance(context, str) else CORE_URL
             own = self_headers(

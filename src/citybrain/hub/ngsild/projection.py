@@ -112,6 +112,39 @@ def _build(terms: TermMap, pick: Members | None, omit: Members | None) -> Projec
     )
 
 
+# how many hops a read may follow; a deeper join or selection is refused
+MAX_JOIN_LEVEL = 10
+
+
+@dataclass(frozen=True)
+class Join:
+    """How to return linked entities: inline or flat, and how many hops to follow."""
+
+    mode: str
+    level: int
+
+
+def parse_join(params: Mapping[str, Any]) -> Join | None:
+    """Read `join` and `joinLevel`; None when no linked entities are asked for."""
+    mode = params.get("join")
+    level_text = params.get("joinLevel")
+    level = 1
+    if level_text is not None:
+        try:
+            if isinstance(level_text, bool | float):
+                raise ValueError(level_text)
+            level = int(level_text)
+        except ValueError:
+            raise BadInput(f"joinLevel must be a positive integer, not {level_text!r}") from None
+        if not 1 <= level <= MAX_JOIN_LEVEL:
+            raise BadInput(f"joinLevel must be between 1 and {MAX_JOIN_LEVEL}, not {level}")
+    if mode is None or mode == "@none":
+        return None
+    if mode not in ("inline", "flat"):
+        raise BadInput(f"join must be inline, flat or @none, not {mode!r}")
+    return Join(mode, level)
+
+
 def _split(value: str | None) -> list[str] | None:
     if value is None:
         return None

@@ -19,6 +19,7 @@ from citybrain.hub.ngsild import geoquery, query
 from citybrain.hub.ngsild.entities import ENTITY_MEMBERS, NGSI_NULL, instances
 from citybrain.hub.ngsild.jsonld import TermMap, is_iri
 from citybrain.hub.ngsild.models import ngsild_outbox, ngsild_subscriptions
+from citybrain.hub.ngsild.projection import parse_join
 
 FORMATS = ("normalized", "keyValues", "concise")
 # clause 5.2.12: notificationTrigger; without one a subscription hears creations and updates
@@ -214,6 +215,9 @@ def _notification(raw: Any, terms: TermMap) -> dict[str, Any]:
         if raw["showChanges"] and fmt == "keyValues":
             raise BadInput("notification.showChanges needs the normalized or concise format")
         out["showChanges"] = raw["showChanges"]
+    join = parse_join({k: raw[k] for k in ("join", "joinLevel") if k in raw})
+    if join is not None:
+        out["join"], out["joinLevel"] = join.mode, join.level
     for member in ("attributes", "pick", "omit"):
         if member in raw:
             names = raw[member]
