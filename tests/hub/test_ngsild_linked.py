@@ -141,3 +141,12 @@ def test_bad_join_requests_are_bad_request_data(client: TestClient, params: dict
         r = client.get(f"{BASE}{path}", params=params)
         assert r.status_code == 400, (path, params, r.text)
         assert r.json()["type"] == ERR + "BadRequestData"
+
+
+def test_a_query_by_post_joins_as_the_query_parameters_do(client: TestClient) -> None:
+    body = {"type": "Query", "entities": [{"type": "Building"}], "join": "flat", "joinLevel": 2}
+    r = client.post(f"{BASE}/entityOperations/query", json=body)
+    assert r.status_code == 200, r.text
+    assert [e["id"] for e in r.json()] == [BUILDING, PARIS, FRANCE]
+    r = client.post(f"{BASE}/entityOperations/query", json={**body, "join": "sideways"})
+    assert r.status_code == 400

@@ -484,12 +484,7 @@ async def query_entities(request: Request) -> Response:
     )
     shown = reader.many(page)
     total -= len(page) - len(shown)
-    show = _shower(request, terms, fmt, sys_attrs)
-    # an entity the projection empties is left out
-    pairs = [(e, r) for e, r in ((e, show(e, projection)) for e in shown) if r]
-    payload = [r for _, r in pairs]
-    if join is not None:
-        payload += _joiner(request, reader, terms, fmt, show, join).expand(pairs, projection)
+    payload = _page(request, reader, terms, (fmt, sys_attrs), shown, projection, join)
     reader.finish()
     partial: dict[str, str] = {}
     if sources:
@@ -562,6 +557,26 @@ def _shower(
         )
 
     return show
+
+
+def _page(
+    request: Request,
+    reader: gated.Reader,
+    terms: TermMap,
+    form: tuple[str, bool],
+    shown: list[dict[str, Any]],
+    projection: Projection,
+    join: Join | None,
+) -> list[dict[str, Any]]:
+    """Render a page of entities (flat: the linked ones after them)."""
+    fmt, sys_attrs = form
+    show = _shower(request, terms, fmt, sys_attrs)
+    # an entity the projection empties is left out
+    pairs = [(e, r) for e, r in ((e, show(e, projection)) for e in shown) if r]
+    payload = [r for _, r in pairs]
+    if join is not None:
+        payload += _joiner(request, reader, terms, fmt, show, join).expand(pairs, projection)
+    return payload
 
 
 def _joiner(
@@ -1016,6 +1031,10 @@ def _query_body(body: Any, *, temporal: bool) -> tuple[dict[str, str], dict[str,
     level = body.get("joinLevel")
     if "joinLevel" in body and (type(level) is not int or level < 1):
         raise BadInput("joinLevel must be a positive integer")
+    if "join" in body:
+        params["join"] = _text(body["join"], "join")
+        if "joinLevel" in body:
+            params["joinLevel"] = str(level)
     if entities:
         params["type"] = ",".join(_text(e.get("type", ""), "entities[].type") for e in entities)
         ids = [_text(e["id"], "entities[].id") for e in entities if "id" in e]
@@ -1083,6 +1102,12 @@ async def _batch_query(request: Request) -> Response:
     limit, offset, count = _page_params(request)
     spec = _spec_from(params, terms)
     fmt, sys_attrs = _options(request)
+    join = parse_join(params)
+    projection = projection_of(
+        terms,
+        {k: v for k, v in params.items() if k == "attrs"} | members,
+        join.level if join else None,
+    )
     reader = gated.Reader(request)
     spec = _gated_spec(reader, spec)
     sources = _sources(request, spec)
@@ -1096,13 +1121,8 @@ async def _batch_query(request: Request) -> Response:
     )
     shown = reader.many(page)
     total -= len(page) - len(shown)
+    payload = _page(request, reader, terms, (fmt, sys_attrs), shown, projection, join)
     reader.finish()
-    projection = projection_of(terms, {k: v for k, v in params.items() if k == "attrs"} | members)
-    rendered = (
-        projection.apply(render(e, terms, fmt=fmt, sys_attrs=sys_attrs, attrs=projection.attrs))
-        for e in shown
-    )
-    payload = [e for e in rendered if e]
     partial: dict[str, str] = {}
     if sources:
         forwarded = {**dict(request.query_params), **params, **members}
