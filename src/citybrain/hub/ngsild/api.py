@@ -26,6 +26,7 @@ from citybrain.hub.ngsild import (
     gated,
     geoquery,
     linked,
+    ordering,
     query,
     service,
     subscriptions,
@@ -72,8 +73,8 @@ KNOWN_PARAMETERS = frozenset(
     """type id idPattern attrs pick omit q scopeQ georel geometry coordinates geoproperty
     geometryProperty options format count limit offset lang csf datasetId deleteAll timerel
     timeAt endTimeAt timeproperty lastN aggrMethods aggrPeriodDuration local via join
-    joinLevel containedBy entityMap details expandValues collect observedAt doNotCompact
-    kind jsonldContext contextSourceAlias keep drop""".split()
+    joinLevel containedBy entityMap details orderBy orderFrom collation expandValues collect
+    observedAt doNotCompact kind jsonldContext contextSourceAlias keep drop""".split()
 )
 
 
@@ -117,6 +118,8 @@ router = APIRouter(
     dependencies=[Depends(check_headers), Depends(bind_writer)],
 )
 MAX_LIMIT = 1000
+# how many matching entities a query with orderBy may sort
+MAX_ORDERED = 100_000
 JSON_TYPES = ("application/json", "application/ld+json", "application/merge-patch+json")
 
 
@@ -457,6 +460,41 @@ async def _distribute(
     return page, total, result.headers()
 
 
+def _ordering_of(params: Mapping[str, str], terms: TermMap) -> ordering.Ordering | None:
+    return ordering.parse_ordering(
+        params.get("orderBy"),
+        expand=terms.expand,
+        order_from=params.get("orderFrom"),
+        collation=params.get("collation"),
+    )
+
+
+def _matches(
+    request: Request,
+    spec: service.EntityQuery,
+    order: ordering.Ordering | None,
+    *,
+    limit: int,
+    offset: int,
+    count: bool,
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of the entities a query matches, in id order or in the order asked for."""
+    engine, tenant = _engine(request), _tenant(request)
+    if order is None:
+        return service.query_entities(
+            engine=engine, tenant=tenant, spec=spec, limit=limit, offset=offset, count=count
+        )
+    # an ordered page needs every match first: their number is bounded
+    everything, total = service.query_entities(
+        engine=engine, tenant=tenant, spec=spec, limit=MAX_ORDERED + 1, offset=0, count=count
+    )
+    if len(everything) > MAX_ORDERED:
+        raise _TooManyResults(
+            f"orderBy sorts at most {MAX_ORDERED} matching entities: narrow the query"
+        )
+    return ordering.order(everything, order)[offset : offset + limit], total
+
+
 @router.get("/entities")
 async def query_entities(request: Request) -> Response:
     """Query entities by type, id, idPattern, attrs, q, scopeQ and geo-query."""
@@ -473,10 +511,10 @@ async def query_entities(request: Request) -> Response:
     reader = gated.Reader(request)
     spec = _gated_spec(reader, spec)
     sources = _sources(request, spec)
-    page, total = service.query_entities(
-        engine=_engine(request),
-        tenant=_tenant(request),
-        spec=spec,
+    page, total = _matches(
+        request,
+        spec,
+        _ordering_of(params, terms),
         # with context sources the page is cut after the merge
         limit=offset + limit if sources else limit,
         offset=0 if sources else offset,
@@ -1061,6 +1099,7 @@ def _query_body(body: Any, *, temporal: bool) -> tuple[dict[str, str], dict[str,
             if not items:
                 raise BadInput(f"{key} of a batch query cannot be an empty array")
             members[key] = ",".join(_text(m, f"{key}[]") for m in items)
+    params.update(_ordering_params(body.get("ordering")))
     geo = body.get("geoQ")
     if geo is not None and not isinstance(geo, dict):
         raise BadInput("geoQ must be an object with georel, geometry and coordinates")
@@ -1074,6 +1113,28 @@ def _query_body(body: Any, *, temporal: bool) -> tuple[dict[str, str], dict[str,
             }
         )
     return params, members
+
+
+def _ordering_params(ordering: Any) -> dict[str, str]:
+    """The query parameters a Query's ordering member stands for (table 5.2.43-1)."""
+    if ordering is None:
+        return {}
+    if not isinstance(ordering, dict):
+        raise BadInput("ordering must be an object with orderBy")
+    order_by = ordering.get("orderBy")
+    if not isinstance(order_by, list) or not all(isinstance(k, str) for k in order_by):
+        raise BadInput("ordering.orderBy must be a list of attribute paths")
+    params = {"orderBy": ",".join(order_by)}
+    coordinates, geometry = ordering.get("coordinates"), ordering.get("geometry", "Point")
+    if not isinstance(geometry, str):
+        raise BadInput("ordering.geometry must be a GeoJSON geometry type")
+    if coordinates is not None:
+        if not isinstance(coordinates, list):
+            raise BadInput("ordering.coordinates must be an array")
+        params["orderFrom"] = json.dumps({"type": geometry, "coordinates": coordinates})
+    if "collation" in ordering:
+        params["collation"] = _text(ordering["collation"], "ordering.collation")
+    return params
 
 
 def _temporal_q(temporal_q: Any) -> dict[str, str]:
@@ -1111,10 +1172,10 @@ async def _batch_query(request: Request) -> Response:
     reader = gated.Reader(request)
     spec = _gated_spec(reader, spec)
     sources = _sources(request, spec)
-    page, total = service.query_entities(
-        engine=_engine(request),
-        tenant=_tenant(request),
-        spec=spec,
+    page, total = _matches(
+        request,
+        spec,
+        _ordering_of(params, terms),
         limit=offset + limit if sources else limit,
         offset=0 if sources else offset,
         count=count,

@@ -79,8 +79,9 @@ def parse(georel: str, geometry: str | None, coordinates: Any, geoproperty: str 
             distance = float(raw)
         except ValueError:
             raise BadInput(f"{which} must be a number of metres, not {raw!r}") from None
-        if not math.isfinite(distance) or distance < 0:
-            raise BadInput(f"{which} must be a finite, non-negative number of metres")
+        if not math.isfinite(distance) or distance <= 0:
+            # clause 4.10: a PositiveNumber, zero excluded
+            raise BadInput(f"{which} must be a finite, positive number of metres")
         max_d, min_d = (distance, None) if which == "maxDistance" else (None, distance)
     elif len(parts) != 1:
         raise BadInput(f"georel {relation} takes no modifiers")
@@ -88,7 +89,7 @@ def parse(georel: str, geometry: str | None, coordinates: Any, geoproperty: str 
     return GeoQuery(relation, geom, geoproperty or "location", max_d, min_d)
 
 
-def _metres(a: BaseGeometry, b: BaseGeometry) -> float:
+def metres(a: BaseGeometry, b: BaseGeometry) -> float:
     """Distance in metres between geometries (equirectangular at their mean latitude)."""
     lat = (a.centroid.y + b.centroid.y) / 2
     factor = math.cos(math.radians(lat))
@@ -107,7 +108,7 @@ def matches(query: GeoQuery, value: Any) -> bool:
         return False
     target = query.geometry
     if query.relation == "near":
-        distance = _metres(geom, target)
+        distance = metres(geom, target)
         if query.max_distance is not None:
             return distance <= query.max_distance
         return distance >= (query.min_distance or 0.0)

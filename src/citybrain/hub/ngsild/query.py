@@ -193,6 +193,20 @@ def parse(text: str) -> Expr:
     return _Parser(text).parse()
 
 
+def parse_path(text: str) -> Path:
+    """Parse an attribute path alone (`a`, `a.b`, `a.observedAt`, `a[k.j]`), as orderBy names it."""
+    parser = _Parser(text)
+    path = parser.path()
+    if parser.pos != len(text):
+        raise parser.fail("the end of the attribute path")
+    return path
+
+
+def values(entity: dict[str, Any], path: Path) -> list[Any]:
+    """Return the values a path (with expanded names) reaches in an entity, flattened."""
+    return _values(entity, path)
+
+
 def names(expr: Expr) -> Iterator[str]:
     """Yield the attribute names an expression refers to."""
     if isinstance(expr, Comparison):
