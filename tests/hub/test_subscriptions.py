@@ -341,3 +341,19 @@ def test_join_sends_the_linked_entities_with_the_notification(
     }
     assert [e["id"] for e in flat] == [f"{AQ}1", "urn:ngsi-ld:Device:1"]
     assert flat[0]["refDevice"] == "urn:ngsi-ld:Device:1" and flat[1]["name"] == "d1"
+
+
+def test_what_the_system_adds_appears_once_there_is_something_to_tell(
+    client: TestClient, receiver: Receiver
+) -> None:
+    """Clause 5.2.12/5.2.14: no counts or notification status before a notification."""
+    sub_id = subscribe(client, f"http://127.0.0.1:{receiver.port}/n", timeInterval=5)
+    fresh = client.get(f"{B}/subscriptions/{sub_id}").json()
+    assert fresh["timeInterval"] == 5 and isinstance(fresh["timeInterval"], int)
+    assert fresh["status"] == "active" and "isActive" not in fresh
+    assert not {"timesSent", "timesFailed", "status"} & set(fresh["notification"])
+    sub_id = subscribe(client, f"http://127.0.0.1:{receiver.port}/n")
+    put(client, 1, 40)
+    wait_for(lambda: "status" in client.get(f"{B}/subscriptions/{sub_id}").json()["notification"])
+    told = client.get(f"{B}/subscriptions/{sub_id}").json()["notification"]
+    assert told["status"] == "ok" and told["timesSent"] >= 1 and "timesFailed" not in told

@@ -69,7 +69,7 @@ def _positive(body: dict[str, Any], key: str) -> float | None:
     value = body[key]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
         raise BadInput(f"{key} must be a positive number of seconds")
-    return float(value)
+    return value  # kept as given: 5 reads back as 5, not 5.0
 
 
 def validate(body: Any, terms: TermMap, *, partial: bool = False) -> dict[str, Any]:
@@ -296,14 +296,19 @@ def get(*, engine: Engine, tenant: str, sub_id: str) -> dict[str, Any]:
 
 
 def _with_status(row: Any) -> dict[str, Any]:
+    """The stored subscription with what the system adds (clause 5.2.12, 5.2.14).
+
+    Members the system only knows after notifying (the counts, the times and the status of
+    the notifications) appear once there is something to tell; isActive as the user set it.
+    """
     sub = dict(row.subscription)
     sub["status"] = (
         "expired" if _expired(sub) else ("active" if sub.get("isActive", True) else "paused")
     )
-    sub["isActive"] = sub.get("isActive", True)
     notification = dict(sub.get("notification", {}))
-    notification["timesSent"] = row.times_sent
-    notification["timesFailed"] = row.times_failed
+    for key, count in (("timesSent", row.times_sent), ("timesFailed", row.times_failed)):
+        if count:
+            notification[key] = count
     for key, value in (
         ("lastNotification", row.last_notification),
         ("lastSuccess", row.last_success),
@@ -311,11 +316,12 @@ def _with_status(row: Any) -> dict[str, Any]:
     ):
         if value is not None:
             notification[key] = _aware(value).isoformat().replace("+00:00", "Z")  # type: ignore[union-attr]
-    notification["status"] = (
-        "failed"
-        if row.last_failure and (not row.last_success or row.last_failure > row.last_success)
-        else "ok"
-    )
+    if row.last_success or row.last_failure:
+        notification["status"] = (
+            "failed"
+            if row.last_failure and (not row.last_success or row.last_failure > row.last_success)
+            else "ok"
+        )
     sub["notification"] = notification
     sub["_context"] = row.context
     return sub
