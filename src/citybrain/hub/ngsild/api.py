@@ -364,6 +364,9 @@ def _spec_from(params: dict[str, Any], terms: TermMap) -> service.EntityQuery:
         validate_entity_id(entity_id)
     q_text = params.get("q")
     q_expr = query.expand(query.parse(q_text), terms.expand) if q_text else None
+    expand_values = _split(params.get("expandValues"))
+    if q_expr is not None and expand_values:
+        q_expr = query.expand_values(q_expr, {terms.expand(a) for a in expand_values}, terms.expand)
     geo = None
     if params.get("georel") or params.get("geometry") or params.get("coordinates"):
         if not params.get("georel"):

@@ -14,6 +14,7 @@ META = {"observedAt", "createdAt", "modifiedAt", "unitCode", "datasetId"}
 _OPS = ("!~=", "~=", "==", "!=", ">=", "<=", ">", "<")
 _NAME = re.compile(r"[A-Za-z0-9_@:/#\-]+")
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?$")
+_TERM = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 _URI_VALUE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s\"<>]+$")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
 
@@ -96,6 +97,10 @@ class _Parser:
                 raise self.fail("')'")
             self.pos += 1
             return inner
+        if self.peek("!") and not self.peek("!=") and not self.peek("!~="):
+            # clause 4.9: !attr holds when the attribute does not exist
+            self.pos += 1
+            return Comparison(self.path(), "!")
         path = self.path()
         for op in _OPS:
             if self.peek(op):
@@ -122,7 +127,8 @@ class _Parser:
             if end < 0:
                 raise self.fail("']'")
             inner = self.text[self.pos + 1 : end]
-            if not inner or not all(_NAME.fullmatch(k) for k in inner.split(".")):
+            # [*] is any language of a LanguageProperty
+            if not inner or not all(_NAME.fullmatch(k) or k == "*" for k in inner.split(".")):
                 raise self.fail("a key path inside [ ]")
             keys = inner.split(".")
             self.pos = end + 1
@@ -152,9 +158,10 @@ class _Parser:
             return float(raw) if any(c in raw for c in ".eE") else int(raw)
         if _DATETIME.match(raw):
             return _parse_datetime(raw)
-        if _URI_VALUE.match(raw):
+        if _URI_VALUE.match(raw) or _TERM.fullmatch(raw):
+            # a bare term (category==commercial) compares as text, or expanded by expandValues
             return raw
-        raise self.fail("a number, true, false, a date-time, a URI or a quoted string")
+        raise self.fail("a number, true, false, a date-time, a URI, a term or a quoted string")
 
     def value(self, path: Path, op: str) -> Comparison:
         first = self.scalar()
@@ -228,6 +235,17 @@ def expand(expr: Expr, fn: Callable[[str], str]) -> Expr:
     return And(parts) if isinstance(expr, And) else Or(parts)
 
 
+def expand_values(expr: Expr, attributes: set[str], fn: Callable[[str], str]) -> Expr:
+    """Expand the text values compared with the given attributes (expandValues, clause 4.9)."""
+    if isinstance(expr, Comparison):
+        if expr.path.attribute not in attributes:
+            return expr
+        values = tuple(fn(v) if isinstance(v, str) else v for v in expr.values)
+        return Comparison(expr.path, expr.op, values, expr.low, expr.high)
+    parts = tuple(expand_values(part, attributes, fn) for part in expr.parts)
+    return And(parts) if isinstance(expr, And) else Or(parts)
+
+
 def _instances(entity: dict[str, Any], name: str) -> list[dict[str, Any]]:
     attr = entity.get(name)
     if attr is None:
@@ -248,9 +266,19 @@ def _leaf(instance: dict[str, Any]) -> Any:
     return instance.get("value", instance.get("valueList"))
 
 
-def _values(entity: dict[str, Any], path: Path) -> list[Any]:
+def _values(entity: dict[str, Any], path: Path, *, relationships: bool = True) -> list[Any]:
     out: list[Any] = []
     for instance in _instances(entity, path.attribute):
+        kind = instance.get("type")
+        if not relationships and kind in ("Relationship", "ListRelationship"):
+            continue
+        if kind == "LanguageProperty" and path.keys and not path.sub:
+            # attr[tag] is the value in that language, attr[*] any of them
+            languages = instance.get("languageMap") or {}
+            tag = path.keys[0]
+            found = list(languages.values()) if tag == "*" else [languages.get(tag)]
+            out.extend(v for v in found if v is not None)
+            continue
         targets: list[Any] = [instance]
         for sub in path.sub:
             nxt: list[Any] = []
@@ -310,9 +338,12 @@ def matches(expr: Expr, entity: dict[str, Any]) -> bool:
         return all(matches(p, entity) for p in expr.parts)
     if isinstance(expr, Or):
         return any(matches(p, entity) for p in expr.parts)
-    values = _values(entity, expr.path)
+    # clause 4.9: a Relationship compared by an ordering operator never matches
+    values = _values(entity, expr.path, relationships=expr.op not in (">", "<", ">=", "<="))
     if expr.op is None:
         return bool(values)
+    if expr.op == "!":
+        return not values
     if expr.op in ("~=", "!~="):
         pattern = re.compile(expr.values[0])
         found = any(isinstance(v, str) and pattern.search(v) for v in values)

@@ -1,0 +1,72 @@
+"""The q language's rarer parts (clause 4.9): languages, negated existence, terms, Relationships."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from citybrain.app import create_app
+from citybrain.core.config import load_settings
+
+BASE = "/ngsi-ld/v1"
+A, B = "urn:ngsi-ld:Shop:a", "urn:ngsi-ld:Shop:b"
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = load_settings(data_dir=tmp_path, anonymous_role="bureau_admin")
+    with TestClient(create_app(settings)) as c:
+        shops = [
+            {
+                "id": A,
+                "type": "Shop",
+                "color": {"type": "LanguageProperty", "languageMap": {"en": "red", "fr": "rouge"}},
+                "category": {"type": "VocabProperty", "vocab": "commercial"},
+                "owner": {"type": "Relationship", "object": "urn:ngsi-ld:Person:z"},
+            },
+            {"id": B, "type": "Shop", "label": {"type": "Property", "value": "commercial"}},
+        ]
+        for shop in shops:
+            assert c.post(f"{BASE}/entities", json=shop).status_code == 201
+        yield c
+
+
+def _matched(client: TestClient, q: str, **params: str) -> list[str]:
+    r = client.get(f"{BASE}/entities", params={"type": "Shop", "q": q, **params})
+    assert r.status_code == 200, (q, r.text)
+    return [e["id"] for e in r.json()]
+
+
+def test_language_keys_address_one_language_or_any(client: TestClient) -> None:
+    assert _matched(client, 'color[en]=="red"') == [A]
+    assert _matched(client, 'color[en]=="rouge"') == []
+    assert _matched(client, 'color[*]=="rouge"') == [A]
+    assert _matched(client, 'color[*]!="red"') == []
+    assert _matched(client, "color[de]") == []
+
+
+def test_negated_existence(client: TestClient) -> None:
+    assert _matched(client, "!color") == [B]
+    assert _matched(client, "!color;label") == [B]
+    assert _matched(client, "!nothing") == [A, B]
+
+
+def test_bare_terms_compare_as_text_or_expand_with_expand_values(client: TestClient) -> None:
+    assert _matched(client, "label==commercial") == [B]
+    # a vocab is stored expanded: the bare term matches only once expanded as well
+    assert _matched(client, "category==commercial") == []
+    assert _matched(client, "category==commercial", expandValues="category") == [A]
+
+
+def test_an_ordering_operator_never_matches_a_relationship(client: TestClient) -> None:
+    assert _matched(client, 'owner>"urn:a"') == []
+    assert _matched(client, 'owner=="urn:ngsi-ld:Person:z"') == [A]
+
+
+@pytest.mark.parametrize("q", ["!", "!!color", "color[*", "label==comm ercial", "!color==1"])
+def test_bad_q_is_bad_request_data(client: TestClient, q: str) -> None:
+    r = client.get(f"{BASE}/entities", params={"type": "Shop", "q": q})
+    assert r.status_code == 400, (q, r.text)
