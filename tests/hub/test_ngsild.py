@@ -562,7 +562,7 @@ def test_accept_length_identity_and_purge(client: TestClient) -> None:
     unsized = client.post(
         f"{BASE}/entities", content=chunks(), headers={"Content-Type": "application/json"}
     )
-    assert unsized.status_code == 411
+    assert unsized.status_code == 411 and unsized.content == b""  # clause 6.3.4: no body
     identity = client.get(f"{BASE}/info/sourceIdentity").json()
     assert identity["type"] == "ContextSourceIdentity"
     assert identity["contextSourceUptime"].startswith("PT")

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -44,7 +44,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     """Register the handlers that map errors to problem details."""
 
     @app.exception_handler(CityBrainError)
-    async def _domain(_request: Request, exc: CityBrainError) -> JSONResponse:
+    async def _domain(_request: Request, exc: CityBrainError) -> Response:
+        if exc.status == 411:
+            # NGSI-LD clause 6.3.4: a 411 Length Required carries no payload body
+            return Response(status_code=411)
         return problem(exc.status, exc.kind, exc.message, exc.detail or None)
 
     @app.exception_handler(RequestValidationError)
