@@ -109,7 +109,10 @@ def test_hourly_aggregation(client: TestClient) -> None:
         21,
         22,
     ]
-    assert body["avg"][0][1:] == ["2026-11-01T00:00:00.000Z", "2026-11-01T01:00:00.000Z"]
+    assert body["avg"][0][1:] == ["2026-11-01T00:00:00Z", "2026-11-01T01:00:00Z"]
+    # counts are integers, the other aggregations numbers with a fraction
+    assert all(isinstance(a[0], float) for m in ("sum", "min", "max") for a in body[m])
+    assert all(type(a[0]) is int for a in body["totalCount"])
 
 
 @pytest.mark.parametrize(
@@ -201,3 +204,35 @@ def test_database_aggregation_on_postgresql(tmp_path: Path, postgres_url: str) -
         body = c.get(f"{B}/temporal/entities/{eid}", params=params).json()["LAeq"]
         assert [a[0] for a in body["avg"]] == [15.0, 16.0, 17.0]
         assert [a[0] for a in body["totalCount"]] == [2, 2, 2]
+
+
+def test_simplified_pairs_carry_each_attribute_type_in_its_own_member(client: TestClient) -> None:
+    """Clause 4.5.9: valueLists, objectLists, languageMaps, jsons, vocabs; GeoJSON as values."""
+    at = "2026-11-02T00:00:00Z"
+    entity = {
+        "id": "urn:ngsi-ld:Vehicle:t1",
+        "type": "Vehicle",
+        "depths": {"type": "ListProperty", "valueList": [1.2, 3.4], "observedAt": at},
+        "route": {
+            "type": "ListRelationship",
+            "objectList": ["urn:r:1", "urn:r:2"],
+            "observedAt": at,
+        },
+        "street": {"type": "LanguageProperty", "languageMap": {"en": "Main"}, "observedAt": at},
+        "extra": {"type": "JsonProperty", "json": {"k": 1}, "observedAt": at},
+        "kind": {"type": "VocabProperty", "vocab": "bus", "observedAt": at},
+        "location": {
+            "type": "GeoProperty",
+            "value": {"type": "Point", "coordinates": [1.0, 2.0]},
+            "observedAt": at,
+        },
+    }
+    assert client.post(f"{B}/temporal/entities", json=entity).status_code == 201
+    got = client.get(
+        f"{B}/temporal/entities/urn:ngsi-ld:Vehicle:t1", params={"options": "temporalValues"}
+    ).json()
+    assert got["depths"] == {"type": "ListProperty", "valueLists": [[[1.2, 3.4], at]]}
+    assert got["route"]["objectLists"] == [[["urn:r:1", "urn:r:2"], at]]
+    assert got["street"]["languageMaps"] == [[{"en": "Main"}, at]]
+    assert got["extra"]["jsons"] == [[{"k": 1}, at]] and got["kind"]["vocabs"] == [["bus", at]]
+    assert got["location"]["values"][0][0] == {"type": "Point", "coordinates": [1.0, 2.0]}

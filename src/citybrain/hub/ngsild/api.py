@@ -1376,6 +1376,28 @@ def unsupported(_request: Request) -> None:
     raise OperationNotSupported("this NGSI-LD operation is not offered by this node")
 
 
+# the simplified temporal representation (clause 4.5.9): (member of the pairs, stored member)
+_SIMPLIFIED = {
+    "Relationship": ("objects", "object"),
+    "ListRelationship": ("objectLists", "objectList"),
+    "ListProperty": ("valueLists", "valueList"),
+    "LanguageProperty": ("languageMaps", "languageMap"),
+    "JsonProperty": ("jsons", "json"),
+    "VocabProperty": ("vocabs", "vocab"),
+}
+
+
+def _simplified_value(instance: dict[str, Any], member: str, terms: TermMap) -> Any:
+    value = instance.get(member)
+    if member == "objectList" and isinstance(value, list):  # the bare ordered ids
+        return [i.get("object") if isinstance(i, dict) else i for i in value]
+    if member == "vocab":  # vocab terms are stored expanded and read compacted
+        if isinstance(value, list):
+            return [terms.compact(str(v)) for v in value]
+        return terms.compact(str(value)) if value is not None else None
+    return value
+
+
 def _temporal_payload(
     entity: dict[str, Any],
     series: dict[str, list[tuple[Any, dict[str, Any]]]],
@@ -1393,11 +1415,15 @@ def _temporal_payload(
         if mode == "aggregatedValues":
             rendered[short] = {"type": kind, **temporal.aggregate(points, tq)}
         elif mode == "temporalValues":
+            # clause 4.5.9: each attribute type has its own member and value in the pairs
+            key, member = _SIMPLIFIED.get(kind, ("values", "value"))
             values = [
-                [inst.get("value", inst.get("object")), inst.get("observedAt") or temporal._iso(at)]
+                [
+                    _simplified_value(inst, member, terms),
+                    inst.get("observedAt") or temporal._iso(at),
+                ]
                 for at, inst in points
             ]
-            key = "objects" if kind == "Relationship" else "values"
             rendered[short] = {"type": kind, key: values}
         else:
             rendered[short] = [

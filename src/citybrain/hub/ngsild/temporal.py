@@ -159,6 +159,20 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _bound(value: datetime) -> str:
+    """A period's start or end: whole seconds as written in queries, else milliseconds."""
+    if value.microsecond:
+        return _iso(value)
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _measure(method: str, value: Any) -> Any:
+    """Counts are integers; the other aggregations are numbers with a fraction (2.0, not 2)."""
+    if method in ("totalCount", "distinctCount") or value is None or isinstance(value, bool):
+        return value
+    return float(value)
+
+
 def aggregate(
     series: list[tuple[datetime, dict[str, Any]]], tq: TemporalQuery
 ) -> dict[str, list[list[Any]]]:
@@ -198,7 +212,7 @@ def aggregate(
             else:
                 mean = sum(numbers) / len(numbers)
                 value = math.sqrt(sum((n - mean) ** 2 for n in numbers) / len(numbers))
-            result[method].append([value, _iso(lo), _iso(hi)])
+            result[method].append([_measure(method, value), _bound(lo), _bound(hi)])
     return result
 
 
@@ -259,7 +273,7 @@ def aggregate_in_sql(
     out: dict[str, list[list[Any]]] = {m: [] for m in tq.aggregations}
     for index, total, _numeric, total_sum, mean, low, high, squares in rows:
         lo = start + int(index) * period
-        span = [_iso(lo), _iso(lo + period)]
+        span = [_bound(lo), _bound(lo + period)]
         values = {
             "totalCount": total,
             "sum": total_sum,
@@ -270,7 +284,7 @@ def aggregate_in_sql(
             "stddev": math.sqrt(max(0.0, squares / total - mean * mean)) if total else None,
         }
         for method in tq.aggregations:
-            out[method].append([values[method], *span])
+            out[method].append([_measure(method, values[method]), *span])
     return out
 
 
