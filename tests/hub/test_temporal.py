@@ -236,3 +236,19 @@ def test_simplified_pairs_carry_each_attribute_type_in_its_own_member(client: Te
     assert got["street"]["languageMaps"] == [[{"en": "Main"}, at]]
     assert got["extra"]["jsons"] == [[{"k": 1}, at]] and got["kind"]["vocabs"] == [["bus", at]]
     assert got["location"]["values"][0][0] == {"type": "Point", "coordinates": [1.0, 2.0]}
+
+
+def test_aggr_params_of_a_query_by_post(client: TestClient) -> None:
+    """Clause 5.2.44: aggrParams carries the methods and the period; PT0S is one period."""
+    query: dict[str, object] = {
+        "type": "Query",
+        "entities": [{"type": "NoiseLevelObserved"}],
+        "temporalQ": {"timerel": "after", "timeAt": "2026-11-01T00:00:00Z"},
+        "aggrParams": {"aggrMethods": ["avg"], "aggrPeriodDuration": "PT0S"},
+    }
+    r = client.post(f"{B}/temporal/entityOperations/query", json=query)
+    assert r.status_code == 200, r.text
+    assert [a[0] for a in r.json()[0]["LAeq"]["avg"]] == [16.0]
+    for aggr in ({"aggrMethods": ["bogus"]}, {"aggrMethods": ["avg"], "aggrPeriodDuration": "x"}):
+        r = client.post(f"{B}/temporal/entityOperations/query", json={**query, "aggrParams": aggr})
+        assert r.status_code == 400, aggr

@@ -1069,6 +1069,7 @@ def _query_body(body: Any, *, temporal: bool) -> tuple[dict[str, str], dict[str,
         raise BadInput("temporalQ belongs to the temporal batch query only")
     if temporal:
         params.update(_temporal_q(body.get("temporalQ", {})))
+        params.update(_aggr_params(body.get("aggrParams")))
     level = body.get("joinLevel")
     if "joinLevel" in body and (type(level) is not int or level < 1):
         raise BadInput("joinLevel must be a positive integer")
@@ -1138,6 +1139,23 @@ def _ordering_params(ordering: Any) -> dict[str, str]:
     if "collation" in ordering:
         params["collation"] = _text(ordering["collation"], "ordering.collation")
     return params
+
+
+def _aggr_params(aggr: Any) -> dict[str, str]:
+    """The aggregation parameters of an aggrParams member (clause 5.2.44)."""
+    if aggr is None:
+        return {}
+    if not isinstance(aggr, dict):
+        raise BadInput("aggrParams must be an object with aggrMethods")
+    methods = aggr.get("aggrMethods")
+    if not isinstance(methods, list) or not methods:
+        raise BadInput("aggrParams.aggrMethods must be a non-empty list of methods")
+    out = {"aggrMethods": ",".join(_text(m, "aggrParams.aggrMethods[]") for m in methods)}
+    if "aggrPeriodDuration" in aggr:
+        out["aggrPeriodDuration"] = _text(
+            aggr["aggrPeriodDuration"], "aggrParams.aggrPeriodDuration"
+        )
+    return out
 
 
 def _temporal_q(temporal_q: Any) -> dict[str, str]:

@@ -56,6 +56,13 @@ def parse_duration(value: str) -> timedelta:
     return period
 
 
+def _zero_duration(value: str) -> bool:
+    match = _DURATION.match(value)
+    if match is None or value in ("P", "PT"):
+        return False
+    return not any(float(g) for g in match.groups() if g)
+
+
 def parse_query(params: dict[str, str], *, aggregated: bool) -> TemporalQuery:
     """Validate the temporal parameters of a request."""
     timerel = params.get("timerel")
@@ -89,8 +96,10 @@ def parse_query(params: dict[str, str], *, aggregated: bool) -> TemporalQuery:
         unknown = [m for m in methods if m not in AGGREGATIONS]
         if unknown:
             raise BadInput(f"unknown aggrMethods {unknown}; use {', '.join(AGGREGATIONS)}")
-        if params.get("aggrPeriodDuration"):
-            period = parse_duration(params["aggrPeriodDuration"])
+        duration = params.get("aggrPeriodDuration")
+        # a zero duration (PT0S, the default) is one period over the whole time range
+        if duration and not _zero_duration(duration):
+            period = parse_duration(duration)
     return TemporalQuery(timerel, time_at, end, last_n, methods, period)
 
 
