@@ -70,3 +70,52 @@ def test_an_ordering_operator_never_matches_a_relationship(client: TestClient) -
 def test_bad_q_is_bad_request_data(client: TestClient, q: str) -> None:
     r = client.get(f"{BASE}/entities", params={"type": "Shop", "q": q})
     assert r.status_code == 400, (q, r.text)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"id": f"{A},{B}"},
+        {"attrs": "createdAt"},
+        {"attrs": "id,type"},
+        {"q": 'modifiedAt>"2020-01-01T00:00:00Z"'},
+        {"idPattern": ".*"},
+    ],
+)
+def test_a_query_that_selects_everything_is_too_wide(
+    client: TestClient, params: dict[str, str]
+) -> None:
+    """Clause 5.7.2.4: a type, a non-system attribute in attrs or q, a geo-query or local."""
+    for path in ("/entities", "/temporal/entities"):
+        r = client.get(f"{BASE}{path}", params=params)
+        assert r.status_code == 400, (path, params, r.text)
+        assert "too wide" in r.json()["title"]
+
+
+def test_narrow_enough_queries_and_the_type_wildcard(client: TestClient) -> None:
+    r = client.get(f"{BASE}/entities", params={"attrs": "label"})
+    assert [e["id"] for e in r.json()] == [B]
+    assert client.get(f"{BASE}/entities", params={"q": "label"}).status_code == 200
+    assert client.get(f"{BASE}/entities", params={"local": "true"}).status_code == 200
+    everything = client.get(f"{BASE}/entities", params={"type": "*"}).json()
+    assert [e["id"] for e in everything] == [A, B]
+    r = client.get(f"{BASE}/entities", params={"type": "*", "local": "false"})
+    assert r.status_code == 400
+
+
+def test_batch_query_selectors(client: TestClient) -> None:
+    """Table 5.2.33-1: type is mandatory; id a URI or a list; id before idPattern."""
+
+    def ids(*selectors: dict[str, object]) -> list[str]:
+        body = {"type": "Query", "entities": list(selectors)}
+        r = client.post(f"{BASE}/entityOperations/query", json=body)
+        assert r.status_code == 200, r.text
+        return [e["id"] for e in r.json()]
+
+    assert ids({"type": "Shop", "id": [A, B]}) == [A, B]
+    assert ids({"type": "Shop", "id": A, "idPattern": f"^{B}$"}) == [A]
+    assert ids({"type": "Shop", "idPattern": f"^{B}$"}) == [B]
+    for bad in ({"id": A}, {"type": "Shop", "id": "not a uri"}, {"type": "Shop", "id": [A, 5]}):
+        body = {"type": "Query", "entities": [bad]}
+        assert client.post(f"{BASE}/entityOperations/query", json=body).status_code == 400, bad

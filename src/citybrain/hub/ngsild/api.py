@@ -357,7 +357,33 @@ class _TooManyResults(CityBrainError):
     kind = "TooManyResults"
 
 
+_NOT_ATTRIBUTES = {"id", "type", "scope", "createdAt", "modifiedAt", "deletedAt", "observedAt"}
+
+
+def _require_narrow(params: Mapping[str, str], what: str) -> None:
+    """Refuse a query that selects everything (clauses 5.7.2.4, 5.6.21.4): it must name a
+    type, an attribute in attrs or q (system members do not count), a geo-query, or local."""
+    attrs = _split(params.get("attrs")) or []
+    q_names = query.names(query.parse(params["q"])) if params.get("q") else []
+    if not (
+        params.get("type")
+        or any(a not in _NOT_ATTRIBUTES for a in attrs)
+        or any(n.split(".")[0] not in _NOT_ATTRIBUTES for n in q_names)
+        or "georel" in params
+        or params.get("local", "").lower() == "true"
+    ):
+        raise BadInput(
+            f"{what} is too wide: give a type, a non-system attribute in attrs or q, "
+            "a geo-query, or local=true"
+        )
+
+
 def _spec_from(params: dict[str, Any], terms: TermMap) -> service.EntityQuery:
+    if params.get("type") == "*":
+        # clause 4.17: every entity type; with local=false it would ask the federation too
+        if params.get("local", "").lower() == "false":
+            raise BadInput("type=* cannot be used with local=false")
+        params = {k: v for k, v in params.items() if k != "type"}
     types = _split(params.get("type"))
     ids = _split(params.get("id"))
     for entity_id in ids or []:
@@ -507,6 +533,7 @@ async def query_entities(request: Request) -> Response:
         # a probe some clients send: no entity can have that type
         params["type"] = "urn:ngsi-ld:citybrain:no-such-type"
     limit, offset, count = _page_params(request)
+    _require_narrow(params, "the query")
     spec = _spec_from(params, terms)
     fmt, sys_attrs = _options(request)
     join = parse_join(request.query_params)
@@ -666,17 +693,7 @@ async def purge_entities(request: Request) -> Response:
     """
     terms = _terms_for_read(request)
     params = dict(request.query_params)
-    system = {"createdAt", "modifiedAt", "deletedAt", "observedAt"}
-    attrs = _split(params.get("attrs")) or []
-    q_names = query.names(query.parse(params["q"])) if params.get("q") else []
-    if not (
-        "type" in params
-        or any(a not in system for a in attrs)
-        or any(n.split(".")[0] not in system for n in q_names)
-        or "georel" in params
-        or params.get("local", "").lower() == "true"
-    ):
-        raise BadInput("purge needs a type, a non-system attribute in attrs or q, georel or local")
+    _require_narrow(params, "purge")
     keep, drop = _split(params.get("keep")), _split(params.get("drop"))
     if keep and drop:
         raise BadInput("keep and drop cannot be used together")
@@ -1078,12 +1095,21 @@ def _query_body(body: Any, *, temporal: bool) -> tuple[dict[str, str], dict[str,
         if "joinLevel" in body:
             params["joinLevel"] = str(level)
     if entities:
-        params["type"] = ",".join(_text(e.get("type", ""), "entities[].type") for e in entities)
-        ids = [_text(e["id"], "entities[].id") for e in entities if "id" in e]
+        # table 5.2.33-1: type is mandatory, id a URI or a list of them, taking precedence
+        # over idPattern
+        if not all(isinstance(e.get("type"), str) and e["type"] for e in entities):
+            raise BadInput("every entities[] selector of a batch query needs a type")
+        params["type"] = ",".join(e["type"] for e in entities)
+        ids: list[str] = []
+        for e in entities:
+            found = e.get("id", [])
+            for entity_id in found if isinstance(found, list) else [found]:
+                ids.append(_text(entity_id, "entities[].id"))
+                validate_entity_id(entity_id)
         if ids:
             params["id"] = ",".join(ids)
         patterns = [_text(e["idPattern"], "idPattern") for e in entities if "idPattern" in e]
-        if patterns:
+        if patterns and not ids:
             params["idPattern"] = patterns[0]
     for key in ("q", "scopeQ"):
         if key in body:
@@ -1182,6 +1208,7 @@ async def _batch_query(request: Request) -> Response:
     body, terms = await _read(request)
     params, members = _query_body(body, temporal=False)
     limit, offset, count = _page_params(request)
+    _require_narrow({**request.query_params, **params}, "the query")
     spec = _spec_from(params, terms)
     fmt, sys_attrs = _options(request)
     join = parse_join(params)
@@ -1495,6 +1522,7 @@ def _temporal_entities(
     tq = temporal.parse_query(params, aggregated=mode == "aggregatedValues")
     projection = projection_of(terms, params)
     limit, offset, count = _page_params(request)
+    _require_narrow({**request.query_params, **params}, "the temporal query")
     spec = _spec_from(params, terms)
     engine, tenant = _engine(request), _tenant(request)
     reader = gated.Reader(request, action="ngsild.temporal")
