@@ -119,3 +119,21 @@ def test_batch_query_selectors(client: TestClient) -> None:
     for bad in ({"id": A}, {"type": "Shop", "id": "not a uri"}, {"type": "Shop", "id": [A, 5]}):
         body = {"type": "Query", "entities": [bad]}
         assert client.post(f"{BASE}/entityOperations/query", json=body).status_code == 400, bad
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/types?limit=5",
+        "/types/Shop?details=true",
+        "/attributes?q=x",
+        "/attributes/label?count=true",
+    ],
+)
+def test_discovery_endpoints_refuse_parameters_they_do_not_define(
+    client: TestClient, path: str
+) -> None:
+    """Clause 6.3.20: an undefined query parameter is InvalidRequest."""
+    r = client.get(f"{BASE}{path}")
+    assert r.status_code == 400 and r.json()["type"].endswith("InvalidRequest"), r.text
+    assert client.get(f"{BASE}{path.split('?')[0]}").status_code == 200

@@ -156,6 +156,13 @@ class _Invalid(CityBrainError):
     kind = "InvalidRequest"
 
 
+def _only_parameters(request: Request, allowed: set[str]) -> None:
+    """Refuse the query parameters an endpoint does not define (clause 6.3.20)."""
+    undefined = sorted(set(request.query_params) - allowed)
+    if undefined:
+        raise _invalid(f"this endpoint takes no {', '.join(undefined)}")
+
+
 def _unsupported(media: str) -> CityBrainError:
     return _Unsupported(
         f"Content-Type {media or 'none'!r} is not application/json or application/ld+json"
@@ -1256,6 +1263,7 @@ async def _batch_query(request: Request) -> Response:
 @router.get("/types")
 async def types(request: Request) -> Response:
     """List entity types."""
+    _only_parameters(request, {"details", "local", "count"})
     terms = _terms_for_read(request)
     names = [
         terms.compact(t)
@@ -1299,6 +1307,7 @@ async def _remote_types(
 @router.get("/types/{type_name}")
 async def type_info(request: Request, type_name: str) -> Response:
     """Describe one entity type: how many entities and which attributes."""
+    _only_parameters(request, {"local"})
     terms = _terms_for_read(request)
     details = service.type_details(
         engine=_engine(request), tenant=_tenant(request), type_iri=terms.expand(type_name)
@@ -1324,6 +1333,7 @@ async def type_info(request: Request, type_name: str) -> Response:
 @router.get("/attributes")
 async def attributes(request: Request) -> Response:
     """List attribute names."""
+    _only_parameters(request, {"details", "local", "count"})
     terms = _terms_for_read(request)
     info = service.attribute_names(engine=_engine(request), tenant=_tenant(request))
     names = [terms.compact(n) for n in sorted(info)]
@@ -1349,6 +1359,7 @@ async def attributes(request: Request) -> Response:
 @router.get("/attributes/{attr}")
 async def attribute_info(request: Request, attr: str) -> Response:
     """Describe one attribute."""
+    _only_parameters(request, {"local"})
     terms = _terms_for_read(request)
     info = service.attribute_names(engine=_engine(request), tenant=_tenant(request))
     name = terms.expand(attr)
