@@ -137,3 +137,26 @@ def test_discovery_endpoints_refuse_parameters_they_do_not_define(
     r = client.get(f"{BASE}{path}")
     assert r.status_code == 400 and r.json()["type"].endswith("InvalidRequest"), r.text
     assert client.get(f"{BASE}{path.split('?')[0]}").status_code == 200
+
+
+def test_simplified_representation_per_attribute_type(client: TestClient) -> None:
+    """Clause 4.5.4: single-key objects for languageMap, json and vocab; bare lists; datasets."""
+    vehicle = {
+        "id": "urn:ngsi-ld:Vehicle:kv",
+        "type": "Vehicle",
+        "speed": [
+            {"type": "Property", "value": 55},
+            {"type": "Property", "value": 11, "datasetId": "urn:ngsi-ld:Dataset:gps"},
+        ],
+        "street": {"type": "JsonProperty", "json": {"a": 1}},
+        "category": {"type": "VocabProperty", "vocab": "non-commercial"},
+        "depths": {"type": "ListProperty", "valueList": [1.2, 3.4]},
+        "route": {"type": "ListRelationship", "objectList": ["urn:r:1", "urn:r:2"]},
+    }
+    assert client.post(f"{BASE}/entities", json=vehicle).status_code == 201
+    kv = client.get(f"{BASE}/entities/urn:ngsi-ld:Vehicle:kv", params={"options": "keyValues"})
+    body = kv.json()
+    assert body["speed"] == {"dataset": {"@none": 55, "urn:ngsi-ld:Dataset:gps": 11}}
+    assert body["street"] == {"json": {"a": 1}}
+    assert body["category"] == {"vocab": "non-commercial"}
+    assert body["depths"] == [1.2, 3.4] and body["route"] == ["urn:r:1", "urn:r:2"]

@@ -443,17 +443,24 @@ def instances(attr: Any) -> list[dict[str, Any]]:
 def _render_attribute(instance: dict[str, Any], terms: TermMap, fmt: str, sys_attrs: bool) -> Any:
     kind = instance.get("type")
     if fmt == "keyValues":
-        if kind in ("Relationship", "ListRelationship"):
-            return instance.get("object", instance.get("objectList"))
+        # clause 4.5.4: the simplified form of each attribute type
+        if kind == "ListRelationship":
+            items = instance.get("objectList")
+            return [
+                i.get("object") if isinstance(i, dict) else i
+                for i in (items if isinstance(items, list) else [items])
+            ]
+        if kind == "Relationship":
+            return instance.get("object")
         if kind == "LanguageProperty":
             return {"languageMap": instance.get("languageMap")}
         if kind == "VocabProperty":
             vocab = instance.get("vocab")
-            return (
-                [terms.compact(v) for v in vocab]
+            return {
+                "vocab": [terms.compact(v) for v in vocab]
                 if isinstance(vocab, list)
                 else terms.compact(str(vocab))
-            )
+            }
         if kind == "JsonProperty":
             return {"json": instance.get("json")}
         return instance.get("value", instance.get("valueList"))
@@ -510,7 +517,16 @@ def render(
             continue
         if attrs is not None and name not in attrs:
             continue
-        rendered = [_render_attribute(i, terms, fmt, sys_attrs) for i in instances(attr)]
+        found = instances(attr)
+        rendered = [_render_attribute(i, terms, fmt, sys_attrs) for i in found]
+        if fmt == "keyValues" and len(rendered) > 1:
+            # clause 4.5.4: several instances become a map by datasetId, "@none" the default
+            out[terms.compact(name)] = {
+                "dataset": {
+                    i.get("datasetId", "@none"): r for i, r in zip(found, rendered, strict=True)
+                }
+            }
+            continue
         out[terms.compact(name)] = rendered[0] if len(rendered) == 1 else rendered
     return out
 
