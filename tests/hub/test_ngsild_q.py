@@ -160,3 +160,15 @@ def test_simplified_representation_per_attribute_type(client: TestClient) -> Non
     assert body["street"] == {"json": {"a": 1}}
     assert body["category"] == {"vocab": "non-commercial"}
     assert body["depths"] == [1.2, 3.4] and body["route"] == ["urn:r:1", "urn:r:2"]
+
+
+def test_geometry_property_needs_a_geojson_answer(client: TestClient) -> None:
+    for path in (f"/entities/{A}", "/entities?type=Shop"):
+        r = client.get(f"{BASE}{path}", params={"geometryProperty": "location"})
+        assert r.status_code == 400, path
+        geo = client.get(
+            f"{BASE}{path}",
+            params={"geometryProperty": "location"},
+            headers={"Accept": "application/geo+json"},
+        )
+        assert geo.status_code == 200, (path, geo.text)

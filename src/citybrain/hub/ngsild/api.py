@@ -246,6 +246,12 @@ def _wants_geojson(request: Request) -> bool:
     return _negotiate(request) == "application/geo+json"
 
 
+def _geometry_property_needs_geojson(request: Request) -> None:
+    """Clause 5.7.1.4, 5.7.2.4: geometryProperty only makes sense for a GeoJSON answer."""
+    if "geometryProperty" in request.query_params and not _wants_geojson(request):
+        raise BadInput("geometryProperty needs Accept: application/geo+json")
+
+
 def _feature(entity: dict[str, Any], geometry_property: str) -> dict[str, Any]:
     """Turn a rendered entity into a GeoJSON Feature (clause 6.3.15)."""
     geo = entity.get(geometry_property)
@@ -541,6 +547,7 @@ async def query_entities(request: Request) -> Response:
         params["type"] = "urn:ngsi-ld:citybrain:no-such-type"
     limit, offset, count = _page_params(request)
     _require_narrow(params, "the query")
+    _geometry_property_needs_geojson(request)
     spec = _spec_from(params, terms)
     fmt, sys_attrs = _options(request)
     join = parse_join(request.query_params)
@@ -585,6 +592,7 @@ async def query_entities(request: Request) -> Response:
 async def retrieve_entity(request: Request, entity_id: str) -> Response:
     """Retrieve one entity."""
     validate_entity_id(entity_id)
+    _geometry_property_needs_geojson(request)
     terms = _terms_for_read(request)
     fmt, sys_attrs = _options(request)
     join = parse_join(request.query_params)
