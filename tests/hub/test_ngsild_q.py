@@ -163,12 +163,9 @@ def test_simplified_representation_per_attribute_type(client: TestClient) -> Non
 
 
 def test_geometry_property_needs_a_geojson_answer(client: TestClient) -> None:
-    for path in (f"/entities/{A}", "/entities?type=Shop"):
-        r = client.get(f"{BASE}{path}", params={"geometryProperty": "location"})
+    for path, params in ((f"/entities/{A}", {}), ("/entities", {"type": "Shop"})):
+        params = {**params, "geometryProperty": "location"}
+        r = client.get(f"{BASE}{path}", params=params)
         assert r.status_code == 400, path
-        geo = client.get(
-            f"{BASE}{path}",
-            params={"geometryProperty": "location"},
-            headers={"Accept": "application/geo+json"},
-        )
+        geo = client.get(f"{BASE}{path}", params=params, headers={"Accept": "application/geo+json"})
         assert geo.status_code == 200, (path, geo.text)
