@@ -45,6 +45,7 @@ from citybrain.governance.sharing.api import router as sharing_router
 from citybrain.governance.verification.api import router as verification_router
 from citybrain.hub.ngsild import lane as ngsild_lane
 from citybrain.hub.ngsild import notifier
+from citybrain.hub.ngsild import transient as ngsild_transient
 from citybrain.hub.ngsild.api import router as ngsild_router
 from citybrain.hub.ngsild.jsonld import ContextStore
 from citybrain.hub.tables.api import router as tables_router
@@ -197,6 +198,8 @@ def _background(app: FastAPI, settings: Settings) -> list[asyncio.Task[None]]:
             )
         )
     )
+    # transient NGSI-LD entities leave the store once they expire (clause 4.22)
+    tasks.append(asyncio.create_task(ngsild_transient.run(app.state.engine)))
     tasks.append(
         asyncio.create_task(federation_outbox.run(engine=app.state.engine, settings=settings))
     )

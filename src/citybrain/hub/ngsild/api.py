@@ -36,6 +36,7 @@ from citybrain.hub.ngsild.entities import (
     ENTITY_MEMBERS,
     NGSI_NULL,
     apply_lang,
+    check_datetime,
     expand_attributes,
     expand_entity,
     now_iso,
@@ -791,6 +792,9 @@ async def merge_entity(request: Request, entity_id: str) -> Response:
     _type_selector(request, terms, entity_id)
     fragment = _fragment(body, entity_id)
     attrs = expand_attributes(fragment, terms, nulls=True, nested_nulls=True)
+    expires_at = fragment.get("expiresAt")
+    if expires_at is not None:
+        check_datetime(expires_at, "expiresAt")
     types = (
         [
             terms.expand(t)
@@ -810,6 +814,7 @@ async def merge_entity(request: Request, entity_id: str) -> Response:
             attrs=attrs,
             mode="merge",
             new_types=types,
+            expires_at=expires_at,
         ),
     )
     return _update_response(result, terms)

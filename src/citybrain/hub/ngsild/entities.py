@@ -19,7 +19,16 @@ ATTRIBUTE_TYPES = {
     "VocabProperty",
     "JsonProperty",
 }
-ENTITY_MEMBERS = {"id", "type", "scope", "createdAt", "modifiedAt", "deletedAt", "@context"}
+ENTITY_MEMBERS = {
+    "id",
+    "type",
+    "scope",
+    "createdAt",
+    "modifiedAt",
+    "deletedAt",
+    "expiresAt",
+    "@context",
+}
 ATTRIBUTE_MEMBERS = {
     "type",
     "value",
@@ -37,6 +46,7 @@ ATTRIBUTE_MEMBERS = {
     "modifiedAt",
     "instanceId",
     "lang",
+    "expiresAt",
 }
 # members only a broker writes (clause 4.5.x): refused on input, rendered on output
 OUTPUT_MEMBERS = {
@@ -250,7 +260,10 @@ def _attribute(
     if "datasetId" in out and not (isinstance(out["datasetId"], str) and is_iri(out["datasetId"])):
         raise BadInput(f"the datasetId of {name!r} must be a URI")
     if "observedAt" in out:
-        _check_datetime(out["observedAt"], f"observedAt of {name!r}")
+        check_datetime(out["observedAt"], f"observedAt of {name!r}")
+    if "expiresAt" in out:
+        # clause 4.22: a transient attribute instance, gone once the time has passed
+        check_datetime(out["expiresAt"], f"expiresAt of {name!r}")
     if kind == "VocabProperty":
         vocab = out.get("vocab")
         values = vocab if isinstance(vocab, list) else [vocab]
@@ -296,7 +309,7 @@ def _plain_attribute(name: str, raw: dict[str, Any]) -> dict[str, Any] | None:
         if type(target) is not str or target == NGSI_NULL or not is_iri(target):
             return None
     if "observedAt" in raw:
-        _check_datetime(raw["observedAt"], f"observedAt of {name!r}")
+        check_datetime(raw["observedAt"], f"observedAt of {name!r}")
     out: dict[str, Any] = {"type": kind}
     for key, member in raw.items():
         if key != "type":
@@ -314,7 +327,8 @@ def _plain_point(value: dict[str, Any]) -> bool:
     return type(x) in _NUMBER and type(y) in _NUMBER and -180 <= x <= 180 and -90 <= y <= 90
 
 
-def _check_datetime(value: Any, what: str) -> None:
+def check_datetime(value: Any, what: str) -> None:
+    """Refuse what is not a UTC date-time (clause 4.6.3)."""
     if not isinstance(value, str):
         raise BadInput(f"{what} must be a date-time string")
     # clause 4.6.3: a DateTime is UTC and always ends with Z
@@ -402,8 +416,63 @@ def expand_entity(
         if not all(isinstance(s, str) and s.startswith("/") for s in scopes):
             raise BadInput("scope must be a string or list of strings starting with '/'")
         entity["scope"] = scopes
+    if "expiresAt" in body:
+        # clause 4.22: a transient entity, gone once the time has passed
+        check_datetime(body["expiresAt"], "expiresAt")
+        entity["expiresAt"] = body["expiresAt"]
     entity.update(expand_attributes(body, terms, temporal=temporal))
     return entity
+
+
+def _moment(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def earliest_expiry(entity: dict[str, Any]) -> datetime | None:
+    """Return when the entity or the first of its transient attribute instances expires."""
+    found: list[datetime] = []
+    if "expiresAt" in entity:
+        found.append(_moment(entity["expiresAt"]) or datetime.max.replace(tzinfo=UTC))
+    for name, attr in entity.items():
+        if name in ENTITY_MEMBERS:
+            continue
+        for instance in attr if type(attr) is list else (attr,):
+            if type(instance) is dict and "expiresAt" in instance:
+                moment = _moment(instance["expiresAt"])
+                if moment is not None:
+                    found.append(moment)
+    return min(found) if found else None
+
+
+def live(entity: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+    """Return the entity as it stands at `now`: None once it expired, without expired instances.
+
+    Clause 4.22: an expired entity or attribute instance is no longer served, even before
+    the store has removed it.
+    """
+    expiry = earliest_expiry(entity)
+    if expiry is None or expiry > now:
+        return entity
+    if "expiresAt" in entity and (_moment(entity["expiresAt"]) or now) <= now:
+        return None
+    out: dict[str, Any] = {}
+    for name, attr in entity.items():
+        if name in ENTITY_MEMBERS:
+            out[name] = attr
+            continue
+        kept = [
+            i
+            for i in (attr if type(attr) is list else [attr])
+            if not (
+                type(i) is dict and "expiresAt" in i and (_moment(i["expiresAt"]) or now) <= now
+            )
+        ]
+        if kept:
+            out[name] = kept[0] if len(kept) == 1 else kept
+    return out
 
 
 def iso(moment: datetime) -> str:
@@ -466,7 +535,7 @@ def _render_attribute(instance: dict[str, Any], terms: TermMap, fmt: str, sys_at
         return instance.get("value", instance.get("valueList"))
     out: dict[str, Any] = {}
     for key, value in instance.items():
-        if key in SYSTEM and not sys_attrs:
+        if (key in SYSTEM or key == "expiresAt") and not sys_attrs:
             continue
         if key == "vocab":
             out[key] = (
@@ -507,7 +576,7 @@ def render(
         scope = entity["scope"]
         out["scope"] = scope[0] if len(scope) == 1 else scope
     if sys_attrs and fmt != "keyValues":
-        for member in SYSTEM:
+        for member in (*SYSTEM, "expiresAt"):
             if member in entity:
                 out[member] = entity[member]
     if "deletedAt" in entity:  # a deleted entity as a notification shows it

@@ -95,3 +95,14 @@ ngsild_outbox = Table(
     Column("delivered_at", DateTime(timezone=True)),
     Column("last_error", Text),
 )
+
+# when a transient entity, or the first transient attribute instance of one, expires
+# (clause 4.22); a row may be stale (the entity changed since): the reaper checks the entity
+ngsild_expiries = Table(
+    "ngsild_expiries",
+    metadata,
+    Column("tenant", String(128), primary_key=True),
+    Column("entity_id", String(512), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("ix_ngsild_expiries_at", "at"),
+)

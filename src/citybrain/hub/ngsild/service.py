@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from citybrain.core.db import json_dumps
 from citybrain.core.errors import BadInput, Conflict, NotFound
-from citybrain.hub.ngsild import gated, geoquery, prefilter, query, subscriptions
+from citybrain.hub.ngsild import gated, geoquery, prefilter, query, subscriptions, transient
 from citybrain.hub.ngsild.entities import (
     ATTRIBUTE_MEMBERS,
     ENTITY_MEMBERS,
@@ -37,6 +37,7 @@ from citybrain.hub.ngsild.entities import (
     instances,
     is_delete,
     iso,
+    live,
     now_iso,
     stamp,
 )
@@ -150,6 +151,7 @@ def _save(
         )
     if history:
         record_history(conn, tenant, entity)
+    transient.note_expiry(conn, tenant, entity)
     # notifications are queued in the same transaction as the change: never lost, never early
     subscriptions.enqueue(conn, tenant, entity, new=new, deleted=deleted)
 
@@ -208,7 +210,10 @@ def create_entity(*, engine: Engine, tenant: str, entity: dict[str, Any]) -> Non
 def create_entity_in(conn: Connection, *, tenant: str, entity: dict[str, Any]) -> None:
     """Create an entity in the caller's transaction; 409 if its id exists."""
     _ensure_tenant(conn, tenant)
-    if _load(conn, tenant, entity["id"]) is not None:
+    existing = _load(conn, tenant, entity["id"])
+    if existing is not None and not transient.clear_if_expired(
+        conn, tenant, existing, datetime.now(UTC)
+    ):
         raise Conflict(f"entity {entity['id']} exists already")
     _save(conn, tenant, stamp(clone(entity)), new=True)
 
@@ -218,6 +223,8 @@ def get_entity(*, engine: Engine, tenant: str, entity_id: str) -> dict[str, Any]
     require_tenant(engine, tenant)
     with engine.connect() as conn:
         found = _load(conn, tenant, entity_id)
+    # an expired transient entity is gone for readers before the reaper removes it
+    found = live(found, datetime.now(UTC)) if found is not None else None
     if found is None:
         raise NotFound(f"entity {entity_id} not found")
     return found
@@ -314,6 +321,7 @@ def change_attributes_in(
     mode: str,
     new_types: list[str] | None = None,
     new_scope: list[str] | None = None,
+    expires_at: str | None = None,
     current: dict[str, Any] | None = None,
 ) -> UpdateResult:
     """Apply attributes as change_attributes does, in the caller's transaction.
@@ -366,7 +374,9 @@ def change_attributes_in(
         entity["type"] = list(dict.fromkeys(entity["type"] + new_types))
     if new_scope is not None:
         entity["scope"] = list(dict.fromkeys(entity.get("scope", []) + new_scope))
-    if result.updated or new_types or new_scope is not None:
+    if expires_at is not None:
+        entity["expiresAt"] = expires_at  # clause 4.22: a merge may make an entity transient
+    if result.updated or new_types or new_scope is not None or expires_at is not None:
         _save(
             conn, tenant, stamp(entity), new=False, deleted=removed, types_changed=bool(new_types)
         )
@@ -599,10 +609,12 @@ def query_entities(
         raise BadInput(f"idPattern is not a valid regular expression: {exc}") from None
     page: list[dict[str, Any]] = []
     total = 0
+    now = datetime.now(UTC)
     with engine.connect() as conn:
         batch = 1000 if count else max(20, min(offset + limit, 1000))
-        for entity in _candidates(conn, tenant, spec, batch):
-            if not matches(entity, spec, pattern):
+        for stored in _candidates(conn, tenant, spec, batch):
+            entity = live(stored, now)
+            if entity is None or not matches(entity, spec, pattern):
                 continue
             if offset <= total < offset + limit:
                 page.append(entity)
@@ -680,8 +692,8 @@ def upsert_entity(*, engine: Engine, tenant: str, entity: dict[str, Any], replac
                     continue
                 if name == "type":
                     current["type"] = list(dict.fromkeys(current["type"] + attr))
-                elif name == "scope":
-                    current["scope"] = attr
+                elif name in ("scope", "expiresAt"):
+                    current[name] = attr
                 else:
                     current[name] = _merge_instances(current.get(name), attr, keep_existing=False)
             _save(conn, tenant, stamp(current), new=False)
@@ -908,6 +920,8 @@ class PreparedBatch:
     entity_rows: list[tuple[Any, ...]] = field(default_factory=list)
     type_rows: list[tuple[Any, ...]] = field(default_factory=list)
     history_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    # the stamped entities that carry an expiresAt (clause 4.22), found while building rows
+    transient: list[dict[str, Any]] = field(default_factory=list)
 
 
 def prepare_batch(dialect: Dialect, tenant: str, entities: list[dict[str, Any]]) -> PreparedBatch:
@@ -958,6 +972,8 @@ def write_batch_in(
     refused = dict(prepared.refused)
     _ensure_tenant(conn, tenant)
     if _insert_if_all_new(conn, prepared):
+        for entity in prepared.transient:
+            transient.note_expiry(conn, tenant, entity)
         _notify_new(conn, tenant, prepared.stamped)
         return [e["id"] for e in prepared.entities], [], refused
     created: list[str] = []
@@ -997,6 +1013,9 @@ def write_batch_in(
         rows = [[r for r in part if r[1] not in existing] for part in rows]
     insert_tuples(conn, ngsild_entities, _ENTITY_COLUMNS, rows[0])
     _insert_dependent_rows(conn, rows[1], rows[2])
+    for entity in prepared.transient:
+        if entity["id"] not in existing:
+            transient.note_expiry(conn, tenant, entity)
     _notify_new(conn, tenant, fresh)
     return created, updated, refused
 
@@ -1095,10 +1114,12 @@ def _fresh_rows(dialect: Dialect, prepared: PreparedBatch) -> None:
         for t in dict.fromkeys(types) if len(types) > 1 else types:
             type_rows.append((tenant, entity_id, t))
         stamp_of_write = entity.get("modifiedAt")
+        expiring = "expiresAt" in entity
         for name, attr in entity.items():
             if name in ENTITY_MEMBERS:
                 continue
             for inst in (attr,) if type(attr) is dict else instances(attr):
+                expiring = expiring or "expiresAt" in inst
                 # only instances written by this change carry the entity's new modifiedAt
                 if inst.get("modifiedAt") != stamp_of_write:
                     continue
@@ -1117,6 +1138,8 @@ def _fresh_rows(dialect: Dialect, prepared: PreparedBatch) -> None:
                         dump(inst),
                     )
                 )
+        if expiring:
+            prepared.transient.append(entity)
 
 
 def _same(value: Any) -> Any:
