@@ -126,3 +126,11 @@ def test_ordering_more_matches_than_it_sorts_is_too_many_results(
     r = client.get(f"{BASE}/entities", params={"type": "Building", "orderBy": "name"})
     assert r.status_code == 403 and r.json()["type"] == ERR + "TooManyResults"
     assert _ids(client, orderBy="name", idPattern=".*[ab]$") == ["b", "a"]
+
+
+def test_temporal_queries_order_by_id_only(client: TestClient) -> None:
+    r = client.get(f"{BASE}/temporal/entities", params={"type": "Building", "orderBy": "id;desc"})
+    assert r.status_code == 200, r.text
+    assert [e["id"].removeprefix(P) for e in r.json()] == ["c", "b", "a"]
+    r = client.get(f"{BASE}/temporal/entities", params={"type": "Building", "orderBy": "name"})
+    assert r.status_code == 400 and r.json()["type"] == ERR + "BadRequestData"

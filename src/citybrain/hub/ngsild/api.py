@@ -1548,12 +1548,14 @@ def _temporal_entities(
     limit, offset, count = _page_params(request)
     _require_narrow({**request.query_params, **params}, "the temporal query")
     spec = _spec_from(params, terms)
+    order = _ordering_of(params, terms)
+    if order is not None and any(k.member != "id" for k in order.keys):
+        # clause 5.7.4.4: temporal results are ordered by entity id only
+        raise BadInput("a temporal query is ordered by id only (orderBy=id or id;desc)")
     engine, tenant = _engine(request), _tenant(request)
     reader = gated.Reader(request, action="ngsild.temporal")
     spec = _gated_spec(reader, spec)
-    page, total = service.query_entities(
-        engine=engine, tenant=tenant, spec=spec, limit=limit, offset=offset, count=count
-    )
+    page, total = _matches(request, spec, order, limit=limit, offset=offset, count=count)
     shown = reader.many(page)
     total -= len(page) - len(shown)
     page = shown
