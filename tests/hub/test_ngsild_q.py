@@ -169,3 +169,44 @@ def test_geometry_property_needs_a_geojson_answer(client: TestClient) -> None:
         assert r.status_code == 400, path
         geo = client.get(f"{BASE}{path}", params=params, headers={"Accept": "application/geo+json"})
         assert geo.status_code == 200, (path, geo.text)
+
+
+@pytest.mark.parametrize(
+    "entity",
+    [
+        {"id": "urn:ngsi-ld:T:1", "type": "9Vehicle"},
+        {"id": "urn:ngsi-ld:T:1", "type": "type"},  # the JSON-LD keyword @type
+        {"id": "urn:ngsi-ld:T:1", "type": "T", "scope": "/a//b"},
+        {"id": "urn:ngsi-ld:T:1", "type": "T", "scope": "/a/"},
+        {"id": "urn:ngsi-ld:T:1", "type": "T", "location": {"type": "Property", "value": 7}},
+        *(
+            {"id": "urn:ngsi-ld:T:1", "type": "T", "p": {"type": "LanguageProperty", **lang}}
+            for lang in (
+                {"languageMap": {"en": 5}},
+                {"languageMap": {"en": ["a", 5]}},
+                {"languageMap": {"": "x"}},
+                {"languageMap": {"en": "x"}, "valueType": "xsd:string"},
+            )
+        ),
+    ],
+)
+def test_entities_the_grammar_refuses(client: TestClient, entity: dict[str, object]) -> None:
+    """Clauses 4.6.2 (names), 4.18 (scopes), 4.7 (location), 4.5.18 (language maps)."""
+    r = client.post(f"{BASE}/entities", json=entity)
+    assert r.status_code == 400 and r.json()["type"].endswith("BadRequestData"), r.text
+
+
+def test_what_a_create_or_a_batch_request_must_be(client: TestClient) -> None:
+    r = client.post(f"{BASE}/entities", json=[])
+    assert r.status_code == 400 and r.json()["type"].endswith("InvalidRequest")
+    r = client.post(
+        f"{BASE}/entityOperations/create",
+        content=b'[{"id": "urn:ngsi-ld:T:2", "type": "T"}]',
+        headers={
+            "Content-Type": "application/ld+json",
+            "Link": '<http://x/c.jsonld>; rel="http://www.w3.org/ns/json-ld#context"',
+        },
+    )
+    assert r.status_code == 400, r.text
+    ok = {"id": "urn:ngsi-ld:T:3", "type": "Tëst_1", "scope": ["/", "/a/b"]}
+    assert client.post(f"{BASE}/entities", json=ok).status_code == 201

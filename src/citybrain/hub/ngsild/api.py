@@ -345,6 +345,9 @@ def _type_selector(request: Request, terms: TermMap, entity_id: str) -> None:
 async def create_entity(request: Request) -> Response:
     """Create an entity."""
     body, terms = await _read(request)
+    if not isinstance(body, dict):
+        # an array or a bare value is no entity at all: the request itself is wrong
+        raise _invalid("the body of a create is one entity, a JSON object")
     entity = expand_entity(body, terms)
     await _write(request, partial(service.create_entity_in, tenant=_tenant(request), entity=entity))
     return Response(
@@ -953,6 +956,9 @@ async def _batch_items(request: Request) -> tuple[list[Any], TermMap, ContextSto
     if any(item is None for item in body):
         # clause 5.6.7.4: a null item makes the whole request invalid, nothing is applied
         raise BadInput("a batch item cannot be null")
+    if media == "application/ld+json" and request.headers.get("link"):
+        # clause 6.3.5: JSON-LD carries its @context in the body, never in a Link header
+        raise BadInput("a JSON-LD body takes no Link header: put the @context in the items")
     link_ctx = context_from_request(
         link=request.headers.get("link"), content_type="application/json", body=None
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,11 +75,57 @@ def now_iso() -> str:
     return iso(datetime.now(UTC))
 
 
+# clause 4.6.2: a short name starts with a letter and goes on with letters, digits and '_'
+_SHORT_NAME = re.compile(r"[^\W\d_]\w*")
+
+
 def _type_list(value: Any) -> list[str]:
     types = value if isinstance(value, list) else [value]
     if not types or not all(isinstance(t, str) and t for t in types):
         raise BadInput("an entity type must be a non-empty string or a list of them")
+    for t in types:
+        if not is_iri(t) and not _SHORT_NAME.fullmatch(t):
+            raise BadInput(f"{t!r} is not a valid entity type name")
     return types
+
+
+def _check_type_iri(short: str, expanded: str) -> str:
+    if expanded.startswith("@"):
+        # a JSON-LD keyword ("type" maps to @type): no entity can be of that type
+        raise BadInput(f"{short!r} is a JSON-LD keyword, not an entity type")
+    return expanded
+
+
+def _check_scope(scopes: list[Any]) -> None:
+    # clause 4.18: "/" and non-empty levels separated by "/"
+    for scope in scopes:
+        if not isinstance(scope, str) or not scope.startswith("/"):
+            raise BadInput("scope must be a string or list of strings starting with '/'")
+        if scope != "/" and not all(scope[1:].split("/")):
+            raise BadInput(f"scope {scope!r} has an empty level")
+
+
+# GeoProperties by definition (clause 4.7): they cannot be given as anything else
+_GEO_ATTRIBUTES = {
+    "https://uri.etsi.org/ngsi-ld/location",
+    "https://uri.etsi.org/ngsi-ld/observationSpace",
+    "https://uri.etsi.org/ngsi-ld/operationSpace",
+}
+_LANG_STRING = {"rdf:langString", "http://www.w3.org/1999/02/22-rdf-syntax-ns#langString"}
+
+
+def _check_language_map(name: str, raw: dict[str, Any], language_map: Any) -> None:
+    """Clause 4.5.18, table 5.2.32-1: non-empty tags; strings or lists of strings."""
+    if not isinstance(language_map, dict):
+        raise BadInput(f"LanguageProperty {name!r} needs a languageMap object")
+    for tag, text in language_map.items():
+        if not tag:
+            raise BadInput(f"LanguageProperty {name!r} has an empty language tag")
+        texts = text if isinstance(text, list) else [text]
+        if not all(isinstance(t, str) for t in texts):
+            raise BadInput(f"LanguageProperty {name!r} holds a value that is not a string")
+    if "valueType" in raw and raw["valueType"] not in _LANG_STRING:
+        raise BadInput(f"the valueType of LanguageProperty {name!r} can only be rdf:langString")
 
 
 # clause 4.5: the content members each attribute type has (the others are refused)
@@ -255,8 +302,8 @@ def _attribute(
             from citybrain.hub.ngsild.geoquery import parse_geojson
 
             parse_geojson(value["type"], value["coordinates"])
-    if kind == "LanguageProperty" and not isinstance(out.get("languageMap"), dict):
-        raise BadInput(f"LanguageProperty {name!r} needs a languageMap object")
+    if kind == "LanguageProperty":
+        _check_language_map(name, raw, out.get("languageMap"))
     if "datasetId" in out and not (isinstance(out["datasetId"], str) and is_iri(out["datasetId"])):
         raise BadInput(f"the datasetId of {name!r} must be a URI")
     if "observedAt" in out:
@@ -363,18 +410,22 @@ def expand_attributes(
             # one instance, the usual case
             attrs[iri] = _attribute(name, raw, terms, nulls, nested_nulls, history=temporal)
             continue
-        instances = (
+        given = (
             raw
             if isinstance(raw, list) and raw and all(isinstance(r, dict) for r in raw)
             else [raw]
         )
         expanded = [
-            _attribute(name, r, terms, nulls, nested_nulls, history=temporal) for r in instances
+            _attribute(name, r, terms, nulls, nested_nulls, history=temporal) for r in given
         ]
         dataset_ids = [e.get("datasetId") for e in expanded]
         if not temporal and len(set(dataset_ids)) != len(dataset_ids):
             raise BadInput(f"attribute {name!r} repeats a datasetId")
         attrs[iri] = expanded[0] if len(expanded) == 1 else expanded
+    for iri in _GEO_ATTRIBUTES & attrs.keys():
+        written = [i for i in instances(attrs[iri]) if not i.get(DELETE_MARK)]
+        if any(i.get("type") != "GeoProperty" for i in written):
+            raise BadInput(f"{iri.rsplit('/', 1)[-1]} can only be a GeoProperty")
     return attrs
 
 
@@ -407,14 +458,13 @@ def expand_entity(
         raise BadInput("the NGSI-LD Null cannot be an entity id")
     entity: dict[str, Any] = {"id": entity_id}
     if "type" in body:
-        entity["type"] = [terms.expand(t) for t in _type_list(body["type"])]
+        entity["type"] = [_check_type_iri(t, terms.expand(t)) for t in _type_list(body["type"])]
     elif require_type:
         raise BadInput("an entity needs a type")
     if "scope" in body:
         scope = body["scope"]
         scopes = scope if isinstance(scope, list) else [scope]
-        if not all(isinstance(s, str) and s.startswith("/") for s in scopes):
-            raise BadInput("scope must be a string or list of strings starting with '/'")
+        _check_scope(scopes)
         entity["scope"] = scopes
     if "expiresAt" in body:
         # clause 4.22: a transient entity, gone once the time has passed
