@@ -357,3 +357,42 @@ def test_what_the_system_adds_appears_once_there_is_something_to_tell(
     wait_for(lambda: "status" in client.get(f"{B}/subscriptions/{sub_id}").json()["notification"])
     told = client.get(f"{B}/subscriptions/{sub_id}").json()["notification"]
     assert told["status"] == "ok" and told["timesSent"] >= 1 and "timesFailed" not in told
+
+
+def test_show_changes_carries_what_an_update_or_a_deletion_replaced(
+    client: TestClient, receiver: Receiver
+) -> None:
+    """showChanges: previousValue, previousObject, previousVocab... on update and deletion."""
+    uri = f"http://127.0.0.1:{receiver.port}/n"
+    for triggers in (["attributeUpdated"], ["entityDeleted"]):
+        body = {
+            "type": "Subscription",
+            "entities": [{"type": "Building"}],
+            "notificationTrigger": triggers,
+            "notification": {"endpoint": {"uri": uri}, "showChanges": True},
+        }
+        assert client.post(f"{B}/subscriptions", json=body).status_code == 201
+    building = {
+        "id": "urn:ngsi-ld:Building:s1",
+        "type": "Building",
+        "name": {"type": "Property", "value": "Old"},
+        "kind": {"type": "VocabProperty", "vocab": "monument"},
+        "owner": {"type": "Relationship", "object": "urn:ngsi-ld:Person:a"},
+    }
+    assert client.post(f"{B}/entities", json=building).status_code == 201
+    change = {
+        "name": {"type": "Property", "value": "New"},
+        "owner": {"type": "Relationship", "object": "urn:ngsi-ld:Person:b"},
+    }
+    assert client.patch(f"{B}/entities/{building['id']}/attrs", json=change).status_code == 204
+    wait_for(lambda: len(receiver.received) >= 1)
+    updated = receiver.received[0]["data"][0]
+    assert (updated["name"]["value"], updated["name"]["previousValue"]) == ("New", "Old")
+    assert updated["owner"]["previousObject"] == "urn:ngsi-ld:Person:a"
+    assert "previousVocab" not in updated["kind"]  # not changed by this update
+    assert client.delete(f"{B}/entities/{building['id']}").status_code == 204
+    wait_for(lambda: len(receiver.received) >= 2)
+    gone = receiver.received[1]["data"][0]
+    assert gone["name"] == {"type": "Property", "value": "urn:ngsi-ld:null", "previousValue": "New"}
+    assert gone["kind"]["previousVocab"] == "monument"  # compacted as vocab is
+    assert "deletedAt" in gone

@@ -587,7 +587,7 @@ def _render_attribute(instance: dict[str, Any], terms: TermMap, fmt: str, sys_at
     for key, value in instance.items():
         if (key in SYSTEM or key == "expiresAt") and not sys_attrs:
             continue
-        if key == "vocab":
+        if key in ("vocab", "previousVocab"):
             out[key] = (
                 [terms.compact(v) for v in value]
                 if isinstance(value, list)

@@ -82,7 +82,12 @@ def _picked(rendered: dict[str, Any], notification: dict[str, Any]) -> dict[str,
 
 
 def _without_previous(entity: dict[str, Any]) -> dict[str, Any]:
-    """Drop the previous* members, which only a subscription with showChanges receives."""
+    """Drop the previous* members, which only a subscription with showChanges receives.
+
+    A deleted entity is then its id, type and deletedAt.
+    """
+    if "deletedAt" in entity:
+        return {k: v for k, v in entity.items() if k in ENTITY_MEMBERS}
     out: dict[str, Any] = {}
     for name, attr in entity.items():
         if name in ENTITY_MEMBERS or not isinstance(attr, dict | list):

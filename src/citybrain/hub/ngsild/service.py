@@ -112,11 +112,13 @@ def _save(
     history: bool = True,
     deleted: dict[str, list[dict[str, Any]]] | None = None,
     types_changed: bool = True,
+    previous: dict[str, Any] | None = None,
 ) -> None:
     """Write an entity, its types, its history and the notifications it triggers.
 
     deleted: the attribute instances this change removed (notified as attributeDeleted);
-    types_changed: False when the change kept the stored types (their rows stay as they are).
+    types_changed: False when the change kept the stored types (their rows stay as they are);
+    previous: the attributes as they were before an update (notified with showChanges).
     """
     gated.check_write(entity.get("type") or [])
     moment = datetime.now(UTC)
@@ -153,7 +155,7 @@ def _save(
         record_history(conn, tenant, entity)
     transient.note_expiry(conn, tenant, entity)
     # notifications are queued in the same transaction as the change: never lost, never early
-    subscriptions.enqueue(conn, tenant, entity, new=new, deleted=deleted)
+    subscriptions.enqueue(conn, tenant, entity, new=new, deleted=deleted, previous=previous)
 
 
 _UPDATE_ENTITY = (
@@ -333,6 +335,8 @@ def change_attributes_in(
     entity = current if current is not None else _load(conn, tenant, entity_id)
     if entity is None:
         raise NotFound(f"entity {entity_id} not found")
+    # the attributes as they were (replaced below, never changed in place): for showChanges
+    previous = {name: entity[name] for name in attrs if name in entity}
     for name, incoming in attrs.items():
         exists = name in entity
         deletes = [i for i in instances(incoming) if is_delete(i)]
@@ -378,7 +382,13 @@ def change_attributes_in(
         entity["expiresAt"] = expires_at  # clause 4.22: a merge may make an entity transient
     if result.updated or new_types or new_scope is not None or expires_at is not None:
         _save(
-            conn, tenant, stamp(entity), new=False, deleted=removed, types_changed=bool(new_types)
+            conn,
+            tenant,
+            stamp(entity),
+            new=False,
+            deleted=removed,
+            types_changed=bool(new_types),
+            previous=previous,
         )
     return result
 

@@ -464,10 +464,13 @@ def enqueue(
     *,
     new: bool = False,
     deleted: dict[str, list[dict[str, Any]]] | None = None,
+    previous: dict[str, Any] | None = None,
 ) -> int:
     """Queue a notification for every subscription this write concerns (same transaction).
 
-    new: the write created the entity; deleted: the attribute instances it removed.
+    new: the write created the entity; deleted: the attribute instances it removed;
+    previous: the attributes before the write, whose content the updated instances carry
+    as previousValue, previousObject... (shown to subscriptions with showChanges).
     """
     moment = entity.get("modifiedAt")
     fired: set[str] = set()
@@ -488,6 +491,9 @@ def enqueue(
         return 0
     fired = {"entityCreated"} if new else fired | {"entityUpdated"}
     shown = dict(entity)
+    before = previous or {}
+    for name in changed & before.keys():
+        shown[name] = _with_previous(instances(entity.get(name)), instances(before[name]), moment)
     for name, removed in deleted.items():
         kept = instances(entity.get(name))
         forms = kept + [deleted_form(i) for i in removed]
@@ -495,10 +501,37 @@ def enqueue(
     return _queue_matching(conn, tenant, entity, shown, changed, fired, rows)
 
 
+def _with_previous(now: list[dict[str, Any]], before: list[dict[str, Any]], moment: Any) -> Any:
+    """The written instances with the content they replaced (previousValue and the like)."""
+    old = {i.get("datasetId"): i for i in before}
+    out = []
+    for instance in now:
+        was = old.get(instance.get("datasetId"))
+        if was is not None and instance.get("modifiedAt") == moment:
+            kind = str(was.get("type", "Property"))
+            member, _, previous = NULL_FORMS.get(kind, ("value", NGSI_NULL, "previousValue"))
+            if member in was:
+                instance = {**instance, previous: was[member]}
+        out.append(instance)
+    return out[0] if len(out) == 1 else out
+
+
 def enqueue_deleted(conn: Connection, tenant: str, entity: dict[str, Any]) -> int:
-    """Queue the notifications of an entity's deletion (trigger entityDeleted)."""
+    """Queue the notifications of an entity's deletion (trigger entityDeleted).
+
+    Each attribute goes in its deleted form (its Null and the content it had), which only
+    subscriptions with showChanges receive (clause 4.5.23, showChanges).
+    """
     moment = _now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    shown = {"id": entity["id"], "type": entity.get("type", []), "deletedAt": moment}
+    shown: dict[str, Any] = {
+        "id": entity["id"],
+        "type": entity.get("type", []),
+        "deletedAt": moment,
+    }
+    for name, attr in entity.items():
+        if name not in ENTITY_MEMBERS:
+            forms = [deleted_form(i) for i in instances(attr)]
+            shown[name] = forms[0] if len(forms) == 1 else forms
     changed = {n for n in entity if n not in ENTITY_MEMBERS}
     return _queue_matching(conn, tenant, entity, shown, changed, {"entityDeleted"}, None)
 
