@@ -210,3 +210,22 @@ def test_what_a_create_or_a_batch_request_must_be(client: TestClient) -> None:
     assert r.status_code == 400, r.text
     ok = {"id": "urn:ngsi-ld:T:3", "type": "Tëst_1", "scope": ["/", "/a/b"]}
     assert client.post(f"{BASE}/entities", json=ok).status_code == 201
+
+
+def test_pages_link_to_the_previous_and_the_next_page(client: TestClient) -> None:
+    """Clause 5.5.9: Link headers rel="prev" and rel="next" with the same query."""
+
+    def links(**params: str) -> list[str]:
+        r = client.get(f"{BASE}/entities", params={"type": "Shop", "count": "true", **params})
+        assert r.status_code == 200
+        return [p.strip() for p in r.headers["link"].split(", ") if "json-ld#context" not in p]
+
+    path = "/ngsi-ld/v1/entities?count=true"
+    assert links(limit="1") == [
+        f'<{path}&limit=1&offset=1&type=Shop>; rel="next"; type="application/json"'
+    ]
+    assert links(limit="1", offset="1") == [
+        f'<{path}&limit=1&offset=0&type=Shop>; rel="prev"; type="application/json"'
+    ]
+    assert links(limit="2") == []
+    assert links(limit="0") == []

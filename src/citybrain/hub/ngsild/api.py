@@ -274,9 +274,13 @@ def _respond(
     status: int = 200,
     headers: dict[str, str] | None = None,
     geojson: bool = False,
+    page: tuple[int, int, int] | None = None,
 ) -> JSONResponse:
+    """Answer in the representation asked for; page (offset, limit, total or -1) adds the
+    Link headers of the previous and next pages (clause 5.5.9)."""
     context_url = terms.urls[0] if terms.urls else CORE_URL
     extra = dict(headers or {})
+    links = _page_links(request, page, _negotiate(request, geojson)) if page else []
     if geojson and _wants_geojson(request):
         prop = request.query_params.get("geometryProperty", "location")
         body: dict[str, Any] = (
@@ -288,6 +292,8 @@ def _respond(
             extra["Link"] = link_header_for(context_url)
         else:
             body["@context"] = list(terms.urls) or CORE_URL
+        if links:
+            extra["Link"] = ", ".join([*filter(None, [extra.get("Link")]), *links])
         return JSONResponse(
             body, status_code=status, media_type="application/geo+json", headers=extra
         )
@@ -296,11 +302,43 @@ def _respond(
             payload = {**payload, "@context": list(terms.urls) or CORE_URL}
         elif isinstance(payload, list):
             payload = [{**p, "@context": list(terms.urls) or CORE_URL} for p in payload]
+        if links:
+            extra["Link"] = ", ".join(links)
         return JSONResponse(
             payload, status_code=status, media_type="application/ld+json", headers=extra
         )
-    extra["Link"] = link_header_for(context_url)
+    extra["Link"] = ", ".join([link_header_for(context_url), *links])
     return JSONResponse(payload, status_code=status, headers=extra)
+
+
+def _page_links(request: Request, page: tuple[int, int, int], media: str) -> list[str]:
+    """Links to the previous and the next page of a listing, as its own query with offset."""
+    offset, limit, total = page
+    if limit <= 0:
+        return []
+    params = dict(request.query_params)
+
+    def link(to: int, rel: str) -> str:
+        query = sorted({**params, "limit": str(limit), "offset": str(to)}.items())
+        text = "&".join(f"{k}={quote(v, safe=_QUERY_SAFE)}" for k, v in query)
+        return f'<{request.url.path}?{text}>; rel="{rel}"; type="{media}"'
+
+    out = []
+    if offset > 0:
+        out.append(link(max(0, offset - limit), "prev"))
+    # without a count, a full page may have a next one
+    if (total >= 0 and offset + limit < total) or (total < 0 and _page_full(request)):
+        out.append(link(offset + limit, "next"))
+    return out
+
+
+def _page_full(request: Request) -> bool:
+    """Set by a listing whose total is unknown when its page came back full."""
+    return bool(getattr(request.state, "page_full", False))
+
+
+# what stays as it is in the query of a page link (':' and '*' of ids and patterns)
+_QUERY_SAFE = ":/*,;@!$'()"
 
 
 def _options(request: Request) -> tuple[str, bool]:
@@ -589,7 +627,15 @@ async def query_entities(request: Request) -> Response:
             sys_attrs,
         )
     headers = {"NGSILD-Results-Count": str(total)} if count else {}
-    return _respond(request, payload, terms, headers=headers | partial, geojson=True)
+    request.state.page_full = len(page) >= limit
+    return _respond(
+        request,
+        payload,
+        terms,
+        headers=headers | partial,
+        geojson=True,
+        page=(offset, limit, total if count else -1),
+    )
 
 
 @router.get("/entities/{entity_id}")
@@ -1788,7 +1834,13 @@ async def list_subscriptions(request: Request) -> Response:
         engine=_engine(request), tenant=_tenant(request), limit=limit, offset=offset
     )
     headers = {"NGSILD-Results-Count": str(total)} if count else None
-    return _respond(request, [_public_subscription(s, terms) for s in subs], terms, headers=headers)
+    return _respond(
+        request,
+        [_public_subscription(s, terms) for s in subs],
+        terms,
+        headers=headers,
+        page=(offset, limit, total),
+    )
 
 
 @router.get("/subscriptions/{sub_id}")
