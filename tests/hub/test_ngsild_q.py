@@ -229,3 +229,17 @@ def test_pages_link_to_the_previous_and_the_next_page(client: TestClient) -> Non
     ]
     assert links(limit="2") == []
     assert links(limit="0") == []
+
+
+@pytest.mark.parametrize(
+    "prefer", ["ngsi-ld=1.5", "NGSI-LD=1.5", 'ngsi-ld="1.5"', "respond-async, ngsi-ld=1.5;q=1"]
+)
+def test_a_preferred_earlier_version_reshapes_the_entity(client: TestClient, prefer: str) -> None:
+    """Clause 4.3.6.8: Preference-Applied, and 203 with 1.8 types as Properties."""
+    r = client.get(f"{BASE}/entities/{A}", headers={"Prefer": prefer})
+    assert r.status_code == 203 and r.headers["preference-applied"] == "ngsi-ld=1.5"
+    assert r.json()["category"] == {"type": "Property", "value": "commercial"}
+    native = client.get(f"{BASE}/entities/{A}", headers={"Prefer": "ngsi-ld=1.9"})
+    assert native.status_code == 200 and native.json()["category"]["type"] == "VocabProperty"
+    plain = client.get(f"{BASE}/entities/{A}", headers={"Prefer": "respond-async"})
+    assert "preference-applied" not in plain.headers

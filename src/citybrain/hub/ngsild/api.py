@@ -277,10 +277,19 @@ def _respond(
     page: tuple[int, int, int] | None = None,
 ) -> JSONResponse:
     """Answer in the representation asked for; page (offset, limit, total or -1) adds the
-    Link headers of the previous and next pages (clause 5.5.9)."""
+    Link headers of the previous and next pages (clause 5.5.9). geojson marks the entity
+    routes, whose payload a Prefer: ngsi-ld=<version> also reshapes (clause 4.3.6.8)."""
     context_url = terms.urls[0] if terms.urls else CORE_URL
     extra = dict(headers or {})
     links = _page_links(request, page, _negotiate(request, geojson)) if page else []
+    version = _preferred_version(request)
+    if version is not None:
+        extra["Preference-Applied"] = f"ngsi-ld={version}"
+        if geojson and _older_than(version, (1, 8)):
+            # clause 4.3.6.8: entities as a client of that version understands them
+            payload, changed = _as_before_1_8(payload)
+            if changed and status == 200:
+                status = 203
     if geojson and _wants_geojson(request):
         prop = request.query_params.get("geometryProperty", "location")
         body: dict[str, Any] = (
@@ -309,6 +318,56 @@ def _respond(
         )
     extra["Link"] = ", ".join([link_header_for(context_url), *links])
     return JSONResponse(payload, status_code=status, headers=extra)
+
+
+def _preferred_version(request: Request) -> str | None:
+    """The NGSI-LD version a Prefer header asks for (RFC 7240: ngsi-ld=1.5), or None."""
+    for member in (request.headers.get("prefer") or "").split(","):
+        name, _, value = member.split(";")[0].partition("=")
+        if name.strip().lower() == "ngsi-ld" and value.strip().strip('"'):
+            return value.strip().strip('"')
+    return None
+
+
+def _older_than(version: str, than: tuple[int, int]) -> bool:
+    try:
+        parts = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        return False
+    return parts < than
+
+
+# attribute types that came with NGSI-LD 1.8, and what a client of an earlier version reads
+_SINCE_1_8 = {
+    "VocabProperty": ("Property", "vocab", "value"),
+    "JsonProperty": ("Property", "json", "value"),
+    "ListProperty": ("Property", "valueList", "value"),
+    "ListRelationship": ("Relationship", "objectList", "object"),
+}
+
+
+def _as_before_1_8(payload: Any) -> tuple[Any, bool]:
+    """Rewrite the attribute types of 1.8 as the Property or Relationship they were before."""
+    changed = False
+
+    def instance(value: Any) -> Any:
+        nonlocal changed
+        if isinstance(value, list):
+            return [instance(v) for v in value]
+        if not isinstance(value, dict) or value.get("type") not in _SINCE_1_8:
+            return value
+        kind, member, becomes = _SINCE_1_8[value["type"]]
+        changed = True
+        out = {k: v for k, v in value.items() if k not in ("type", member)}
+        return {"type": kind, becomes: value.get(member), **out}
+
+    def entity(value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {k: v if k in ENTITY_MEMBERS else instance(v) for k, v in value.items()}
+
+    result = [entity(e) for e in payload] if isinstance(payload, list) else entity(payload)
+    return result, changed
 
 
 def _page_links(request: Request, page: tuple[int, int, int], media: str) -> list[str]:
