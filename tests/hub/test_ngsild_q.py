@@ -243,3 +243,30 @@ def test_a_preferred_earlier_version_reshapes_the_entity(client: TestClient, pre
     assert native.status_code == 200 and native.json()["category"]["type"] == "VocabProperty"
     plain = client.get(f"{BASE}/entities/{A}", headers={"Prefer": "respond-async"})
     assert "preference-applied" not in plain.headers
+
+
+def test_scope_in_attribute_operations(client: TestClient) -> None:
+    """Clauses 5.6.2-5.6.5: append replaces or joins the scope, update replaces an existing
+    one, delete removes it; scope cannot be partially updated or replaced as an attribute."""
+
+    def scope() -> object:
+        return client.get(f"{BASE}/entities/{B}").json().get("scope")
+
+    attrs = f"{BASE}/entities/{B}/attrs"
+    assert client.patch(attrs, json={"scope": "/x"}).status_code == 207  # B has no scope
+    assert client.post(attrs, json={"scope": "/a"}).status_code == 204
+    assert scope() == "/a"
+    assert (
+        client.post(attrs, params={"options": "noOverwrite"}, json={"scope": "/b"}).status_code
+        == 204
+    )
+    assert scope() == ["/a", "/b"]
+    assert client.patch(attrs, json={"scope": ["/c"]}).status_code == 204
+    assert scope() == "/c"
+    assert client.post(attrs, json={"scope": "/c//d"}).status_code == 400
+    for method in ("PATCH", "PUT"):
+        r = client.request(method, f"{attrs}/scope", json={"type": "Property", "value": "/z"})
+        assert r.status_code == 400, method
+    assert client.delete(f"{attrs}/scope").status_code == 204
+    assert scope() is None
+    assert client.delete(f"{attrs}/scope").status_code == 404

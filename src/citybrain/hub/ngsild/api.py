@@ -37,6 +37,7 @@ from citybrain.hub.ngsild.entities import (
     NGSI_NULL,
     apply_lang,
     check_datetime,
+    check_scope,
     expand_attributes,
     expand_entity,
     now_iso,
@@ -879,6 +880,16 @@ def _fragment(body: Any, entity_id: str) -> dict[str, Any]:
     return body
 
 
+def _fragment_scope(fragment: dict[str, Any]) -> list[str] | None:
+    """The scope a fragment of attributes carries (clause 4.18), checked; None without one."""
+    if "scope" not in fragment:
+        return None
+    scope = fragment["scope"]
+    scopes = scope if isinstance(scope, list) else [scope]
+    check_scope(scopes)
+    return scopes
+
+
 def _update_response(result: service.UpdateResult, terms: TermMap) -> Response:
     if not result.not_updated:
         return Response(status_code=204)
@@ -944,6 +955,7 @@ async def append_attributes(request: Request, entity_id: str) -> Response:
             entity_id=entity_id,
             attrs=expand_attributes(fragment, terms, nulls=True),
             mode="append-keep" if keep else "append",
+            scope=_fragment_scope(fragment),
         ),
     )
     return _update_response(result, terms)
@@ -955,14 +967,16 @@ async def update_attributes(request: Request, entity_id: str) -> Response:
     validate_entity_id(entity_id)
     body, terms = await _read(request)
     _type_selector(request, terms, entity_id)
+    fragment = _fragment(body, entity_id)
     result = await _write(
         request,
         partial(
             service.change_attributes_in,
             tenant=_tenant(request),
             entity_id=entity_id,
-            attrs=expand_attributes(_fragment(body, entity_id), terms, nulls=True),
+            attrs=expand_attributes(fragment, terms, nulls=True),
             mode="update",
+            scope=_fragment_scope(fragment),
         ),
     )
     return _update_response(result, terms)
@@ -996,6 +1010,8 @@ async def partial_update_attribute(request: Request, entity_id: str, attr: str) 
 async def replace_attribute(request: Request, entity_id: str, attr: str) -> Response:
     """Replace one existing attribute (clause 5.6.19)."""
     validate_entity_id(entity_id)
+    if attr == "scope":
+        raise BadInput("scope is not an attribute: it is replaced with the entity's attributes")
     body, terms = await _read(request)
     _type_selector(request, terms, entity_id)
     if not isinstance(body, dict):
@@ -1030,7 +1046,7 @@ async def delete_attribute(request: Request, entity_id: str, attr: str) -> Respo
             service.delete_attribute_in,
             tenant=_tenant(request),
             entity_id=entity_id,
-            name=terms.expand(attr),
+            name="scope" if attr == "scope" else terms.expand(attr),
             dataset_id=request.query_params.get("datasetId"),
             delete_all=request.query_params.get("deleteAll", "false").lower() == "true",
         ),

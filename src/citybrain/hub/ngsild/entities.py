@@ -96,8 +96,8 @@ def _check_type_iri(short: str, expanded: str) -> str:
     return expanded
 
 
-def _check_scope(scopes: list[Any]) -> None:
-    # clause 4.18: "/" and non-empty levels separated by "/"
+def check_scope(scopes: list[Any]) -> None:
+    """Refuse scopes that are not '/' and non-empty levels (clause 4.18)."""
     for scope in scopes:
         if not isinstance(scope, str) or not scope.startswith("/"):
             raise BadInput("scope must be a string or list of strings starting with '/'")
@@ -464,7 +464,7 @@ def expand_entity(
     if "scope" in body:
         scope = body["scope"]
         scopes = scope if isinstance(scope, list) else [scope]
-        _check_scope(scopes)
+        check_scope(scopes)
         entity["scope"] = scopes
     if "expiresAt" in body:
         # clause 4.22: a transient entity, gone once the time has passed

@@ -298,7 +298,7 @@ def change_attributes(
     attrs: dict[str, Any],
     mode: str,
     new_types: list[str] | None = None,
-    new_scope: list[str] | None = None,
+    scope: list[str] | None = None,
 ) -> UpdateResult:
     """Apply attributes: 'append' (add or overwrite), 'append-keep' (noOverwrite),
     'update' (existing only), 'merge' (deep merge of sub-attributes and values)."""
@@ -310,7 +310,7 @@ def change_attributes(
             attrs=attrs,
             mode=mode,
             new_types=new_types,
-            new_scope=new_scope,
+            scope=scope,
         )
 
 
@@ -322,12 +322,14 @@ def change_attributes_in(
     attrs: dict[str, Any],
     mode: str,
     new_types: list[str] | None = None,
-    new_scope: list[str] | None = None,
+    scope: list[str] | None = None,
     expires_at: str | None = None,
     current: dict[str, Any] | None = None,
 ) -> UpdateResult:
     """Apply attributes as change_attributes does, in the caller's transaction.
 
+    scope: the fragment's scope, which replaces the entity's (append, merge; update only
+    when the entity has one) or joins it (noOverwrite, clause 5.6.3);
     current: the entity as this transaction already loaded it (it is changed in place).
     """
     result = UpdateResult()
@@ -376,11 +378,17 @@ def change_attributes_in(
             result.updated.append(name)
     if new_types:
         entity["type"] = list(dict.fromkeys(entity["type"] + new_types))
-    if new_scope is not None:
-        entity["scope"] = list(dict.fromkeys(entity.get("scope", []) + new_scope))
+    if scope is not None:
+        if mode == "append-keep":
+            entity["scope"] = list(dict.fromkeys(entity.get("scope", []) + scope))
+        elif mode == "update" and "scope" not in entity:
+            result.not_updated.append({"attributeName": "scope", "reason": "no scope to update"})
+            scope = None
+        else:
+            entity["scope"] = scope
     if expires_at is not None:
         entity["expiresAt"] = expires_at  # clause 4.22: a merge may make an entity transient
-    if result.updated or new_types or new_scope is not None or expires_at is not None:
+    if result.updated or new_types or scope is not None or expires_at is not None:
         _save(
             conn,
             tenant,
@@ -460,10 +468,15 @@ def delete_attribute_in(
     dataset_id: str | None,
     delete_all: bool,
 ) -> None:
-    """Delete one attribute in the caller's transaction."""
+    """Delete one attribute in the caller's transaction (name "scope": the entity's scope)."""
     entity = _load(conn, tenant, entity_id)
     if entity is None:
         raise NotFound(f"entity {entity_id} not found")
+    if name == "scope" and "scope" in entity:
+        # clause 5.6.5: the scope is deleted as an attribute is
+        del entity["scope"]
+        _save(conn, tenant, stamp(entity), new=False, types_changed=False)
+        return
     if name not in entity or name in ENTITY_MEMBERS:
         raise NotFound(f"entity {entity_id} has no attribute {name}")
     before = instances(entity[name])
@@ -497,6 +510,8 @@ def partial_update_in(
     the entity is read once, in the transaction that writes it.
     """
     require_tenant_in(conn, tenant)
+    if attr == "scope":
+        raise BadInput("scope is not an attribute: it is changed with the entity's attributes")
     entity = _load(conn, tenant, entity_id)
     if entity is None:
         raise NotFound(f"entity {entity_id} not found")
