@@ -24,6 +24,7 @@ from citybrain.app import create_app
 from citybrain.core.config import load_settings
 from citybrain.core.errors import BadInput
 from citybrain.hub.ngsild import query
+from citybrain.hub.ngsild.jsonld import core_url_for
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -419,7 +420,7 @@ def test_unreachable_context_is_ld_context_not_available(client: TestClient) -> 
         "Link": f'<{dead}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'
     }
     response = client.post(f"{BASE}/entities", json=sensor(1, 1), headers=link)
-    assert response.status_code == 503 and response.json()["type"] == ERR + "LdContextNotAvailable"
+    assert response.status_code == 504 and response.json()["type"] == ERR + "LdContextNotAvailable"
     assert client.get(f"{BASE}/entities", params={"type": "AirQualityObserved"}).json() == []
 
 
@@ -436,6 +437,10 @@ def test_core_context_is_never_fetched(client: TestClient, monkeypatch: pytest.M
         ).status_code
         == 201
     )
+    # a name under the core context's address that is no core context is not one of ours
+    assert core_url_for("https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-x.jsonld") is None
+    assert core_url_for("https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld")
+    assert core_url_for("https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.7.jsonld")
 
 
 def test_hosted_contexts(client: TestClient) -> None:

@@ -270,3 +270,16 @@ def test_scope_in_attribute_operations(client: TestClient) -> None:
     assert client.delete(f"{attrs}/scope").status_code == 204
     assert scope() is None
     assert client.delete(f"{attrs}/scope").status_code == 404
+
+
+def test_fragments_add_types_and_an_upsert_lists_only_what_it_created(
+    client: TestClient,
+) -> None:
+    attrs = f"{BASE}/entities/{B}/attrs"
+    assert client.patch(attrs, json={"type": "Kiosk"}).status_code == 204
+    assert client.post(attrs, json={"type": ["Market", "Shop"]}).status_code == 204
+    assert client.get(f"{BASE}/entities/{B}").json()["type"] == ["Shop", "Kiosk", "Market"]
+    assert client.patch(attrs, json={"type": "9x"}).status_code == 400
+    batch = [{"id": A, "type": "Shop"}, {"id": "urn:ngsi-ld:Shop:c", "type": "Shop"}]
+    r = client.post(f"{BASE}/entityOperations/upsert", params={"options": "replace"}, json=batch)
+    assert r.status_code == 201 and r.json() == ["urn:ngsi-ld:Shop:c"]

@@ -308,10 +308,12 @@ def _respond(
             body, status_code=status, media_type="application/geo+json", headers=extra
         )
     if _wants_ld(request, geojson):
+        # one context as a string, several as a list (as the request gave them)
+        ld_context: Any = terms.urls[0] if len(terms.urls) == 1 else list(terms.urls) or CORE_URL
         if isinstance(payload, dict):
-            payload = {**payload, "@context": list(terms.urls) or CORE_URL}
+            payload = {**payload, "@context": ld_context}
         elif isinstance(payload, list):
-            payload = [{**p, "@context": list(terms.urls) or CORE_URL} for p in payload]
+            payload = [{**p, "@context": ld_context} for p in payload]
         if links:
             extra["Link"] = ", ".join(links)
         return JSONResponse(
@@ -880,6 +882,14 @@ def _fragment(body: Any, entity_id: str) -> dict[str, Any]:
     return body
 
 
+def _fragment_types(fragment: Any, terms: TermMap) -> list[str] | None:
+    """The types a fragment adds to its entity (clause 4.16: types are only ever added)."""
+    if not isinstance(fragment, dict) or "type" not in fragment:
+        return None
+    checked = expand_entity({"id": "urn:ngsi-ld:T:x", "type": fragment["type"]}, terms)
+    return list(checked["type"])
+
+
 def _fragment_scope(fragment: dict[str, Any]) -> list[str] | None:
     """The scope a fragment of attributes carries (clause 4.18), checked; None without one."""
     if "scope" not in fragment:
@@ -955,6 +965,7 @@ async def append_attributes(request: Request, entity_id: str) -> Response:
             entity_id=entity_id,
             attrs=expand_attributes(fragment, terms, nulls=True),
             mode="append-keep" if keep else "append",
+            new_types=_fragment_types(fragment, terms),
             scope=_fragment_scope(fragment),
         ),
     )
@@ -976,6 +987,7 @@ async def update_attributes(request: Request, entity_id: str) -> Response:
             entity_id=entity_id,
             attrs=expand_attributes(fragment, terms, nulls=True),
             mode="update",
+            new_types=_fragment_types(fragment, terms),
             scope=_fragment_scope(fragment),
         ),
     )
@@ -1107,8 +1119,8 @@ async def batch(request: Request, operation: str) -> Response:
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     engine, tenant = _engine(request), _tenant(request)
     success: list[str] = []
+    created: list[str] = []
     errors: list[dict[str, Any]] = []
-    created_any = False
     replace = request.query_params.get("options", "") == "replace"
     if operation in ("create", "upsert") and not replace:
         return await _batch_write(request, items, media, terms, store, operation, engine, tenant)
@@ -1124,11 +1136,11 @@ async def batch(request: Request, operation: str) -> Response:
                     entity = expand_entity(item, item_terms)
                     if operation == "create":
                         service.create_entity(engine=engine, tenant=tenant, entity=entity)
-                        created_any = True
-                    else:
-                        created_any |= service.upsert_entity(
-                            engine=engine, tenant=tenant, entity=entity, replace=replace
-                        )
+                        created.append(entity_id)
+                    elif service.upsert_entity(
+                        engine=engine, tenant=tenant, entity=entity, replace=replace
+                    ):
+                        created.append(entity_id)
                 else:
                     if not isinstance(item, dict):
                         raise BadInput("each item must be an entity object")
@@ -1145,6 +1157,7 @@ async def batch(request: Request, operation: str) -> Response:
                         mode="merge"
                         if operation == "merge"
                         else ("append-keep" if keep else "append"),
+                        new_types=_fragment_types(item, item_terms),
                     )
                     if result.not_updated and not result.updated:
                         raise BadInput("no attribute was updated")
@@ -1155,8 +1168,9 @@ async def batch(request: Request, operation: str) -> Response:
         return JSONResponse({"success": success, "errors": errors}, status_code=207)
     if operation == "create":
         return JSONResponse(success, status_code=201)
-    if operation == "upsert" and created_any:
-        return JSONResponse(success, status_code=201)
+    if operation == "upsert" and created:
+        # clause 5.6.8: the ids of the entities created, not of those updated
+        return JSONResponse(created, status_code=201)
     return Response(status_code=204)
 
 
@@ -1890,6 +1904,9 @@ async def create_subscription(request: Request) -> Response:
     """Create a subscription."""
     body, terms = await _read(request)
     sub = subscriptions.validate(body, terms)
+    if isinstance(sub.get("jsonldContext"), str):
+        # the notifications will be compacted with it: one that cannot be had is refused now
+        await asyncio.to_thread(contexts(request).term_map, sub["jsonldContext"])
     # notifications carry data: they are gated as reads of whoever made the subscription
     sub["_reader"] = gated.reader_claims(request)
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()

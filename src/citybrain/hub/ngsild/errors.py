@@ -6,9 +6,9 @@ from citybrain.core.errors import CityBrainError
 
 
 class LdContextNotAvailable(CityBrainError):
-    """A @context referenced by URL could not be fetched."""
+    """A @context referenced by URL could not be fetched (504: the remote end failed us)."""
 
-    status = 503
+    status = 504
     kind = "LdContextNotAvailable"
 
 

@@ -44,9 +44,11 @@ def core_url_for(url: str) -> str | None:
     """Map any core context URL (versioned or not) to a shipped one, or None if not core."""
     if not url.startswith(CORE_BASE):
         return None
-    match = re.search(r"-v(\d+)\.(\d+)\.jsonld$", url)
+    if url == f"{CORE_BASE}.jsonld":
+        return CORE_URL  # the unversioned name of the newest
+    match = re.fullmatch(re.escape(CORE_BASE) + r"-v(\d+)\.(\d+)(?:\.\d+)?\.jsonld", url)
     if match is None:
-        return CORE_URL
+        return None  # not a core context after all: fetched like any other (and failing)
     minor = int(match.group(2))
     # a version we do not ship resolves to the nearest shipped one: the terms are compatible
     return CORE_VERSIONS["1.6"] if minor <= 6 else CORE_URL
