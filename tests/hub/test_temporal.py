@@ -252,3 +252,32 @@ def test_aggr_params_of_a_query_by_post(client: TestClient) -> None:
     for aggr in ({"aggrMethods": ["bogus"]}, {"aggrMethods": ["avg"], "aggrPeriodDuration": "x"}):
         r = client.post(f"{B}/temporal/entityOperations/query", json={**query, "aggrParams": aggr})
         assert r.status_code == 400, aggr
+
+
+def test_datasets_keep_their_own_series_and_can_be_chosen(client: TestClient) -> None:
+    """Clause 4.5.9 and datasetId: one object per datasetId; "@none" is the default instance."""
+    at = ["2026-11-03T00:00:00Z", "2026-11-03T01:00:00Z"]
+    body = {
+        "id": "urn:ngsi-ld:Vehicle:d1",
+        "type": "Vehicle",
+        "speed": [
+            {"type": "Property", "value": 1, "observedAt": at[0]},
+            {"type": "Property", "value": 2, "observedAt": at[1], "datasetId": "urn:ds:gps"},
+        ],
+    }
+    assert client.post(f"{B}/temporal/entities", json=body).status_code == 201
+    url = f"{B}/temporal/entities/urn:ngsi-ld:Vehicle:d1"
+    both = client.get(url, params={"options": "temporalValues"}).json()["speed"]
+    assert both == [
+        {"type": "Property", "values": [[1, at[0]]]},
+        {"type": "Property", "datasetId": "urn:ds:gps", "values": [[2, at[1]]]},
+    ]
+    gps = client.get(url, params={"options": "temporalValues", "datasetId": "urn:ds:gps"})
+    assert gps.json()["speed"]["values"] == [[2, at[1]]]
+    default = client.get(url, params={"datasetId": "@none"}).json()["speed"]
+    assert [i["value"] for i in default] == [1]
+    listed = client.get(
+        f"{B}/temporal/entities",
+        params={"type": "Vehicle", "datasetId": "urn:ds:none", "timerel": "after", "timeAt": at[0]},
+    )
+    assert listed.json() == []

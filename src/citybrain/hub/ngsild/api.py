@@ -1625,21 +1625,44 @@ def _temporal_payload(
         if mode == "aggregatedValues":
             rendered[short] = {"type": kind, **temporal.aggregate(points, tq)}
         elif mode == "temporalValues":
-            # clause 4.5.9: each attribute type has its own member and value in the pairs
+            # clause 4.5.9: each attribute type has its own member and value in the pairs,
+            # and each datasetId its own object
             key, member = _SIMPLIFIED.get(kind, ("values", "value"))
-            values = [
-                [
-                    _simplified_value(inst, member, terms),
-                    inst.get("observedAt") or temporal._iso(at),
-                ]
-                for at, inst in points
+            by_dataset: dict[Any, list[Any]] = {}
+            for at, inst in points:
+                by_dataset.setdefault(inst.get("datasetId"), []).append(
+                    [
+                        _simplified_value(inst, member, terms),
+                        inst.get("observedAt") or temporal._iso(at),
+                    ]
+                )
+            forms = [
+                {"type": kind, **({"datasetId": d} if d is not None else {}), key: values}
+                for d, values in by_dataset.items()
             ]
-            rendered[short] = {"type": kind, key: values}
+            rendered[short] = forms[0] if len(forms) == 1 else forms
         else:
             rendered[short] = [
                 render_instance(inst, terms, sys_attrs=sys_attrs) for _, inst in points
             ]
     return rendered
+
+
+def _series_of_datasets(
+    series: dict[str, dict[str, list[tuple[Any, dict[str, Any]]]]], datasets: list[str] | None
+) -> dict[str, dict[str, list[tuple[Any, dict[str, Any]]]]]:
+    """Keep the instances of the datasetIds asked for ("@none": the default instance)."""
+    if not datasets:
+        return series
+    wanted = {None if d == "@none" else d for d in datasets}
+    out: dict[str, dict[str, list[tuple[Any, dict[str, Any]]]]] = {}
+    for entity_id, attributes in series.items():
+        out[entity_id] = {
+            name: chosen
+            for name, points in attributes.items()
+            if (chosen := [p for p in points if p[1].get("datasetId") in wanted])
+        }
+    return out
 
 
 def _temporal_mode(request: Request) -> tuple[str, bool]:
@@ -1705,6 +1728,7 @@ def _temporal_entities(
     series = temporal.history(
         engine=engine, tenant=tenant, entity_ids=[e["id"] for e in page], attributes=attrs, tq=tq
     )
+    series = _series_of_datasets(series, _split(params.get("datasetId")))
     if tq.timerel is not None:
         # an entity with no instance in the asked time window has no temporal evolution there
         kept = [e for e in page if any(series.get(e["id"], {}).values())]
@@ -1740,6 +1764,7 @@ async def temporal_retrieve(request: Request, entity_id: str) -> Response:
     series = temporal.history(
         engine=engine, tenant=tenant, entity_ids=[entity_id], attributes=attrs, tq=tq
     )
+    series = _series_of_datasets(series, _split(request.query_params.get("datasetId")))
     payload = _temporal_payload(
         entity, series.get(entity_id, {}), terms, mode=mode, tq=tq, sys_attrs=sys_attrs
     )
