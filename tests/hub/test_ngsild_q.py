@@ -116,6 +116,9 @@ def test_batch_query_selectors(client: TestClient) -> None:
     assert ids({"type": "Shop", "id": [A, B]}) == [A, B]
     assert ids({"type": "Shop", "id": A, "idPattern": f"^{B}$"}) == [A]
     assert ids({"type": "Shop", "idPattern": f"^{B}$"}) == [B]
+    # a pattern is found in the id, as regexec finds it; ^ and $ anchor it
+    assert ids({"type": "Shop", "idPattern": "Shop:b"}) == [B]
+    assert ids({"type": "Shop", "idPattern": "^Shop:b"}) == []
     for bad in ({"id": A}, {"type": "Shop", "id": "not a uri"}, {"type": "Shop", "id": [A, 5]}):
         body = {"type": "Query", "entities": [bad]}
         assert client.post(f"{BASE}/entityOperations/query", json=body).status_code == 400, bad

@@ -207,7 +207,8 @@ def test_database_aggregation_on_postgresql(tmp_path: Path, postgres_url: str) -
 
 
 def test_simplified_pairs_carry_each_attribute_type_in_its_own_member(client: TestClient) -> None:
-    """Clause 4.5.9: valueLists, objectLists, languageMaps, jsons, vocabs; GeoJSON as values."""
+    """Clause 4.5.9: valueLists and objectLists bare; languageMaps, jsons, vocabs as one-key
+    objects; GeoJSON as values."""
     at = "2026-11-02T00:00:00Z"
     entity = {
         "id": "urn:ngsi-ld:Vehicle:t1",
@@ -233,8 +234,9 @@ def test_simplified_pairs_carry_each_attribute_type_in_its_own_member(client: Te
     ).json()
     assert got["depths"] == {"type": "ListProperty", "valueLists": [[[1.2, 3.4], at]]}
     assert got["route"]["objectLists"] == [[["urn:r:1", "urn:r:2"], at]]
-    assert got["street"]["languageMaps"] == [[{"en": "Main"}, at]]
-    assert got["extra"]["jsons"] == [[{"k": 1}, at]] and got["kind"]["vocabs"] == [["bus", at]]
+    assert got["street"]["languageMaps"] == [[{"languageMap": {"en": "Main"}}, at]]
+    assert got["extra"]["jsons"] == [[{"json": {"k": 1}}, at]]
+    assert got["kind"]["vocabs"] == [[{"vocab": "bus"}, at]]
     assert got["location"]["values"][0][0] == {"type": "Point", "coordinates": [1.0, 2.0]}
 
 

@@ -1598,7 +1598,15 @@ _SIMPLIFIED = {
 
 
 def _simplified_value(instance: dict[str, Any], member: str, terms: TermMap) -> Any:
+    """The first element of a pair: bare for lists and values, a one-key object for the
+    members whose value is itself an object or a term (clause 4.5.9)."""
     value = instance.get(member)
+    if member in ("languageMap", "json", "vocab"):
+        return {member: _bare_value(value, member, terms)}
+    return _bare_value(value, member, terms)
+
+
+def _bare_value(value: Any, member: str, terms: TermMap) -> Any:
     if member == "objectList" and isinstance(value, list):  # the bare ordered ids
         return [i.get("object") if isinstance(i, dict) else i for i in value]
     if member == "vocab":  # vocab terms are stored expanded and read compacted

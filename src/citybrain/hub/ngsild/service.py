@@ -599,7 +599,9 @@ def _candidates(
 
 def matches(entity: dict[str, Any], spec: EntityQuery, pattern: re.Pattern[str] | None) -> bool:
     """Return whether an entity satisfies every filter of a query."""
-    if pattern is not None and not pattern.fullmatch(entity["id"]):
+    # an idPattern is a regular expression found in the id (anchor it with ^ and $ to match
+    # the whole id), as POSIX regexec and other brokers read it
+    if pattern is not None and not pattern.search(entity["id"]):
         return False
     if spec.attrs and not any(a in entity for a in spec.attrs):
         return False
