@@ -286,3 +286,11 @@ def test_fragments_add_types_and_an_upsert_lists_only_what_it_created(
     batch = [{"id": A, "type": "Shop"}, {"id": "urn:ngsi-ld:Shop:c", "type": "Shop"}]
     r = client.post(f"{BASE}/entityOperations/upsert", params={"options": "replace"}, json=batch)
     assert r.status_code == 201 and r.json() == ["urn:ngsi-ld:Shop:c"]
+
+
+def test_geojson_is_offered_by_entity_reads_only(client: TestClient) -> None:
+    geo = {"Accept": "application/geo+json"}
+    assert client.get(f"{BASE}/entities/{A}", headers=geo).status_code == 200
+    assert client.get(f"{BASE}/entities", params={"type": "Shop"}, headers=geo).status_code == 200
+    for path in ("/subscriptions", "/types", f"/temporal/entities/{A}"):
+        assert client.get(f"{BASE}{path}", headers=geo).status_code == 406, path

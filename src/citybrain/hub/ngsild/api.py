@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -70,6 +71,11 @@ _ACCEPTABLE = {
 }
 
 
+# GeoJSON is offered by the entity query and retrieval only (clause 6.3.15)
+_GEOJSON_ROUTE = re.compile(r"^/ngsi-ld/v1/entities(/[^/]+)?/?$")
+_NOT_GEOJSON = _ACCEPTABLE - {"application/geo+json"}
+
+
 # every query parameter of the NGSI-LD API (GS CIM 009 v1.8, clause 6); others are refused
 KNOWN_PARAMETERS = frozenset(
     """type id idPattern attrs pick omit q scopeQ georel geometry coordinates geoproperty
@@ -92,7 +98,8 @@ async def check_headers(request: Request) -> None:
     accept = request.headers.get("accept")
     if request.method == "GET" and accept:
         ranges = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-        if not any(r in _ACCEPTABLE for r in ranges if r):
+        acceptable = _ACCEPTABLE if _GEOJSON_ROUTE.match(request.url.path) else _NOT_GEOJSON
+        if not any(r in acceptable for r in ranges if r):
             raise NotAcceptable(
                 f"cannot answer in {accept!r}: use application/json or application/ld+json"
             )
