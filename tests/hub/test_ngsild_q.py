@@ -294,3 +294,15 @@ def test_geojson_is_offered_by_entity_reads_only(client: TestClient) -> None:
     assert client.get(f"{BASE}/entities", params={"type": "Shop"}, headers=geo).status_code == 200
     for path in ("/subscriptions", "/types", f"/temporal/entities/{A}"):
         assert client.get(f"{BASE}{path}", headers=geo).status_code == 406, path
+
+
+def test_small_checks_of_reads(client: TestClient) -> None:
+    """attrs naming nothing the entity has is 404; csf is checked; timeAt is a date-time."""
+    assert client.get(f"{BASE}/entities/{A}", params={"attrs": "nothing"}).status_code == 404
+    assert client.get(f"{BASE}/entities/{A}", params={"attrs": "color,nothing"}).status_code == 200
+    r = client.get(f"{BASE}/temporal/entities/{A}", params={"attrs": "nothing"})
+    assert r.status_code == 404
+    r = client.get(f"{BASE}/entities", params={"type": "Shop", "csf": "))bad(("})
+    assert r.status_code == 400
+    params = {"type": "Shop", "timerel": "after", "timeAt": "2020-08-01"}
+    assert client.get(f"{BASE}/temporal/entities", params=params).status_code == 400

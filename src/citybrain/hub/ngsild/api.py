@@ -512,6 +512,8 @@ def _spec_from(params: dict[str, Any], terms: TermMap) -> service.EntityQuery:
     ids = _split(params.get("id"))
     for entity_id in ids or []:
         validate_entity_id(entity_id)
+    if params.get("csf"):
+        query.parse(params["csf"])  # a context source filter is written in the q language
     q_text = params.get("q")
     q_expr = query.expand(query.parse(q_text), terms.expand) if q_text else None
     expand_values = _split(params.get("expandValues"))
@@ -726,9 +728,9 @@ async def retrieve_entity(request: Request, entity_id: str) -> Response:
     entity = reader.one(entity)
     show = _shower(request, terms, fmt, sys_attrs)
     rendered = show(entity, projection)
-    if not rendered:
+    if not rendered or (projection.attrs and not projection.attrs & entity.keys()):
         # clause 5.7.1.4: nothing of the entity is left to return
-        raise NotFound(f"entity {entity_id} has none of the members picked")
+        raise NotFound(f"entity {entity_id} has none of the attributes or members asked for")
     extras: list[dict[str, Any]] = []
     if join is not None:
         extras = _joiner(request, reader, terms, fmt, show, join).expand(
@@ -1770,6 +1772,8 @@ async def temporal_retrieve(request: Request, entity_id: str) -> Response:
     entity = service.get_entity(engine=engine, tenant=tenant, entity_id=entity_id)
     reader = gated.Reader(request, action="ngsild.temporal")
     entity = reader.one(entity)
+    if projection.attrs and not projection.attrs & entity.keys():
+        raise NotFound(f"entity {entity_id} has none of the attributes asked for")
     attrs = _gated_attrs(reader, [entity], sorted(projection.attrs) if projection.attrs else None)
     reader.finish()
     if mode == "aggregatedValues":

@@ -37,6 +37,9 @@ class TemporalQuery:
 def _time(value: str | None, name: str) -> datetime | None:
     if value is None:
         return None
+    if "T" not in value:
+        # clause 4.6.3: a DateTime, not a Date
+        raise BadInput(f"{name} must be a date-time (with a time of day), not {value!r}")
     try:
         stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
