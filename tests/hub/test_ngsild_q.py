@@ -306,3 +306,28 @@ def test_small_checks_of_reads(client: TestClient) -> None:
     assert r.status_code == 400
     params = {"type": "Shop", "timerel": "after", "timeAt": "2020-08-01"}
     assert client.get(f"{BASE}/temporal/entities", params=params).status_code == 400
+
+
+def test_scope_q_and_type_selectors_combine_with_and_or(client: TestClient) -> None:
+    """Clauses 4.17 and 4.19: ';' is and, '|' (and ',') or, parentheses group."""
+    for n, types, scopes in (
+        ("x", ["Kiosk", "Cafe"], ["/a/b", "/c"]),
+        ("y", ["Kiosk"], ["/a/b"]),
+        ("z", ["Cafe"], ["/c"]),
+    ):
+        body = {"id": f"urn:ngsi-ld:Place:{n}", "type": types, "scope": scopes}
+        assert client.post(f"{BASE}/entities", json=body).status_code == 201
+
+    def found(**params: str) -> list[str]:
+        r = client.get(f"{BASE}/entities", params=params)
+        assert r.status_code == 200, (params, r.text)
+        return [e["id"].rsplit(":", 1)[1] for e in r.json()]
+
+    assert found(type="(Kiosk;Cafe)") == ["x"]
+    assert found(type="Kiosk|Cafe") == ["x", "y", "z"]
+    assert found(type="Kiosk;Cafe|Shop") == ["x", "a", "b"]
+    assert found(type="Kiosk,Cafe", scopeQ="/a/b;/c") == ["x"]
+    assert found(type="Kiosk,Cafe", scopeQ="(/a/#;/c)|/c") == ["x", "z"]
+    assert found(type="Kiosk,Cafe", scopeQ="/a/b|/c") == ["x", "y", "z"]
+    for bad in ({"type": "(Kiosk;Cafe"}, {"type": "Kiosk", "scopeQ": "/a;;/b"}):
+        assert client.get(f"{BASE}/entities", params=bad).status_code == 400, bad

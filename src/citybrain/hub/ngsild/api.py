@@ -508,7 +508,14 @@ def _spec_from(params: dict[str, Any], terms: TermMap) -> service.EntityQuery:
         if params.get("local", "").lower() == "false":
             raise BadInput("type=* cannot be used with local=false")
         params = {k: v for k, v in params.items() if k != "type"}
-    types = _split(params.get("type"))
+    type_text = str(params.get("type") or "")
+    type_groups = None
+    if any(c in type_text for c in ";|()"):
+        # clause 4.17: a type selector with and (;), or (| ,) and parentheses
+        type_groups = [
+            [terms.expand(t) for t in group] for group in query.parse_dnf(type_text, "type")
+        ]
+    types = _split(params.get("type")) if type_groups is None else None
     ids = _split(params.get("id"))
     for entity_id in ids or []:
         validate_entity_id(entity_id)
@@ -537,10 +544,15 @@ def _spec_from(params: dict[str, Any], terms: TermMap) -> service.EntityQuery:
             geo.min_distance,
         )
     scope_text = str(params.get("scopeQ") or "")
-    scope = _split(scope_text.replace(";", ",").replace("|", ",")) if scope_text else None
+    scope = query.parse_dnf(scope_text, "scopeQ") if scope_text else None
     attrs = _split(params.get("attrs"))
     return service.EntityQuery(
-        types=[terms.expand(t) for t in types] if types else None,
+        types=[terms.expand(t) for t in types]
+        if types
+        else list(dict.fromkeys(t for g in type_groups for t in g))
+        if type_groups
+        else None,
+        type_groups=type_groups,
         ids=ids,
         id_pattern=params.get("idPattern"),
         q=q_expr,

@@ -358,3 +358,57 @@ def matches(expr: Expr, entity: dict[str, Any]) -> bool:
             _compare(v, "==", lit) for v in values for lit in expr.values
         )
     return any(_compare(v, expr.op, lit) for v in values for lit in expr.values)
+
+
+def parse_dnf(text: str, what: str) -> list[list[str]]:
+    """Parse `a;b|(c|d);e` (';' and, '|' or ',' or, parentheses) into OR-ed AND-groups.
+
+    The form of scopeQ and of a type selector (clauses 4.17, 4.19): each group is a list of
+    terms that must all hold, and one group holding is enough.
+    """
+    pos = 0
+
+    def fail(expected: str) -> BadInput:
+        return BadInput(f"invalid {what} at position {pos}: expected {expected} in {text!r}")
+
+    def disjunction() -> list[list[str]]:
+        nonlocal pos
+        groups = conjunction()
+        while pos < len(text) and text[pos] in "|,":
+            pos += 1
+            groups = groups + conjunction()
+        return groups
+
+    def conjunction() -> list[list[str]]:
+        nonlocal pos
+        groups = operand()
+        while pos < len(text) and text[pos] == ";":
+            pos += 1
+            right = operand()
+            groups = [a + b for a in groups for b in right]
+            if len(groups) > 256:
+                raise BadInput(f"{what} expands to too many alternatives")
+        return groups
+
+    def operand() -> list[list[str]]:
+        nonlocal pos
+        if pos < len(text) and text[pos] == "(":
+            pos += 1
+            inner = disjunction()
+            if pos >= len(text) or text[pos] != ")":
+                raise fail("')'")
+            pos += 1
+            return inner
+        end = pos
+        while end < len(text) and text[end] not in ";|,()":
+            end += 1
+        term = text[pos:end].strip()
+        if not term:
+            raise fail("a term")
+        pos = end
+        return [[term]]
+
+    groups = disjunction()
+    if pos != len(text):
+        raise fail("';', '|' or the end")
+    return groups

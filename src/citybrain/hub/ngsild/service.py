@@ -548,22 +548,29 @@ class EntityQuery:
     q: query.Expr | None = None
     geo: geoquery.GeoQuery | None = None
     attrs: list[str] | None = None
-    scope: list[str] | None = None
+    # scopeQ as OR-ed AND-groups of scope patterns
+    scope: list[list[str]] | None = None
+    # a type selector with ';' (clause 4.17): OR-ed groups of types an entity has all of;
+    # `types` then lists every type named, the necessary condition the store filters by
+    type_groups: list[list[str]] | None = None
 
 
-def _scope_matches(entity: dict[str, Any], patterns: list[str]) -> bool:
-    scopes = entity.get("scope", [])
-    for pattern in patterns:
-        for scope in scopes:
-            if pattern == "/#" or scope == pattern:
+def _scope_fits(scopes: list[str], pattern: str) -> bool:
+    for scope in scopes:
+        if pattern == "/#" or scope == pattern:
+            return True
+        if pattern.endswith("/#") and (scope == pattern[:-2] or scope.startswith(pattern[:-1])):
+            return True
+        if "+" in pattern:
+            regex = "^" + re.escape(pattern).replace(r"\+", "[^/]+") + "$"
+            if re.match(regex, scope):
                 return True
-            if pattern.endswith("/#") and (scope == pattern[:-2] or scope.startswith(pattern[:-1])):
-                return True
-            if "+" in pattern:
-                regex = "^" + re.escape(pattern).replace(r"\+", "[^/]+") + "$"
-                if re.match(regex, scope):
-                    return True
     return False
+
+
+def _scope_matches(entity: dict[str, Any], groups: list[list[str]]) -> bool:
+    scopes = entity.get("scope", [])
+    return any(all(_scope_fits(scopes, p) for p in group) for group in groups)
 
 
 def _candidates(
@@ -607,6 +614,10 @@ def matches(entity: dict[str, Any], spec: EntityQuery, pattern: re.Pattern[str] 
         return False
     if spec.q is not None and not query.matches(spec.q, entity):
         return False
+    if spec.type_groups is not None:
+        types = set(entity.get("type") or ())
+        if not any(types.issuperset(group) for group in spec.type_groups):
+            return False
     if spec.scope is not None and not _scope_matches(entity, spec.scope):
         return False
     if spec.geo is not None:
