@@ -300,8 +300,9 @@ def change_attributes(
     new_types: list[str] | None = None,
     scope: list[str] | None = None,
 ) -> UpdateResult:
-    """Apply attributes: 'append' (add or overwrite), 'append-keep' (noOverwrite),
-    'update' (existing only), 'merge' (deep merge of sub-attributes and values)."""
+    """Apply attributes: 'append' (add or overwrite), 'append-keep' (noOverwrite: add only new
+    attributes and instances), 'update' (overwrite, appending what is not there yet),
+    'merge' (deep merge of sub-attributes and values)."""
     with engine.begin() as conn:
         return change_attributes_in(
             conn,
@@ -363,12 +364,15 @@ def change_attributes_in(
                 continue
             exists = name in entity
             incoming = incoming[0] if len(incoming) == 1 else incoming
-        if mode == "update" and not exists:
-            result.not_updated.append({"attributeName": name, "reason": "attribute does not exist"})
-            continue
+        # clause 5.6.2 as the conformance suite reads it: an update appends what is not there
         if mode == "append-keep" and exists:
-            result.not_updated.append({"attributeName": name, "reason": "attribute exists"})
-            continue
+            # noOverwrite keeps every existing instance; a new datasetId is still appended
+            present = {i.get("datasetId") for i in instances(entity[name])}
+            fresh = [i for i in instances(incoming) if i.get("datasetId") not in present]
+            if not fresh:
+                result.not_updated.append({"attributeName": name, "reason": "attribute exists"})
+                continue
+            incoming = fresh[0] if len(fresh) == 1 else fresh
         if mode == "merge" and exists:
             incoming = _deep_merge_attribute(entity[name], incoming)
         entity[name] = _without_nulls(
