@@ -331,3 +331,17 @@ def test_scope_q_and_type_selectors_combine_with_and_or(client: TestClient) -> N
     assert found(type="Kiosk,Cafe", scopeQ="/a/b|/c") == ["x", "y", "z"]
     for bad in ({"type": "(Kiosk;Cafe"}, {"type": "Kiosk", "scopeQ": "/a;;/b"}):
         assert client.get(f"{BASE}/entities", params=bad).status_code == 400, bad
+
+
+def test_no_overwrite_keeps_what_is_there_and_adds_new_instances(client: TestClient) -> None:
+    attrs = f"{BASE}/entities/{B}/attrs"
+    gps = {"type": "Property", "value": 2, "datasetId": "urn:ngsi-ld:Dataset:gps"}
+    r = client.post(attrs, params={"options": "noOverwrite"}, json={"label": gps})
+    assert r.status_code == 204, r.text
+    label = client.get(f"{BASE}/entities/{B}").json()["label"]
+    assert sorted(i["value"] for i in label) == [2, "commercial"]
+    batch = [{"id": B, "type": "Shop", "label": {"type": "Property", "value": "x"}}]
+    r = client.post(
+        f"{BASE}/entityOperations/update", params={"options": "noOverwrite"}, json=batch
+    )
+    assert r.status_code == 204, r.text

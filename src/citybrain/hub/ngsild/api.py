@@ -1180,7 +1180,9 @@ async def batch(request: Request, operation: str) -> Response:
                         else ("append-keep" if keep else "append"),
                         new_types=_fragment_types(item, item_terms),
                     )
-                    if result.not_updated and not result.updated:
+                    kept = [n for n in result.not_updated if n["reason"] == "attribute exists"]
+                    # noOverwrite keeping what is there is what was asked, not a failure
+                    if len(result.not_updated) > len(kept) and not result.updated:
                         raise BadInput("no attribute was updated")
             success.append(entity_id)
         except CityBrainError as exc:
