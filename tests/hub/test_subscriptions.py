@@ -349,14 +349,23 @@ def test_what_the_system_adds_appears_once_there_is_something_to_tell(
     client: TestClient, receiver: Receiver
 ) -> None:
     """Clause 5.2.12/5.2.14: no counts or notification status before a notification."""
-    sub_id = subscribe(client, f"http://127.0.0.1:{receiver.port}/n", timeInterval=5)
+    periodic = subscribe(
+        client, f"http://127.0.0.1:{receiver.port}/n", timeInterval=5, isActive=False
+    )
+    paused = client.get(f"{B}/subscriptions/{periodic}").json()
+    assert paused["timeInterval"] == 5 and isinstance(paused["timeInterval"], int)
+    assert paused["status"] == "paused" and paused["isActive"] is False
+    sub_id = subscribe(
+        client, f"http://127.0.0.1:{receiver.port}/n", entities=[{"type": "Nothing"}]
+    )
     fresh = client.get(f"{B}/subscriptions/{sub_id}").json()
-    assert fresh["timeInterval"] == 5 and isinstance(fresh["timeInterval"], int)
     assert fresh["status"] == "active" and "isActive" not in fresh
     assert not {"timesSent", "timesFailed", "status"} & set(fresh["notification"])
     sub_id = subscribe(client, f"http://127.0.0.1:{receiver.port}/n")
     put(client, 1, 40)
-    wait_for(lambda: "status" in client.get(f"{B}/subscriptions/{sub_id}").json()["notification"])
+    wait_for(
+        lambda: "timesSent" in client.get(f"{B}/subscriptions/{sub_id}").json()["notification"]
+    )
     told = client.get(f"{B}/subscriptions/{sub_id}").json()["notification"]
     assert told["status"] == "ok" and told["timesSent"] >= 1 and "timesFailed" not in told
 
@@ -398,3 +407,46 @@ def test_show_changes_carries_what_an_update_or_a_deletion_replaced(
     assert gone["name"] == {"type": "Property", "value": "urn:ngsi-ld:null", "previousValue": "New"}
     assert gone["kind"]["previousVocab"] == "monument"  # compacted as vocab is
     assert "deletedAt" in gone
+
+
+def test_notification_sys_attrs_and_json_ld_delivery(client: TestClient) -> None:
+    """notification.sysAttrs adds createdAt/modifiedAt; a JSON-LD receiver gets the @context
+    in the body and no Link header; a JSON one a Link to the subscription's context."""
+    got: list[tuple[dict[str, Any], dict[str, str]]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            size = int(self.headers["content-length"])
+            got.append((json.loads(self.rfile.read(size)), dict(self.headers)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}/n"
+    try:
+        for accept in ("application/json", "application/ld+json"):
+            notification = {"endpoint": {"uri": uri, "accept": accept}, "sysAttrs": True}
+            subscribe(client, uri, notification=notification)
+        put(client, 1, 40)
+        wait_for(lambda: len(got) >= 2)
+    finally:
+        server.shutdown()
+        server.server_close()
+    by_type = {headers["Content-Type"]: (body, headers) for body, headers in got}
+    plain, plain_headers = by_type["application/json"]
+    assert "createdAt" in plain["data"][0] and "json-ld#context" in plain_headers["Link"]
+    ld, ld_headers = by_type["application/ld+json"]
+    assert "Link" not in ld_headers and "@context" in ld
+    r = client.post(
+        f"{B}/subscriptions",
+        json={
+            "type": "Subscription",
+            "entities": [{"type": "T"}],
+            "notification": {"endpoint": {"uri": uri}, "sysAttrs": "yes"},
+        },
+    )
+    assert r.status_code == 400

@@ -585,7 +585,7 @@ def _render_attribute(instance: dict[str, Any], terms: TermMap, fmt: str, sys_at
         return instance.get("value", instance.get("valueList"))
     out: dict[str, Any] = {}
     for key, value in instance.items():
-        if (key in SYSTEM or key == "expiresAt") and not sys_attrs:
+        if (key in SYSTEM or key in ("expiresAt", "deletedAt")) and not sys_attrs:
             continue
         if key in ("vocab", "previousVocab"):
             out[key] = (

@@ -41,13 +41,17 @@ def build_notification(
     With notification.join (and the engine to read them from), the linked entities go with
     the data, inline or after the entities, as the subscription's reader may see them.
     """
-    terms = store.term_map(sub.get("_context"))
+    terms = store.term_map(sub.get("jsonldContext") or sub.get("_context"))
     notification = sub.get("notification", {})
     attrs = set(notification["attributes"]) if notification.get("attributes") else None
     fmt = notification.get("format", "normalized")
+    sys_attrs = bool(notification.get("sysAttrs"))
     if not notification.get("showChanges"):
         entities = [_without_previous(e) for e in entities]
-    pairs = [(e, _picked(render(e, terms, fmt=fmt, attrs=attrs), notification)) for e in entities]
+    pairs = [
+        (e, _picked(render(e, terms, fmt=fmt, attrs=attrs, sys_attrs=sys_attrs), notification))
+        for e in entities
+    ]
     data = [rendered for _, rendered in pairs]
     join = parse_join(notification)
     if join is not None and engine is not None:
@@ -100,6 +104,18 @@ def _without_previous(entity: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def notification_context(sub: dict[str, Any]) -> str:
+    """The @context a subscription's notifications name: its jsonldContext, else the one it
+    was made with (when that is one URL), else the core context."""
+    chosen = sub.get("jsonldContext")
+    if isinstance(chosen, str):
+        return chosen
+    context = sub.get("_context")
+    if isinstance(context, list) and len(context) == 1:
+        context = context[0]
+    return context if isinstance(context, str) else CORE_URL
+
+
 def deliver(
     endpoint: dict[str, Any],
     body: dict[str, Any],
@@ -112,12 +128,14 @@ def deliver(
     parsed = urlparse(uri)
     receiver = {p["key"]: p["value"] for p in endpoint.get("receiverInfo") or []}
     if parsed.scheme in ("http", "https"):
-        headers = {
-            **receiver,
-            **(extra_headers or {}),
-            "Content-Type": "application/json",
-            "Link": link_header_for(context_url),
-        }
+        headers = {**receiver, **(extra_headers or {})}
+        if endpoint.get("accept") == "application/ld+json":
+            # JSON-LD carries its @context in the body, never in a Link header (clause 6.3.5)
+            headers["Content-Type"] = "application/ld+json"
+            body = {**body, "@context": context_url}
+        else:
+            headers["Content-Type"] = "application/json"
+            headers["Link"] = link_header_for(context_url)
         response = httpx.post(uri, content=json.dumps(body), headers=headers, timeout=timeout)
         if response.status_code >= 300:
             raise RuntimeError(f"HTTP {response.status_code} from {uri}")
@@ -267,8 +285,7 @@ def dispatch_once(
             )
             if reader is not None:
                 reader.finish()  # the linked entities read for the notification
-            context = sub.get("_context")
-            context_url = context if isinstance(context, str) else CORE_URL
+            context_url = notification_context(sub)
             own = self_headers(
                 sub, str(row.endpoint["uri"]), data_dir=data_dir, self_url=self_url, issuer=issuer
             )

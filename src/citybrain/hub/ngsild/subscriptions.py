@@ -209,6 +209,10 @@ def _notification(raw: Any, terms: TermMap) -> dict[str, Any]:
         out["endpoint"]["notifierInfo"] = _key_values(
             raw["endpoint"]["notifierInfo"], "notification.endpoint.notifierInfo"
         )
+    if "sysAttrs" in raw:
+        if not isinstance(raw["sysAttrs"], bool):
+            raise BadInput("notification.sysAttrs must be true or false")
+        out["sysAttrs"] = raw["sysAttrs"]
     if "showChanges" in raw:
         if not isinstance(raw["showChanges"], bool):
             raise BadInput("notification.showChanges must be true or false")
@@ -316,7 +320,7 @@ def _with_status(row: Any) -> dict[str, Any]:
     ):
         if value is not None:
             notification[key] = _aware(value).isoformat().replace("+00:00", "Z")  # type: ignore[union-attr]
-    if row.last_success or row.last_failure:
+    if row.last_notification or row.last_success or row.last_failure:
         notification["status"] = (
             "failed"
             if row.last_failure and (not row.last_success or row.last_failure > row.last_success)
@@ -444,11 +448,15 @@ def active_rows(conn: Connection, tenant: str) -> list[Any]:
     return rows
 
 
+def _stamp() -> str:
+    return _now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def deleted_form(instance: dict[str, Any]) -> dict[str, Any]:
     """A deleted attribute instance as a notification shows it: its Null, the old content."""
     kind = str(instance.get("type", "Property"))
     member, null, previous = NULL_FORMS.get(kind, ("value", NGSI_NULL, "previousValue"))
-    out: dict[str, Any] = {"type": kind, member: null}
+    out: dict[str, Any] = {"type": kind, member: null, "deletedAt": _stamp()}
     if member in instance:
         out[previous] = instance[member]
     if "datasetId" in instance:
@@ -522,11 +530,12 @@ def enqueue_deleted(conn: Connection, tenant: str, entity: dict[str, Any]) -> in
     Each attribute goes in its deleted form (its Null and the content it had), which only
     subscriptions with showChanges receive (clause 4.5.23, showChanges).
     """
-    moment = _now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
     shown: dict[str, Any] = {
         "id": entity["id"],
         "type": entity.get("type", []),
-        "deletedAt": moment,
+        "deletedAt": _stamp(),
+        # shown with notification.sysAttrs
+        **{k: entity[k] for k in ("createdAt", "modifiedAt") if k in entity},
     }
     for name, attr in entity.items():
         if name not in ENTITY_MEMBERS:
