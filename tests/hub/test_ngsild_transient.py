@@ -160,3 +160,11 @@ def test_the_node_reaps_on_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             time.sleep(0.05)
         assert due() == 0  # reaped by the node, not by a read
         assert client.post(f"{BASE}/entities", json=_vehicle(10)).status_code == 201
+
+
+def test_the_null_makes_a_transient_entity_durable(client: TestClient) -> None:
+    assert client.post(f"{BASE}/entities", json=_vehicle(11, expiresAt=FUTURE)).status_code == 201
+    r = client.patch(f"{BASE}/entities/{V}11", json={"expiresAt": "urn:ngsi-ld:null"})
+    assert r.status_code == 204, r.text
+    shown = client.get(f"{BASE}/entities/{V}11", params={"options": "sysAttrs"}).json()
+    assert "expiresAt" not in shown

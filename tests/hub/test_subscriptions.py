@@ -28,12 +28,17 @@ class Receiver:
 
     def __init__(self, port: int | None = None) -> None:
         self.received: list[dict[str, Any]] = []
-        received = self.received
+        self.headers: list[dict[str, str]] = []  # of each notification, in the same order
+        received, headers = self.received, self.headers
+        lock = threading.Lock()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 size = int(self.headers["content-length"])
-                received.append(json.loads(self.rfile.read(size)))
+                body = json.loads(self.rfile.read(size))
+                with lock:  # the two lists stay in step
+                    headers.append(dict(self.headers))
+                    received.append(body)
                 self.send_response(204)
                 self.end_headers()
 
@@ -409,34 +414,20 @@ def test_show_changes_carries_what_an_update_or_a_deletion_replaced(
     assert "deletedAt" in gone
 
 
-def test_notification_sys_attrs_and_json_ld_delivery(client: TestClient) -> None:
+def test_notification_sys_attrs_and_json_ld_delivery(
+    client: TestClient, receiver: Receiver
+) -> None:
     """notification.sysAttrs adds createdAt/modifiedAt; a JSON-LD receiver gets the @context
     in the body and no Link header; a JSON one a Link to the subscription's context."""
-    got: list[tuple[dict[str, Any], dict[str, str]]] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            size = int(self.headers["content-length"])
-            got.append((json.loads(self.rfile.read(size)), dict(self.headers)))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    uri = f"http://127.0.0.1:{server.server_address[1]}/n"
-    try:
-        for accept in ("application/json", "application/ld+json"):
-            notification = {"endpoint": {"uri": uri, "accept": accept}, "sysAttrs": True}
-            subscribe(client, uri, notification=notification)
-        put(client, 1, 40)
-        wait_for(lambda: len(got) >= 2)
-    finally:
-        server.shutdown()
-        server.server_close()
-    by_type = {headers["Content-Type"]: (body, headers) for body, headers in got}
+    uri = f"http://127.0.0.1:{receiver.port}/n"
+    for accept in ("application/json", "application/ld+json"):
+        notification = {"endpoint": {"uri": uri, "accept": accept}, "sysAttrs": True}
+        subscribe(client, uri, notification=notification)
+    put(client, 1, 40)
+    wait_for(lambda: len(receiver.received) >= 2)
+    by_type = {
+        h["Content-Type"]: (b, h) for b, h in zip(receiver.received, receiver.headers, strict=False)
+    }
     plain, plain_headers = by_type["application/json"]
     assert "createdAt" in plain["data"][0] and "json-ld#context" in plain_headers["Link"]
     ld, ld_headers = by_type["application/ld+json"]

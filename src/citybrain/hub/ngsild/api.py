@@ -943,7 +943,7 @@ async def merge_entity(request: Request, entity_id: str) -> Response:
     fragment = _fragment(body, entity_id)
     attrs = expand_attributes(fragment, terms, nulls=True, nested_nulls=True)
     expires_at = fragment.get("expiresAt")
-    if expires_at is not None:
+    if expires_at is not None and expires_at != NGSI_NULL:  # the Null makes it durable again
         check_datetime(expires_at, "expiresAt")
     types = (
         [

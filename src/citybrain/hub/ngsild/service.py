@@ -31,6 +31,7 @@ from citybrain.hub.ngsild import gated, geoquery, prefilter, query, subscription
 from citybrain.hub.ngsild.entities import (
     ATTRIBUTE_MEMBERS,
     ENTITY_MEMBERS,
+    NGSI_NULL,
     clone,
     drop_null_keys,
     expand_attributes,
@@ -390,7 +391,9 @@ def change_attributes_in(
             scope = None
         else:
             entity["scope"] = scope
-    if expires_at is not None:
+    if expires_at == NGSI_NULL:
+        entity.pop("expiresAt", None)  # the NGSI-LD Null makes a transient entity durable
+    elif expires_at is not None:
         entity["expiresAt"] = expires_at  # clause 4.22: a merge may make an entity transient
     if result.updated or new_types or scope is not None or expires_at is not None:
         _save(
