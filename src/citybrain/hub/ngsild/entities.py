@@ -84,9 +84,16 @@ def _type_list(value: Any) -> list[str]:
     if not types or not all(isinstance(t, str) and t for t in types):
         raise BadInput("an entity type must be a non-empty string or a list of them")
     for t in types:
+        if t in _VALID_TYPES:
+            continue
         if not is_iri(t) and not _SHORT_NAME.fullmatch(t):
             raise BadInput(f"{t!r} is not a valid entity type name")
+        if len(_VALID_TYPES) < 10_000:  # a node has few types: check each once
+            _VALID_TYPES.add(t)
     return types
+
+
+_VALID_TYPES: set[str] = set()
 
 
 def _check_type_iri(short: str, expanded: str) -> str:
@@ -106,11 +113,11 @@ def check_scope(scopes: list[Any]) -> None:
 
 
 # GeoProperties by definition (clause 4.7): they cannot be given as anything else
-_GEO_ATTRIBUTES = {
+_GEO_ATTRIBUTES = (
     "https://uri.etsi.org/ngsi-ld/location",
     "https://uri.etsi.org/ngsi-ld/observationSpace",
     "https://uri.etsi.org/ngsi-ld/operationSpace",
-}
+)
 _LANG_STRING = {"rdf:langString", "http://www.w3.org/1999/02/22-rdf-syntax-ns#langString"}
 
 
@@ -422,8 +429,11 @@ def expand_attributes(
         if not temporal and len(set(dataset_ids)) != len(dataset_ids):
             raise BadInput(f"attribute {name!r} repeats a datasetId")
         attrs[iri] = expanded[0] if len(expanded) == 1 else expanded
-    for iri in _GEO_ATTRIBUTES & attrs.keys():
-        written = [i for i in instances(attrs[iri]) if not i.get(DELETE_MARK)]
+    for iri in _GEO_ATTRIBUTES:
+        geo = attrs.get(iri)
+        if geo is None or (type(geo) is dict and geo.get("type") == "GeoProperty"):
+            continue  # the usual case, one GeoProperty
+        written = [i for i in instances(geo) if not i.get(DELETE_MARK)]
         if any(i.get("type") != "GeoProperty" for i in written):
             raise BadInput(f"{iri.rsplit('/', 1)[-1]} can only be a GeoProperty")
     return attrs
