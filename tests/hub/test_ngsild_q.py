@@ -345,3 +345,13 @@ def test_no_overwrite_keeps_what_is_there_and_adds_new_instances(client: TestCli
         f"{BASE}/entityOperations/update", params={"options": "noOverwrite"}, json=batch
     )
     assert r.status_code == 204, r.text
+
+
+def test_paths_without_an_entity_id_or_with_a_keyword_are_bad_request_data(
+    client: TestClient,
+) -> None:
+    for method in ("PATCH", "PUT"):
+        r = client.request(method, f"{BASE}/entities/", json={"id": A, "type": "Shop"})
+        assert r.status_code == 400 and r.json()["type"].endswith("BadRequestData"), method
+    r = client.put(f"{BASE}/entities/{A}/attrs/@invalid", json={"type": "Property", "value": 1})
+    assert r.status_code == 400

@@ -831,6 +831,13 @@ async def source_identity(request: Request) -> Response:
     return _respond(request, payload, _terms_for_read(request))
 
 
+@router.patch("/entities", include_in_schema=False)
+@router.put("/entities", include_in_schema=False)
+async def missing_entity_id(request: Request) -> Response:
+    """A merge or replace names the entity in its path: without an id it is BadRequestData."""
+    raise BadInput(f"{request.method} needs the id of an entity: /entities/{{entityId}}")
+
+
 @router.delete("/entities")
 async def purge_entities(request: Request) -> Response:
     """Purge the entities a query selects, or only some of their attributes (clause 5.6.21).
@@ -1045,6 +1052,8 @@ async def replace_attribute(request: Request, entity_id: str, attr: str) -> Resp
     validate_entity_id(entity_id)
     if attr == "scope":
         raise BadInput("scope is not an attribute: it is replaced with the entity's attributes")
+    if attr.startswith("@"):
+        raise BadInput(f"{attr!r} is a JSON-LD keyword, not an attribute name")
     body, terms = await _read(request)
     _type_selector(request, terms, entity_id)
     if not isinstance(body, dict):
