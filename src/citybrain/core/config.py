@@ -75,6 +75,13 @@ class Settings(BaseSettings):
         description="seconds between the scheduled computations of the indicator trees, "
         "the first a minute after start (0: none)",
     )
+    ngsild_temporal_limit: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="most attribute instances one NGSI-LD temporal answer holds; a longer "
+        "history is answered in time ranges (206 with Content-Range)",
+    )
     smtp_host: str = Field("127.0.0.1", description="SMTP server that sends e-mail notifications")
     smtp_port: int = Field(25, ge=1, le=65535, description="port of the SMTP server")
     smtp_from: str = Field(

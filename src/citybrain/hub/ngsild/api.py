@@ -1660,7 +1660,9 @@ def _temporal_payload(
     """Render one entity's history: instances, temporalValues, or aggregatedValues."""
     rendered = render(entity, terms, attrs=set())
     for name, points in series.items():
-        kind = points[-1][1].get("type", "Property") if points else "Property"
+        current = entity.get(name)
+        now = current.get("type", "Property") if isinstance(current, dict) else "Property"
+        kind = points[-1][1].get("type", "Property") if points else now
         short = terms.compact(name)
         if mode == "aggregatedValues":
             rendered[short] = {"type": kind, **temporal.aggregate(points, tq)}
@@ -1679,7 +1681,7 @@ def _temporal_payload(
             forms = [
                 {"type": kind, **({"datasetId": d} if d is not None else {}), key: values}
                 for d, values in by_dataset.items()
-            ]
+            ] or [{"type": kind, key: []}]  # every instance fell outside a cut answer
             rendered[short] = forms[0] if len(forms) == 1 else forms
         else:
             rendered[short] = [
@@ -1774,13 +1776,25 @@ def _temporal_entities(
         kept = [e for e in page if any(series.get(e["id"], {}).values())]
         total -= len(page) - len(kept)
         page = kept
+    ranged = _cut(request, series, tq, mode)
     rendered = (
         _temporal_payload(e, series.get(e["id"], {}), terms, mode=mode, tq=tq, sys_attrs=sys_attrs)
         for e in page
     )
     payload = [p for p in (projection.apply(r) for r in rendered) if p]
-    headers = {"NGSILD-Results-Count": str(total)} if count else None
-    return _respond(request, payload, terms, headers=headers)
+    headers = {"NGSILD-Results-Count": str(total)} if count else {}
+    if ranged is not None:
+        headers["Content-Range"] = ranged.header()
+    return _respond(request, payload, terms, status=206 if ranged else 200, headers=headers)
+
+
+def _cut(
+    request: Request, series: temporal.Series, tq: temporal.TemporalQuery, mode: str
+) -> temporal.TimeRange | None:
+    """Cut a long history to the node's temporal limit (aggregates cover all of it)."""
+    if mode == "aggregatedValues":
+        return None
+    return temporal.cut(series, tq, request.app.state.settings.ngsild_temporal_limit)
 
 
 @router.get("/temporal/entities/{entity_id}")
@@ -1807,6 +1821,7 @@ async def temporal_retrieve(request: Request, entity_id: str) -> Response:
         engine=engine, tenant=tenant, entity_ids=[entity_id], attributes=attrs, tq=tq
     )
     series = _series_of_datasets(series, _split(request.query_params.get("datasetId")))
+    ranged = _cut(request, series, tq, mode)
     payload = _temporal_payload(
         entity, series.get(entity_id, {}), terms, mode=mode, tq=tq, sys_attrs=sys_attrs
     )
@@ -1814,7 +1829,9 @@ async def temporal_retrieve(request: Request, entity_id: str) -> Response:
     if not shown:
         # clause 5.7.3.4, as for the current entity: nothing of it is left to return
         raise NotFound(f"entity {entity_id} has none of the members picked")
-    return _respond(request, shown, terms)
+    if ranged is None:
+        return _respond(request, shown, terms)
+    return _respond(request, shown, terms, status=206, headers={"Content-Range": ranged.header()})
 
 
 def _aggregate_in_sql(

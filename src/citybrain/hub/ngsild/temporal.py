@@ -167,6 +167,55 @@ def history(
     return out
 
 
+Series = dict[str, dict[str, list[tuple[datetime, dict[str, Any]]]]]
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """The time range a cut temporal answer covers (clause 6.3.10), for its Content-Range."""
+
+    start: datetime
+    end: datetime
+    size: str  # lastN when it was asked for, else "*"
+
+    def header(self) -> str:
+        """The Content-Range header: ``date-time <start>-<end>/<size>``."""
+        return f"date-time {_bound(self.start)}-{_bound(self.end)}/{self.size}"
+
+
+def cut(series: Series, tq: TemporalQuery, limit: int) -> TimeRange | None:
+    """Keep at most `limit` instances over all entities and attributes; their range if cut.
+
+    The cut runs along time, the same for every attribute, so the range the answer names
+    holds all of its instances: oldest first, or newest first when lastN is asked for. An
+    attribute with no instance left stays, empty. Instances sharing the time at the cut all
+    go to the next range (all stay only when they alone are over the limit).
+    """
+    times = [at for attrs in series.values() for points in attrs.values() for at, _ in points]
+    if len(times) <= limit:
+        return None
+    newest_first = tq.last_n is not None
+    times.sort(reverse=newest_first)
+    first_left_out = times[limit]
+    inside = [at for at in times[:limit] if at != first_left_out]
+    edge = inside[-1] if inside else first_left_out
+    for attrs in series.values():
+        for name, points in attrs.items():
+            attrs[name] = [p for p in points if (p[0] >= edge if newest_first else p[0] <= edge)]
+    kept = [at for attrs in series.values() for points in attrs.values() for at, _ in points]
+    if newest_first:
+        # from the end of the time asked for (or the newest instance) back to the cut
+        if tq.timerel == "between" and tq.end_time_at is not None:
+            start = tq.end_time_at
+        elif tq.timerel == "before" and tq.time_at is not None:
+            start = tq.time_at
+        else:
+            start = max(kept)
+        return TimeRange(start, edge, str(tq.last_n))
+    opened = tq.timerel in ("after", "between") and tq.time_at is not None
+    return TimeRange(tq.time_at if opened and tq.time_at else min(kept), edge, "*")
+
+
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
