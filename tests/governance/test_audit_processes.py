@@ -111,3 +111,40 @@ def test_kill_9_mid_line_leaves_a_torn_tail_the_next_append_repairs(tmp_path: Pa
     assert record["seq"] == 2
     report = service.verify(data_dir=tmp_path)
     assert report.ok and report.last_seq == 2 and report.torn_tail is None
+
+
+def _append(data_dir: Path, tag: str) -> dict[str, object]:
+    return service.append(data_dir=data_dir, principal=None, action=tag, resource="r", result="ok")
+
+
+def test_a_removed_log_is_opened_again_not_written_into_the_void(tmp_path: Path) -> None:
+    # the log stays open between appends; a file removed meanwhile must not take records
+    _append(tmp_path, "before")
+    log = tmp_path / "audit" / "log.jsonl"
+    log.rename(tmp_path / "old.jsonl")
+    record = _append(tmp_path, "after")
+    lines = log.read_bytes().splitlines()
+    assert [orjson.loads(x)["action"] for x in lines] == ["after"]
+    assert record["seq"] == 1  # a new file starts a new chain
+    assert service.verify(data_dir=tmp_path).ok
+
+
+def test_a_forked_worker_appends_through_its_own_file(tmp_path: Path) -> None:
+    # a worker forked after the parent opened the log must not share the parent's file (and its
+    # flock): both keep one chain
+    _append(tmp_path, "parent")
+    pid = os.fork()
+    if pid == 0:  # the child: append, then leave without running the parent's cleanup
+        code = 0
+        try:
+            for _ in range(200):
+                _append(tmp_path, "child")
+        except BaseException:  # noqa: BLE001 - reported by the exit code
+            code = 1
+        os._exit(code)
+    for _ in range(200):
+        _append(tmp_path, "parent")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    report = service.verify(data_dir=tmp_path)
+    assert report.ok and report.records == 401

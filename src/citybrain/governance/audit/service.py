@@ -89,7 +89,6 @@ class _Queue:
     writing: bool = False
 
 
-_queues: dict[Path, _Queue] = {}
 _queues_lock = threading.Lock()
 
 
@@ -223,9 +222,80 @@ def _write_checkpoints(data_dir: Path, checkpoints: list[dict[str, Any]]) -> Non
         os.fsync(handle.fileno())
 
 
-def _commit(data_dir: Path, path: Path, batch: list[_Pending]) -> None:
+def _write_all(handle: IO[bytes], data: bytes) -> None:
+    """Write all of data to an unbuffered file (which may take less than all in one call)."""
+    view = memoryview(data)
+    while view:
+        written = handle.write(view)
+        view = view[written or 0 :]
+
+
+@dataclass
+class _Log:
+    """One log as this process appends to it: its queue and its open file."""
+
+    data_dir: Path  # resolved
+    path: Path
+    queue: _Queue = field(default_factory=_Queue)
+    handle: IO[bytes] | None = None
+    pid: int = 0  # the process that opened the handle
+
+    def opened(self) -> IO[bytes]:
+        """The log's file, open for appending; opened again when it is gone or inherited.
+
+        Kept open, because opening the file (and making its folder) cost more than the write of
+        a record at sensor rates. It is opened again in a forked worker, whose inherited file
+        would share the parent's flock, and when the path no longer names it (removed, renamed
+        or replaced), so records always go to the file the path names.
+        """
+        handle = self.handle
+        if handle is not None:
+            if self.pid == os.getpid() and self._still_the_log(handle):
+                return handle
+            handle.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # unbuffered: a read buffer kept between appends could hold what another process has
+        # since appended after
+        self.handle = handle = open(self.path, "a+b", buffering=0)  # noqa: SIM115 - kept open
+        self.pid = os.getpid()
+        return handle
+
+    def _still_the_log(self, handle: IO[bytes]) -> bool:
+        """True while the open file is the one the log's path names (not removed or renamed)."""
+        try:
+            named = os.stat(self.name)
+        except FileNotFoundError:
+            return False
+        opened = os.fstat(handle.fileno())
+        return (named.st_ino, named.st_dev) == (opened.st_ino, opened.st_dev)
+
+    @functools.cached_property
+    def name(self) -> str:
+        """The path as a string (what the system calls take)."""
+        return str(self.path)
+
+
+_logs: dict[str, _Log] = {}
+
+
+@functools.lru_cache(maxsize=256)
+def _log_of(data_dir: Path) -> _Log:
+    # resolving walks every component with a system call: once per folder, not per record;
+    # two spellings of one folder share one log (one queue, one chain head)
+    resolved = data_dir.resolve()
+    path = log_path(resolved)
+    with _queues_lock:
+        log = _logs.get(str(path))
+        if log is None:
+            log = _logs[str(path)] = _Log(resolved, path)
+        return log
+
+
+def _commit(log: _Log, batch: list[_Pending]) -> None:
     """Chain, write and fsync a batch of records under the file lock; checkpoint when due."""
-    with _write_lock, open(path, "a+b") as handle:
+    data_dir, path = log.data_dir, log.path
+    with _write_lock:
+        handle = log.opened()
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             size, seq, prev = _head(data_dir, path, handle)
@@ -244,9 +314,7 @@ def _commit(data_dir: Path, path: Path, batch: list[_Pending]) -> None:
                 offset += len(line)
                 if every > 0 and seq % every == 0:
                     due.append((seq, prev, offset))
-            handle.seek(0, os.SEEK_END)
-            handle.write(b"".join(lines))
-            handle.flush()
+            _write_all(handle, b"".join(lines))
             # written lines outlive a killed process (the kernel holds them); fsync makes them
             # outlive a power cut too: always for durable records, at least every
             # FSYNC_INTERVAL for the high-rate ones
@@ -373,14 +441,6 @@ def _resolved(data_dir: Path) -> Path:
     return data_dir.resolve()
 
 
-def _queue(path: Path) -> _Queue:
-    with _queues_lock:
-        queue = _queues.get(path)
-        if queue is None:
-            queue = _queues[path] = _Queue()
-        return queue
-
-
 def append(
     *,
     data_dir: Path,
@@ -399,8 +459,8 @@ def append(
     durable=False (for records at sensor rates) returns once the line is written, fsync'd
     with the next durable record or within FSYNC_INTERVAL seconds.
     """
-    data_dir = _resolved(data_dir)
-    path = log_path(data_dir)
+    log = _log_of(data_dir)
+    path = log.path
     record = entry(
         principal=principal,
         action=action,
@@ -412,7 +472,7 @@ def append(
         detail=detail,
     )
     mine = _Pending(record, durable=durable)
-    queue = _queue(path)
+    queue = log.queue
     with queue.cond:
         queue.pending.append(mine)
         # group commit: one thread writes everything queued so far, the others wait for it
@@ -425,8 +485,7 @@ def append(
             queue.cond.release()
             error: BaseException | None = None
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _commit(data_dir, path, batch)
+                _commit(log, batch)
             except OSError as exc:
                 # no evidence, no action: the caller's operation fails with this error
                 error = ServiceUnavailable(f"cannot write the audit log {path}: {exc.strerror}")
