@@ -9,6 +9,7 @@ record per type with the number of entities returned.
 from __future__ import annotations
 
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -212,23 +213,28 @@ def _apply(decision: ReadDecision, entity: dict[str, Any]) -> dict[str, Any] | N
 # who writes in this request: set by the NGSI-LD router; None for local processes (connectors)
 writer: ContextVar[tuple[Principal, Engine] | None] = ContextVar("ngsild_writer", default=None)
 _OWNERS_TTL = 5.0
-_owners: dict[tuple[str, str], tuple[float, str | None]] = {}
+# per engine (rendering its URL for a key cost more than the lookup), by entity type IRI
+_owners: weakref.WeakKeyDictionary[Engine, dict[str, tuple[float, str | None]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _owner_of(engine: Engine, dataset_id: str) -> str | None:
+def _owner_of(engine: Engine, type_iri: str) -> str | None:
     """Return the owner department of a catalogued entity type (cached briefly), or None."""
     from citybrain.governance.catalog import service as catalog
 
-    key = (str(engine.url), dataset_id)
+    known = _owners.get(engine)
+    if known is None:
+        known = _owners[engine] = {}
     now = time.monotonic()
-    cached = _owners.get(key)
+    cached = known.get(type_iri)
     if cached is not None and cached[0] > now:
         return cached[1]
-    entry = catalog.find_entry(engine=engine, dataset_id=dataset_id)
+    entry = catalog.find_entry(engine=engine, dataset_id=dataset_of(type_iri))
     owner = str(entry.owner_department) if entry is not None else None
-    if len(_owners) > 10_000:
-        _owners.clear()
-    _owners[key] = (now + _OWNERS_TTL, owner)
+    if len(known) > 10_000:
+        known.clear()
+    known[type_iri] = (now + _OWNERS_TTL, owner)
     return owner
 
 
@@ -241,7 +247,7 @@ def write_refusal(types: Iterable[str]) -> str | None:
     if principal.role in (Role.citizen, Role.auditor):
         return f"the role {principal.role.value} may not change context data"
     for type_iri in types:
-        owner = _owner_of(engine, dataset_of(type_iri))
+        owner = _owner_of(engine, type_iri)
         if owner is None or principal.role is Role.bureau_admin or principal.org == owner:
             continue
         return (

@@ -152,6 +152,7 @@ class ContextStore:
         self._hosted: dict[str, dict[str, Any]] = {}
         self._folder_mark: int | None = None
         self._maps: dict[str, TermMap] = {}
+        self._core_map: TermMap | None = None  # the map of the core context alone
         self._lock = threading.Lock()
         self.core = {url: _load_core(v) for v, url in CORE_VERSIONS.items()}
 
@@ -261,6 +262,9 @@ class ContextStore:
     # ---- term maps -----------------------------------------------------------------------
     def term_map(self, context: ContextValue | None) -> TermMap:
         """Flatten a @context (URL, object or list) with the core context into a TermMap."""
+        if context is None and self._core_map is not None:
+            # the core context alone: shipped, so no hosted or cached context changes its map
+            return self._core_map
         items = [] if context is None else (context if isinstance(context, list) else [context])
         key = json.dumps(items, sort_keys=True, default=str)
         self._sync()
@@ -290,6 +294,8 @@ class ContextStore:
         result = TermMap(terms=resolved, vocab=vocab, reverse=reverse, urls=urls)
         with self._lock:
             self._maps[key] = result
+        if context is None:
+            self._core_map = result
         return result
 
     def _collect(self, item: Any, terms: dict[str, Any], vocab: list[str], depth: int) -> None:

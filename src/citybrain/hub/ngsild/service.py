@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from citybrain.core.db import json_dumps
 from citybrain.core.errors import BadInput, Conflict, NotFound
+from citybrain.core.prepared import Prepared
 from citybrain.hub.ngsild import gated, geoquery, prefilter, query, subscriptions, transient
 from citybrain.hub.ngsild.entities import (
     ATTRIBUTE_MEMBERS,
@@ -94,13 +95,16 @@ def require_tenant_in(conn: Connection, tenant: str) -> None:
 
 
 def _load(conn: Connection, tenant: str, entity_id: str) -> dict[str, Any] | None:
-    row = conn.execute(_LOAD_ENTITY, {"b_tenant": tenant, "b_id": entity_id}).first()
-    return None if row is None else dict(row.entity)
+    row = _LOAD_ENTITY.first(conn, {"b_tenant": tenant, "b_id": entity_id})
+    return None if row is None else dict(row[0])
 
 
-# built once, as _UPDATE_ENTITY below: a single-entity write reads its entity first
-_LOAD_ENTITY = select(ngsild_entities.c.entity).where(
-    ngsild_entities.c.tenant == bindparam("b_tenant"), ngsild_entities.c.id == bindparam("b_id")
+# prepared once, as _UPDATE_ENTITY below: a single-entity write reads its entity first
+_LOAD_ENTITY = Prepared(
+    select(ngsild_entities.c.entity).where(
+        ngsild_entities.c.tenant == bindparam("b_tenant"),
+        ngsild_entities.c.id == bindparam("b_id"),
+    )
 )
 
 
@@ -136,9 +140,9 @@ def _save(
             )
         )
     else:
-        # a statement built once: building one per write costs more than running it
-        conn.execute(
-            _UPDATE_ENTITY,
+        # a statement prepared once: building one per write costs more than running it
+        _UPDATE_ENTITY.execute(
+            conn,
             {"b_tenant": tenant, "b_id": entity["id"], "entity": entity, "modified_at": moment}
             | geo,
         )
@@ -159,7 +163,7 @@ def _save(
     subscriptions.enqueue(conn, tenant, entity, new=new, deleted=deleted, previous=previous)
 
 
-_UPDATE_ENTITY = (
+_UPDATE_ENTITY = Prepared(
     update(ngsild_entities)
     .where(
         ngsild_entities.c.tenant == bindparam("b_tenant"),
@@ -182,7 +186,11 @@ def record_history(conn: Connection, tenant: str, entity: dict[str, Any]) -> Non
     # only instances written by this change carry the entity's new modifiedAt
     rows = _history_rows(tenant, entity)
     if rows:
-        conn.execute(insert(ngsild_history), rows)
+        _INSERT_HISTORY.executemany(conn, rows)
+
+
+_HISTORY_COLUMNS = ("tenant", "entity_id", "attribute", "dataset_id", "at", "number", "instance")
+_INSERT_HISTORY = Prepared(insert(ngsild_history), keys=_HISTORY_COLUMNS)
 
 
 def history_row(tenant: str, entity_id: str, name: str, inst: dict[str, Any]) -> dict[str, Any]:
@@ -1117,7 +1125,6 @@ _ENTITY_COLUMNS = (
     "loc_cell",
 )
 _TYPE_COLUMNS = ("tenant", "id", "type")
-_HISTORY_COLUMNS = ("tenant", "entity_id", "attribute", "dataset_id", "at", "number", "instance")
 
 
 def _fresh_rows(dialect: Dialect, prepared: PreparedBatch) -> None:

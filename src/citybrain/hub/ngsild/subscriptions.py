@@ -497,6 +497,10 @@ def enqueue(
         changed |= set(deleted)
     if not changed and not new:
         return 0
+    if rows is None:
+        rows = active_rows(conn, tenant)
+    if not rows:
+        return 0  # no subscription in the tenant: nothing to build the notification for
     fired = {"entityCreated"} if new else fired | {"entityUpdated"}
     shown = dict(entity)
     before = previous or {}
