@@ -63,3 +63,27 @@ def test_any_text_is_refused_cleanly(text: str) -> None:
     with pytest.raises(vt.TokenRefused) as exc:
         vt.verify(KEY.public_key(), text)
     assert exc.value.reason in ("malformed", "forged")
+
+
+def test_a_signature_cut_short_or_with_a_bit_flipped_is_forged() -> None:
+    body, _, signature = _token().rpartition(".")
+    raw = base64.urlsafe_b64decode(signature + "==")
+    flipped = bytes([raw[0] ^ 1]) + raw[1:]
+    for bad in (raw[:63], raw + b"\0", flipped, b""):
+        text = base64.urlsafe_b64encode(bad).rstrip(b"=").decode()
+        with pytest.raises(vt.TokenRefused) as exc:
+            vt.verify(KEY.public_key(), f"{body}.{text}")
+        assert exc.value.reason in ("forged", "malformed")
+    # one key object verifies its own tokens only, however many keys the process has met
+    keys = [Ed25519PrivateKey.generate() for _ in range(3)]
+    publics = [k.public_key() for k in keys]
+    for signer in keys:
+        token = vt.sign(signer, issuer="370100", voucher_id="V", device="d", issued_at=1, ttl=60)
+        verdicts = []
+        for public in publics:
+            try:
+                vt.verify(public, token)
+                verdicts.append(True)
+            except vt.TokenRefused:
+                verdicts.append(False)
+        assert verdicts == [k is signer for k in keys]
