@@ -281,6 +281,49 @@ def test_concurrent_writes_share_one_commit_and_a_failure_stays_its_own(store: E
     assert stored == {f"urn:x:{i}" for i in range(8) if i != 3}
 
 
+def test_an_inline_round_commits_off_the_loop_while_the_loop_serves_on(engine: Engine) -> None:
+    # the statements run on the loop's thread; the commit (SQLite's fsync) on the committer
+    # thread, and the loop runs other tasks meanwhile
+    state = type("State", (), {})()
+    threads: dict[str, int] = {}
+    ticks: list[float] = []
+    slow_commit = threading.Event()
+
+    def on_commit(_conn: Any) -> None:
+        threads["commit"] = threading.get_ident()
+        slow_commit.wait(0.3)  # a slow disk: the loop must keep turning
+
+    event.listen(engine, "commit", on_commit)
+
+    def work(conn: Connection) -> str:
+        threads["statements"] = threading.get_ident()
+        return _put(conn, "urn:x:inline")
+
+    async def ticker() -> None:
+        while not slow_commit.is_set():
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> str:
+        threads["loop"] = threading.get_ident()
+        committer = commits.committer(state, engine)
+        tick = asyncio.create_task(ticker())
+        try:
+            return await committer.run(work)
+        finally:
+            slow_commit.set()
+            await tick
+
+    try:
+        assert asyncio.run(scenario()) == "urn:x:inline"
+    finally:
+        event.remove(engine, "commit", on_commit)
+    assert threads["statements"] == threads["loop"] != threads["commit"]
+    assert len(ticks) >= 10  # the loop turned during the 0.3 s commit
+    with engine.connect() as conn:
+        assert conn.execute(select(ngsild_entities.c.id)).scalars().all() == ["urn:x:inline"]
+
+
 def test_a_failed_commit_acknowledges_no_write_of_its_round(engine: Engine) -> None:
     state = type("State", (), {})()
 

@@ -35,6 +35,7 @@ import asyncio
 import contextvars
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -85,6 +86,7 @@ class GroupCommitter:
         self.pending: list[_Unit] = []
         self.draining = False
         self.rounds = 0  # how many commits served the units so far (tests look at it)
+        self._commit_pool: ThreadPoolExecutor | None = None  # commits of inline rounds
 
     async def run(self, work: Callable[[Connection], T], weight: int = 1) -> T:
         """Run work(conn) in the next round; return its result once the round is committed.
@@ -110,7 +112,11 @@ class GroupCommitter:
                     lock = await loop.run_in_executor(None, wait_writer_lock, self.lock_path)
                 try:
                     units = self._take()
-                    outcomes = self._locked_round(units, inline=True) if self.inline else None
+                    outcomes = None
+                    if self.inline:
+                        written = self._inline_round(units)
+                        if written is not None:
+                            outcomes = await self._commit_off_loop(*written)
                     if outcomes is None:
                         outcomes = await loop.run_in_executor(None, self._locked_round, units)
                 finally:
@@ -141,31 +147,53 @@ class GroupCommitter:
         units, self.pending = self.pending[:count], self.pending[count:]
         return units
 
-    def _locked_round(self, units: list[_Unit], inline: bool = False) -> list[_Outcome] | None:
-        """One transaction for the units, one commit; None when an inline round cannot be.
-
-        inline: on the event loop's own thread, so the round never waits: None if SQLite's
-        write lock is held elsewhere or a unit fails (the round then runs in a thread).
-        """
+    def _locked_round(self, units: list[_Unit]) -> list[_Outcome]:
+        """One transaction for the units, one commit (in a worker thread: it may wait)."""
         try:
             conn = self.engine.connect()
         except Exception as exc:
             return [_Outcome(unit, error=exc) for unit in units]
         try:
+            self._begin(conn)
             # most rounds fail no unit: run them without a savepoint each (a savepoint and its
             # release cost more than a partial update); on the first failure roll the round
             # back and run it again with each unit in its own savepoint
-            if not self._begin(conn, wait=not inline):
-                return None
             outcomes, failure = self._run(conn, units, isolated=False)
             if failure is not None:
                 conn.rollback()
-                if inline:
-                    return None
                 if len(units) == 1:
                     return [_Outcome(units[0], error=failure)]
                 self._begin(conn)
                 outcomes, _ = self._run(conn, units, isolated=True)
+        except Exception as exc:
+            _close(conn)
+            return [_Outcome(unit, error=exc) for unit in units]
+        return self._commit_round(conn, outcomes)
+
+    def _inline_round(self, units: list[_Unit]) -> tuple[Connection, list[_Outcome]] | None:
+        """Run a round's statements on the loop's thread, uncommitted; None if it cannot be.
+
+        The round never waits here: None if SQLite's write lock is held elsewhere or a unit
+        fails (the round then runs again in a thread, with a savepoint per unit).
+        """
+        try:
+            conn = self.engine.connect()
+        except Exception:  # noqa: BLE001 - the thread's round meets it again and answers it
+            return None
+        try:
+            if self._begin(conn, wait=False):
+                outcomes, failure = self._run(conn, units, isolated=False)
+                if failure is None:
+                    return conn, outcomes
+                conn.rollback()
+        except Exception:  # noqa: BLE001 - as above
+            pass
+        _close(conn)
+        return None
+
+    def _commit_round(self, conn: Connection, outcomes: list[_Outcome]) -> list[_Outcome]:
+        """Commit a round and close its connection; a failed commit fails every unit."""
+        try:
             try:
                 conn.commit()
             except Exception:
@@ -173,14 +201,28 @@ class GroupCommitter:
                 conn.invalidate()
                 raise
             self.rounds += 1
+            return outcomes
         except Exception as exc:
             # the transaction did not commit: no unit of this round is acknowledged
-            return [_Outcome(unit, error=exc) for unit in units]
+            return [_Outcome(outcome.unit, error=exc) for outcome in outcomes]
         finally:
-            if not conn.invalidated:  # an invalidated connection's info is gone with it
-                conn.info.pop(subscriptions.ROUND_ROWS, None)
-            conn.close()
-        return outcomes
+            _close(conn)
+
+    async def _commit_off_loop(self, conn: Connection, outcomes: list[_Outcome]) -> list[_Outcome]:
+        """Commit an inline round on the committer thread while the loop serves on.
+
+        The statements took the loop a fraction of a millisecond; the commit is SQLite's
+        fsync, which holds no interpreter lock, and the writes that arrive meanwhile make the
+        next round.
+        """
+        if self._commit_pool is None:
+            self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="ngsild-commit")
+        done = self._commit_pool.submit(self._commit_round, conn, outcomes)
+        try:
+            return await asyncio.shield(asyncio.wrap_future(done))
+        except asyncio.CancelledError:
+            done.result()  # the loop is stopping: the file is left consistent, the lock free
+            raise
 
     @staticmethod
     def _begin(conn: Connection, wait: bool = True) -> bool:
@@ -228,6 +270,13 @@ class GroupCommitter:
                 savepoint.commit()
                 outcomes.append(_Outcome(unit, value=value))
         return outcomes, None
+
+
+def _close(conn: Connection) -> None:
+    """Close a round's connection, dropping what the round kept on it."""
+    if not conn.invalidated:  # an invalidated connection's info is gone with it
+        conn.info.pop(subscriptions.ROUND_ROWS, None)
+    conn.close()
 
 
 def committer(state: Any, engine: Engine) -> GroupCommitter:
