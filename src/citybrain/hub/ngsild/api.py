@@ -29,6 +29,7 @@ from citybrain.hub.ngsild import (
     linked,
     ordering,
     query,
+    scope_history,
     service,
     subscriptions,
     temporal,
@@ -971,6 +972,7 @@ async def merge_entity(request: Request, entity_id: str) -> Response:
             attrs=attrs,
             mode="merge",
             new_types=types,
+            scope=_fragment_scope(fragment),
             expires_at=expires_at,
         ),
     )
@@ -1663,9 +1665,11 @@ def _temporal_payload(
         current = entity.get(name)
         now = current.get("type", "Property") if isinstance(current, dict) else "Property"
         kind = points[-1][1].get("type", "Property") if points else now
-        short = terms.compact(name)
+        # the scope's history (scope_history) shows as a Property named scope
+        short = name if name == scope_history.SCOPE else terms.compact(name)
         if mode == "aggregatedValues":
-            rendered[short] = {"type": kind, **temporal.aggregate(points, tq)}
+            if name != scope_history.SCOPE:  # scopes are not aggregated
+                rendered[short] = {"type": kind, **temporal.aggregate(points, tq)}
         elif mode == "temporalValues":
             # clause 4.5.9: each attribute type has its own member and value in the pairs,
             # and each datasetId its own object
@@ -1684,10 +1688,16 @@ def _temporal_payload(
             ] or [{"type": kind, key: []}]  # every instance fell outside a cut answer
             rendered[short] = forms[0] if len(forms) == 1 else forms
         else:
-            rendered[short] = [
-                render_instance(inst, terms, sys_attrs=sys_attrs) for _, inst in points
-            ]
+            rendered[short] = [_temporal_instance(inst, terms, sys_attrs) for _, inst in points]
     return rendered
+
+
+def _temporal_instance(inst: dict[str, Any], terms: TermMap, sys_attrs: bool) -> Any:
+    """One instance of a temporal answer; a deletion keeps its deletedAt (its time axis)."""
+    shown = render_instance(inst, terms, sys_attrs=sys_attrs)
+    if "deletedAt" in inst and isinstance(shown, dict):
+        shown["deletedAt"] = inst["deletedAt"]
+    return shown
 
 
 def _series_of_datasets(
@@ -1761,7 +1771,15 @@ def _temporal_entities(
     engine, tenant = _engine(request), _tenant(request)
     reader = gated.Reader(request, action="ngsild.temporal")
     spec = _gated_spec(reader, spec)
-    page, total = _matches(request, spec, order, limit=limit, offset=offset, count=count)
+    scoped = spec.scope
+    if scoped is None:
+        page, total = _matches(request, spec, order, limit=limit, offset=offset, count=count)
+    else:
+        # scopeQ asks which scope was valid in the time asked for, not the current one
+        unscoped = dataclasses.replace(spec, scope=None)
+        page, windows = _scoped_in_time(request, unscoped, order, tq, scoped)
+        total = len(page)
+        page = page[offset : offset + limit]
     shown = reader.many(page)
     total -= len(page) - len(shown)
     page = shown
@@ -1770,6 +1788,8 @@ def _temporal_entities(
     series = temporal.history(
         engine=engine, tenant=tenant, entity_ids=[e["id"] for e in page], attributes=attrs, tq=tq
     )
+    if scoped is not None:
+        series = _while_scoped(series, windows)
     series = _series_of_datasets(series, _split(params.get("datasetId")))
     if tq.timerel is not None:
         # an entity with no instance in the asked time window has no temporal evolution there
@@ -1786,6 +1806,60 @@ def _temporal_entities(
     if ranged is not None:
         headers["Content-Range"] = ranged.header()
     return _respond(request, payload, terms, status=206 if ranged else 200, headers=headers)
+
+
+def _scoped_in_time(
+    request: Request,
+    spec: service.EntityQuery,
+    order: ordering.Ordering | None,
+    tq: temporal.TemporalQuery,
+    groups: list[list[str]],
+) -> tuple[list[dict[str, Any]], dict[str, list[scope_history.Window]]]:
+    """The entities whose scope matched scopeQ while valid in the query's time (4.18, 5.7.4.4),
+    with the windows in which it did."""
+    candidates, _ = _matches(request, spec, order, limit=MAX_ORDERED + 1, offset=0, count=False)
+    if len(candidates) > MAX_ORDERED:
+        raise _TooManyResults(
+            f"a temporal scopeQ looks at most {MAX_ORDERED} matching entities: narrow the query"
+        )
+    histories = temporal.history(
+        engine=_engine(request),
+        tenant=_tenant(request),
+        entity_ids=[e["id"] for e in candidates],
+        attributes=[scope_history.SCOPE],
+        tq=temporal.TemporalQuery(),
+    )
+    window = scope_history.window_of(tq.timerel, tq.time_at, tq.end_time_at)
+    kept, windows = [], {}
+    for entity in candidates:
+        points = histories.get(entity["id"], {}).get(scope_history.SCOPE, [])
+        found = scope_history.matching_windows(
+            points, entity.get("scope", []), groups, window, _scopes_fit
+        )
+        if found:
+            kept.append(entity)
+            windows[entity["id"]] = found
+    return kept, windows
+
+
+def _scopes_fit(scopes: list[str], groups: list[list[str]]) -> bool:
+    return service.scope_matches({"scope": scopes}, groups)
+
+
+def _while_scoped(
+    series: temporal.Series, windows: dict[str, list[scope_history.Window]]
+) -> temporal.Series:
+    """Keep the attribute instances observed while a matching scope was valid (C.5.16)."""
+    out: temporal.Series = {}
+    for entity_id, attributes in series.items():
+        spans = windows.get(entity_id, [])
+        out[entity_id] = {
+            name: points
+            if name == scope_history.SCOPE
+            else [p for p in points if scope_history.within(p[0], spans)]
+            for name, points in attributes.items()
+        }
+    return out
 
 
 def _cut(
@@ -1868,9 +1942,11 @@ async def temporal_upsert(request: Request) -> Response:
     body, terms = await _read(request)
     if not isinstance(body, dict):
         raise BadInput("a temporal entity must be a JSON object")
-    entity = expand_entity(body, terms, temporal=True)
+    # the scope of a temporal entity may be its history: Property instances (clause 4.18)
+    scopes = scope_history.temporal_instances(body["scope"]) if "scope" in body else []
+    entity = expand_entity({k: v for k, v in body.items() if k != "scope"}, terms, temporal=True)
     created = service.upsert_temporal(
-        engine=_engine(request), tenant=_tenant(request), entity=entity
+        engine=_engine(request), tenant=_tenant(request), entity=entity, scopes=scopes
     )
     if created:
         return Response(

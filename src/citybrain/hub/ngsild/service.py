@@ -28,7 +28,15 @@ from sqlalchemy.exc import IntegrityError
 from citybrain.core.db import json_dumps
 from citybrain.core.errors import BadInput, Conflict, NotFound
 from citybrain.core.prepared import Prepared
-from citybrain.hub.ngsild import gated, geoquery, prefilter, query, subscriptions, transient
+from citybrain.hub.ngsild import (
+    gated,
+    geoquery,
+    prefilter,
+    query,
+    scope_history,
+    subscriptions,
+    transient,
+)
 from citybrain.hub.ngsild.entities import (
     ATTRIBUTE_MEMBERS,
     ENTITY_MEMBERS,
@@ -51,6 +59,7 @@ from citybrain.hub.ngsild.models import (
     ngsild_history,
     ngsild_tenants,
 )
+from citybrain.hub.ngsild.scope_history import SCOPE
 
 DEFAULT_TENANT = ""
 _TENANT = re.compile(r"^[A-Za-z0-9_\-]{0,128}$")
@@ -158,6 +167,10 @@ def _save(
         )
     if history:
         record_history(conn, tenant, entity)
+        if deleted:
+            _record_deletions(conn, tenant, entity, deleted)
+        if new and "scope" in entity:
+            note_scope(conn, tenant, entity, None)
     transient.note_expiry(conn, tenant, entity)
     # notifications are queued in the same transaction as the change: never lost, never early
     subscriptions.enqueue(conn, tenant, entity, new=new, deleted=deleted, previous=previous)
@@ -193,9 +206,44 @@ _HISTORY_COLUMNS = ("tenant", "entity_id", "attribute", "dataset_id", "at", "num
 _INSERT_HISTORY = Prepared(insert(ngsild_history), keys=_HISTORY_COLUMNS)
 
 
+def _record_deletions(
+    conn: Connection, tenant: str, entity: dict[str, Any], deleted: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Record each deleted attribute instance as the NGSI-LD Null with deletedAt (4.5.x)."""
+    at = entity["modifiedAt"]
+    rows = []
+    for name, gone in deleted.items():
+        for inst in gone:
+            kind = str(inst.get("type", "Property"))
+            member, null, _ = subscriptions.NULL_FORMS.get(kind, ("value", NGSI_NULL, ""))
+            mark: dict[str, Any] = {"type": kind, member: null, "deletedAt": at}
+            if inst.get("datasetId") is not None:
+                mark["datasetId"] = inst["datasetId"]
+            rows.append(history_row(tenant, entity["id"], name, mark))
+    if rows:
+        _INSERT_HISTORY.executemany(conn, rows)
+
+
+def note_scope(
+    conn: Connection, tenant: str, entity: dict[str, Any], before: list[str] | None
+) -> None:
+    """Record a change of the entity's scope in its history (set, replaced or deleted)."""
+    now = entity.get("scope")
+    if now == before:
+        return
+    at = entity["modifiedAt"]
+    inst = scope_history.set_instance(now, at) if now else scope_history.deleted_instance(at)
+    _INSERT_HISTORY.executemany(conn, [history_row(tenant, entity["id"], SCOPE, inst)])
+
+
 def history_row(tenant: str, entity_id: str, name: str, inst: dict[str, Any]) -> dict[str, Any]:
     """Build one history row; the time axis is observedAt, else the write time."""
-    raw = inst.get("observedAt") or inst.get("modifiedAt") or inst.get("createdAt")
+    raw = (
+        inst.get("observedAt")
+        or inst.get("modifiedAt")
+        or inst.get("createdAt")
+        or inst.get("deletedAt")
+    )
     at = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
     value = inst.get("value")
     number = (
@@ -273,7 +321,9 @@ def replace_entity(*, engine: Engine, tenant: str, entity: dict[str, Any]) -> No
         current = _load(conn, tenant, entity["id"])
         if current is None:
             raise NotFound(f"entity {entity['id']} not found")
-        _save(conn, tenant, stamp(clone(entity), created=current.get("createdAt")), new=False)
+        replaced = stamp(clone(entity), created=current.get("createdAt"))
+        _save(conn, tenant, replaced, new=False)
+        note_scope(conn, tenant, replaced, current.get("scope"))
 
 
 @dataclass
@@ -349,6 +399,7 @@ def change_attributes_in(
         raise NotFound(f"entity {entity_id} not found")
     # the attributes as they were (replaced below, never changed in place): for showChanges
     previous = {name: entity[name] for name in attrs if name in entity}
+    scope_before = entity.get("scope")
     for name, incoming in attrs.items():
         exists = name in entity
         deletes = [i for i in instances(incoming) if is_delete(i)]
@@ -413,6 +464,7 @@ def change_attributes_in(
             types_changed=bool(new_types),
             previous=previous,
         )
+        note_scope(conn, tenant, entity, scope_before)
     return result
 
 
@@ -489,8 +541,9 @@ def delete_attribute_in(
         raise NotFound(f"entity {entity_id} not found")
     if name == "scope" and "scope" in entity:
         # clause 5.6.5: the scope is deleted as an attribute is
-        del entity["scope"]
+        before = entity.pop("scope")
         _save(conn, tenant, stamp(entity), new=False, types_changed=False)
+        note_scope(conn, tenant, entity, before)
         return
     if name not in entity or name in ENTITY_MEMBERS:
         raise NotFound(f"entity {entity_id} has no attribute {name}")
@@ -583,7 +636,8 @@ def _scope_fits(scopes: list[str], pattern: str) -> bool:
     return False
 
 
-def _scope_matches(entity: dict[str, Any], groups: list[list[str]]) -> bool:
+def scope_matches(entity: dict[str, Any], groups: list[list[str]]) -> bool:
+    """True when the entity's scopes match scopeQ (OR-ed AND-groups of patterns)."""
     scopes = entity.get("scope", [])
     return any(all(_scope_fits(scopes, p) for p in group) for group in groups)
 
@@ -633,7 +687,7 @@ def matches(entity: dict[str, Any], spec: EntityQuery, pattern: re.Pattern[str] 
         types = set(entity.get("type") or ())
         if not any(types.issuperset(group) for group in spec.type_groups):
             return False
-    if spec.scope is not None and not _scope_matches(entity, spec.scope):
+    if spec.scope is not None and not scope_matches(entity, spec.scope):
         return False
     if spec.geo is not None:
         values = [i.get("value") for i in instances(entity.get(spec.geo.geoproperty))]
@@ -766,14 +820,26 @@ def count_entities(*, engine: Engine, tenant: str) -> int:
 
 
 def upsert_temporal(
-    *, engine: Engine, tenant: str, entity: dict[str, Any], must_exist: bool = False
+    *,
+    engine: Engine,
+    tenant: str,
+    entity: dict[str, Any],
+    must_exist: bool = False,
+    scopes: list[dict[str, Any]] | None = None,
 ) -> bool:
     """Record every given instance in the history; keep the latest as the current value.
 
-    must_exist: adding attributes to a temporal representation (clause 5.6.12) needs it.
+    must_exist: adding attributes to a temporal representation (clause 5.6.12) needs it;
+    scopes: the scope's instances (scope_history), the latest observed being the current scope.
     """
     series: dict[str, list[dict[str, Any]]] = {}
     latest: dict[str, Any] = {k: v for k, v in entity.items() if k in ENTITY_MEMBERS}
+    if scopes:
+        current_scope = scope_history.latest_scopes(scopes)
+        if current_scope:
+            latest["scope"] = current_scope
+        if any("observedAt" in i for i in scopes):
+            series[SCOPE] = scopes  # a history of the scope, not just its value
     for name, attr in entity.items():
         if name in ENTITY_MEMBERS:
             continue
@@ -796,6 +862,8 @@ def upsert_temporal(
         else:
             merged = current
             merged["type"] = list(dict.fromkeys(current["type"] + latest.get("type", [])))
+            if "scope" in latest:
+                merged["scope"] = latest["scope"]
             for name, value in latest.items():
                 if name not in ENTITY_MEMBERS:
                     merged[name] = _merge_instances(current.get(name), value, keep_existing=False)

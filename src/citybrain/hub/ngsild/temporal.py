@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Integer, func, literal, select
+from sqlalchemy import Engine, Integer, and_, func, literal, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from citybrain.core.errors import BadInput
+from citybrain.hub.ngsild import scope_history
 from citybrain.hub.ngsild.jsonld import is_iri
 from citybrain.hub.ngsild.models import ngsild_history
+from citybrain.hub.ngsild.scope_history import SCOPE
 
 TIME_PROPERTIES = ("observedAt", "createdAt", "modifiedAt", "deletedAt")
 AGGREGATIONS = ("totalCount", "distinctCount", "sum", "avg", "min", "max", "stddev", "sumsq")
@@ -32,6 +34,8 @@ class TemporalQuery:
     last_n: int | None = None
     aggregations: tuple[str, ...] = ()
     period: timedelta | None = None
+    # the time axis: deletedAt shows the deletions (instances of the NGSI-LD Null) alone
+    timeproperty: str = "observedAt"
 
 
 def _time(value: str | None, name: str) -> datetime | None:
@@ -103,7 +107,9 @@ def parse_query(params: dict[str, str], *, aggregated: bool) -> TemporalQuery:
         # a zero duration (PT0S, the default) is one period over the whole time range
         if duration and not _zero_duration(duration):
             period = parse_duration(duration)
-    return TemporalQuery(timerel, time_at, end, last_n, methods, period)
+    return TemporalQuery(
+        timerel, time_at, end, last_n, methods, period, timeproperty or "observedAt"
+    )
 
 
 INSTANCE_PREFIX = "urn:ngsi-ld:citybrain:instance:"
@@ -142,12 +148,18 @@ def history(
     ).where(ngsild_history.c.tenant == tenant, ngsild_history.c.entity_id.in_(entity_ids))
     if attributes:
         stmt = stmt.where(ngsild_history.c.attribute.in_(attributes))
+    at = ngsild_history.c.at
+    window: ColumnElement[bool] | None = None
     if tq.timerel == "before":
-        stmt = stmt.where(ngsild_history.c.at < tq.time_at)
+        window = at < tq.time_at
     elif tq.timerel == "after":
-        stmt = stmt.where(ngsild_history.c.at >= tq.time_at)
+        window = at >= tq.time_at
     elif tq.timerel == "between":
-        stmt = stmt.where(ngsild_history.c.at >= tq.time_at, ngsild_history.c.at < tq.end_time_at)
+        window = and_(at >= tq.time_at, at < tq.end_time_at)
+    if window is not None:
+        # the scope valid when the window opens was set before it: read the whole (short)
+        # history of the scope and keep what applies below
+        stmt = stmt.where(or_(window, ngsild_history.c.attribute == SCOPE))
     stmt = stmt.order_by(
         ngsild_history.c.entity_id,
         ngsild_history.c.attribute,
@@ -155,11 +167,25 @@ def history(
         ngsild_history.c.seq,
     )
     out: dict[str, dict[str, list[tuple[datetime, dict[str, Any]]]]] = {}
+    deletions = tq.timeproperty == "deletedAt"
     with engine.connect() as conn:
         for row in conn.execute(stmt):
-            at = row.at if row.at.tzinfo else row.at.replace(tzinfo=UTC)
+            if ("deletedAt" in row.instance) != deletions:
+                continue  # a deletion is on the deletedAt axis only, and alone there
+            stamp = row.at if row.at.tzinfo else row.at.replace(tzinfo=UTC)
             instance = {**row.instance, "instanceId": instance_id(row.seq)}
-            out.setdefault(row.entity_id, {}).setdefault(row.attribute, []).append((at, instance))
+            out.setdefault(row.entity_id, {}).setdefault(row.attribute, []).append(
+                (stamp, instance)
+            )
+    if window is not None:
+        span = scope_history.window_of(tq.timerel, tq.time_at, tq.end_time_at)
+        for attrs in out.values():
+            if SCOPE in attrs:
+                kept = scope_history.carried_in(attrs[SCOPE], span)
+                if kept:
+                    attrs[SCOPE] = kept
+                else:
+                    del attrs[SCOPE]
     if tq.last_n:
         for attrs in out.values():
             for name in attrs:
@@ -373,6 +399,8 @@ def attributes_of(*, engine: Engine, tenant: str, entity_id: str) -> list[str]:
         return [
             r[0]
             for r in conn.execute(
-                select(h.attribute).where(h.tenant == tenant, h.entity_id == entity_id).distinct()
+                select(h.attribute)
+                .where(h.tenant == tenant, h.entity_id == entity_id, h.attribute != SCOPE)
+                .distinct()
             )
         ]
