@@ -319,7 +319,7 @@ def test_an_inline_round_commits_off_the_loop_while_the_loop_serves_on(engine: E
     finally:
         event.remove(engine, "commit", on_commit)
     assert threads["statements"] == threads["loop"] != threads["commit"]
-    assert len(ticks) >= 10  # the loop turned during the 0.3 s commit
+    assert len(ticks) >= 3  # the loop turned during the 0.3 s commit (inline: at most 1)
     with engine.connect() as conn:
         assert conn.execute(select(ngsild_entities.c.id)).scalars().all() == ["urn:x:inline"]
 

@@ -168,3 +168,15 @@ def test_a_malformed_temporal_scope_is_bad_request_data(client: TestClient, scop
     assert answer.status_code == 400
     assert answer.json()["type"].endswith("BadRequestData")
     assert client.get(f"{B}/temporal/entities/{CAR}").status_code == 404  # nothing written
+
+
+def test_batch_creates_and_upserts_record_the_scope_too(client: TestClient) -> None:
+    ops = f"{B}/entityOperations/upsert"
+    first = [
+        {"id": CAR, "type": "Vehicle", "scope": "/A", "speed": {"type": "Property", "value": 1}}
+    ]
+    assert client.post(ops, json=first).status_code == 201
+    again = [{"id": CAR, "type": "Vehicle", "scope": ["/B", "/C"]}]
+    assert client.post(ops, json=again).status_code == 204
+    answer = client.get(f"{B}/temporal/entities/{CAR}").json()
+    assert [i["value"] for i in answer["scope"]] == ["/A", ["/B", "/C"]]

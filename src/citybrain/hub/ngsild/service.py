@@ -1118,6 +1118,7 @@ def write_batch_in(
         elif mode == "create":
             refused[entity["id"]] = f"entity {entity['id']} exists already"
         else:
+            scope_before = current.get("scope")
             for name, attr in entity.items():
                 if name in ("id", "createdAt", "modifiedAt"):
                     continue
@@ -1128,6 +1129,7 @@ def write_batch_in(
                 else:
                     current[name] = _merge_instances(current.get(name), attr, keep_existing=False)
             _save(conn, tenant, stamp(current), new=False)
+            note_scope(conn, tenant, current, scope_before)
             updated.append(entity["id"])
     rows = [prepared.entity_rows, prepared.type_rows, prepared.history_rows]
     if existing:  # their prepared rows are not written: the rows of the new ones only
@@ -1258,6 +1260,12 @@ def _fresh_rows(dialect: Dialect, prepared: PreparedBatch) -> None:
                         dump(inst),
                     )
                 )
+        if "scope" in entity:  # the scope's history starts with the entity (scope_history)
+            inst = scope_history.set_instance(entity["scope"], str(stamp_of_write))
+            at = times.get(stamp_of_write)
+            if at is None:
+                at = times[stamp_of_write] = when(_parse_time(stamp_of_write))
+            history.append((tenant, entity_id, SCOPE, None, at, None, dump(inst)))
         if expiring:
             prepared.transient.append(entity)
 
