@@ -291,7 +291,7 @@ def test_an_inline_round_commits_off_the_loop_while_the_loop_serves_on(engine: E
 
     def on_commit(_conn: Any) -> None:
         threads["commit"] = threading.get_ident()
-        slow_commit.wait(0.3)  # a slow disk: the loop must keep turning
+        slow_commit.wait(0.5)  # a slow disk: the loop must keep turning
 
     event.listen(engine, "commit", on_commit)
 
@@ -319,7 +319,7 @@ def test_an_inline_round_commits_off_the_loop_while_the_loop_serves_on(engine: E
     finally:
         event.remove(engine, "commit", on_commit)
     assert threads["statements"] == threads["loop"] != threads["commit"]
-    assert len(ticks) >= 3  # the loop turned during the 0.3 s commit (inline: at most 1)
+    assert len(ticks) >= 5  # the loop turned during the 0.5 s commit (inline: 2 at most)
     with engine.connect() as conn:
         assert conn.execute(select(ngsild_entities.c.id)).scalars().all() == ["urn:x:inline"]
 
