@@ -163,6 +163,22 @@ def test_query_language_and_geo(client: TestClient) -> None:
     assert client.get(f"{BASE}/types").json()["typeList"] == ["AirQualityObserved"]
     assert "pm25" in client.get(f"{BASE}/attributes").json()["attributeList"]
     assert client.get(f"{BASE}/types/AirQualityObserved").json()["entityCount"] == 4
+    # an expanded name, percent-encoded (its slashes and # too), names the same type/attribute
+    vocab = "https%3A%2F%2Furi.etsi.org%2Fngsi-ld%2Fdefault-context%2F"
+    expanded = client.get(f"{BASE}/types/{vocab}AirQualityObserved")
+    assert expanded.status_code == 200, expanded.text
+    assert (expanded.json()["typeName"], expanded.json()["entityCount"]) == (
+        "AirQualityObserved",
+        4,
+    )
+    attribute = client.get(f"{BASE}/attributes/{vocab}pm25")
+    assert attribute.status_code == 200, attribute.text
+    assert attribute.json()["attributeName"] == "pm25"
+    assert client.get(f"{BASE}/attributes/{vocab}nothing").status_code == 404
+    [detail] = client.get(f"{BASE}/types", params={"details": "true"}).json()
+    assert detail["id"] == "https://uri.etsi.org/ngsi-ld/default-context/AirQualityObserved"
+    assert detail["typeName"] == "AirQualityObserved"
+    assert "pm25" in detail["attributeNames"] and "location" in detail["attributeNames"]
 
 
 @pytest.mark.parametrize(

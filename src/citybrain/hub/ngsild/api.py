@@ -1464,7 +1464,19 @@ async def types(request: Request) -> Response:
     if sources:
         names, partial = await _remote_types(request, sources, terms, names)
     if request.query_params.get("details", "false").lower() == "true":
-        payload: Any = [{"id": t, "type": "EntityType", "typeName": t} for t in names]
+        # clause 5.2.25: the id is the type's IRI, with the names of its entities' attributes
+        known = service.type_attributes(engine=_engine(request), tenant=_tenant(request))
+        payload: Any = []
+        for name in names:
+            iri = terms.expand(name)
+            payload.append(
+                {
+                    "id": iri,
+                    "type": "EntityType",
+                    "typeName": name,
+                    "attributeNames": [terms.compact(a) for a in known.get(iri, [])],
+                }
+            )
     else:
         payload = {
             "id": f"urn:ngsi-ld:EntityTypeList:{uuid.uuid4()}",
@@ -1492,7 +1504,8 @@ async def _remote_types(
     return merged, result.headers()
 
 
-@router.get("/types/{type_name}")
+# :path: an expanded name arrives percent-encoded, its slashes decoded into the path
+@router.get("/types/{type_name:path}")
 async def type_info(request: Request, type_name: str) -> Response:
     """Describe one entity type: how many entities and which attributes."""
     _only_parameters(request, {"local"})
@@ -1503,7 +1516,7 @@ async def type_info(request: Request, type_name: str) -> Response:
     payload = {
         "id": terms.expand(type_name),
         "type": "EntityTypeInfo",
-        "typeName": type_name,
+        "typeName": terms.compact(terms.expand(type_name)),
         "entityCount": details["count"],
         "attributeDetails": [
             {
@@ -1544,7 +1557,7 @@ async def attributes(request: Request) -> Response:
     return _respond(request, payload, terms)
 
 
-@router.get("/attributes/{attr}")
+@router.get("/attributes/{attr:path}")
 async def attribute_info(request: Request, attr: str) -> Response:
     """Describe one attribute."""
     _only_parameters(request, {"local"})
@@ -1557,7 +1570,7 @@ async def attribute_info(request: Request, attr: str) -> Response:
     payload = {
         "id": name,
         "type": "Attribute",
-        "attributeName": attr,
+        "attributeName": terms.compact(name),
         "attributeCount": v["count"],
         "attributeTypes": sorted(v["attributeTypes"]),
         "typeNames": [terms.compact(t) for t in sorted(v["typeNames"])],

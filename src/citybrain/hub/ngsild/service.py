@@ -761,6 +761,21 @@ def type_details(*, engine: Engine, tenant: str, type_iri: str) -> dict[str, Any
     return {"count": total, "attributes": {k: sorted(v) for k, v in sorted(attributes.items())}}
 
 
+def type_attributes(*, engine: Engine, tenant: str) -> dict[str, list[str]]:
+    """Return each entity type with the attribute names its entities carry (first seen first)."""
+    require_tenant(engine, tenant)
+    out: dict[str, dict[str, None]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(
+            select(ngsild_entities.c.entity).where(ngsild_entities.c.tenant == tenant)
+        ):
+            entity = row.entity
+            names = [n for n in entity if n not in ENTITY_MEMBERS]
+            for type_iri in entity.get("type", []):
+                out.setdefault(type_iri, {}).update(dict.fromkeys(names))
+    return {t: list(names) for t, names in out.items()}
+
+
 def attribute_names(*, engine: Engine, tenant: str) -> dict[str, dict[str, Any]]:
     """Return every attribute name with its types and the entity types that use it."""
     require_tenant(engine, tenant)
