@@ -79,6 +79,20 @@ def postgres_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def fresh_schema(postgres_url: str, prefix: str = "t") -> str:
+    """A new, empty schema in the session's database; the URL of a store that works in it."""
+    from sqlalchemy import text
+
+    from citybrain.core.db import create_engine_for
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine_for(postgres_url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    admin.dispose()
+    return f"{postgres_url}?options=-csearch_path%3D{schema}"
+
+
 @pytest.fixture(scope="session")
 def mqtt_broker() -> tuple[str, int]:
     """Return the address of the real MQTT broker."""

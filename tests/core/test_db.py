@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from citybrain.core.db import check_connection, create_engine_for, current_revision, upgrade
 from citybrain.core.errors import BadInput, ServiceUnavailable
 from citybrain.node.models import datasets
+from conftest import fresh_schema
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -25,14 +26,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
-    base: str = request.getfixturevalue("postgres_url")
-    engine = create_engine_for(base)
-    schema = f"t_{tmp_path.name[-20:].replace('-', '_').lower()}"
-    with engine.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine.dispose()
-    yield f"{base}?options=-csearch_path%3D{schema}"
+    yield fresh_schema(request.getfixturevalue("postgres_url"))
 
 
 def _row(name: str) -> dict[str, object]:

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from citybrain.core.db import create_engine_for
 from citybrain.core.prepared import Prepared
+from conftest import fresh_schema
 
 metadata = MetaData()
 things = Table(
@@ -53,14 +54,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "sqlite":
         engine = create_engine_for(f"sqlite:///{tmp_path / 'store.db'}")
     else:
-        base: str = request.getfixturevalue("postgres_url")
-        schema = f"p_{tmp_path.name[-20:].replace('-', '_').lower()}"
-        admin = create_engine_for(base)
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        admin.dispose()
-        engine = create_engine_for(f"{base}?options=-csearch_path%3D{schema}")
+        engine = create_engine_for(fresh_schema(request.getfixturevalue("postgres_url"), "p"))
     metadata.create_all(engine)
     yield engine
     engine.dispose()

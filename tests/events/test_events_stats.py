@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from citybrain.core.db import create_engine_for, upgrade
 from citybrain.events import service
 from citybrain.events.models import CaseCreate, TransitionRequest
 from citybrain.governance.principal import Principal, Role
+from conftest import fresh_schema
 
 CST = timezone(timedelta(hours=8))
 CENTRE = Principal(subject="op", org="bureau", role=Role.operator, issuer="370100")
@@ -32,13 +32,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Engi
     else:
         # a schema of its own: the session database also holds other tests' cases, which
         # would count in the statistics
-        base = request.getfixturevalue("postgres_url")
-        schema = f"stats_{uuid.uuid4().hex[:12]}"
-        admin = create_engine_for(base)
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        admin.dispose()
-        url = f"{base}?options=-csearch_path%3D{schema}"
+        url = fresh_schema(request.getfixturevalue("postgres_url"), "stats")
     engine = create_engine_for(url)
     upgrade(engine)
     yield engine, tmp_path

@@ -27,7 +27,7 @@ from citybrain.governance.principal import Principal, Role
 from citybrain.hub.tables import service as tables
 from citybrain.hub.tables.files import FileFormat
 from citybrain.hub.tables.models import TableSpec
-from conftest import bearer
+from conftest import bearer, fresh_schema
 
 # plain namespaces: pytest's collection probes module attributes, which rdflib's closed
 # namespaces warn about
@@ -487,13 +487,7 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_catalog_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
-    schema = f"catalog_{tmp_path.name[-12:].replace('-', '_').lower()}"
-    admin = create_engine_for(postgres_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    admin.dispose()
-    engine = create_engine_for(f"{postgres_url}?options=-csearch_path%3D{schema}")
+    engine = create_engine_for(fresh_schema(postgres_url, "catalog"))
     try:
         upgrade(engine)
         tables.register_table(engine=engine, data_dir=tmp_path, spec=RESIDENTS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -761,39 +761,37 @@ def type_details(*, engine: Engine, tenant: str, type_iri: str) -> dict[str, Any
     return {"count": total, "attributes": {k: sorted(v) for k, v in sorted(attributes.items())}}
 
 
-def type_attributes(*, engine: Engine, tenant: str) -> dict[str, list[str]]:
-    """Return each entity type with the attribute names its entities carry (first seen first)."""
+def _every_entity(engine: Engine, tenant: str) -> Iterator[dict[str, Any]]:
+    """Every entity of a tenant, as stored (the discovery endpoints summarise them)."""
     require_tenant(engine, tenant)
-    out: dict[str, dict[str, None]] = {}
     with engine.connect() as conn:
         for row in conn.execute(
             select(ngsild_entities.c.entity).where(ngsild_entities.c.tenant == tenant)
         ):
-            entity = row.entity
-            names = [n for n in entity if n not in ENTITY_MEMBERS]
-            for type_iri in entity.get("type", []):
-                out.setdefault(type_iri, {}).update(dict.fromkeys(names))
+            yield row.entity
+
+
+def type_attributes(*, engine: Engine, tenant: str) -> dict[str, list[str]]:
+    """Return each entity type with the attribute names its entities carry (first seen first)."""
+    out: dict[str, dict[str, None]] = {}
+    for entity in _every_entity(engine, tenant):
+        names = [n for n in entity if n not in ENTITY_MEMBERS]
+        for type_iri in entity.get("type", []):
+            out.setdefault(type_iri, {}).update(dict.fromkeys(names))
     return {t: list(names) for t, names in out.items()}
 
 
 def attribute_names(*, engine: Engine, tenant: str) -> dict[str, dict[str, Any]]:
     """Return every attribute name with its types and the entity types that use it."""
-    require_tenant(engine, tenant)
     out: dict[str, dict[str, Any]] = {}
-    with engine.connect() as conn:
-        for row in conn.execute(
-            select(ngsild_entities.c.entity).where(ngsild_entities.c.tenant == tenant)
-        ):
-            entity = row.entity
-            for name, attr in entity.items():
-                if name in ENTITY_MEMBERS:
-                    continue
-                info = out.setdefault(
-                    name, {"count": 0, "attributeTypes": set(), "typeNames": set()}
-                )
-                info["count"] += 1
-                info["attributeTypes"].update(str(i.get("type")) for i in instances(attr))
-                info["typeNames"].update(entity.get("type", []))
+    for entity in _every_entity(engine, tenant):
+        for name, attr in entity.items():
+            if name in ENTITY_MEMBERS:
+                continue
+            info = out.setdefault(name, {"count": 0, "attributeTypes": set(), "typeNames": set()})
+            info["count"] += 1
+            info["attributeTypes"].update(str(i.get("type")) for i in instances(attr))
+            info["typeNames"].update(entity.get("type", []))
     return out
 
 
